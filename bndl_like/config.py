@@ -1,0 +1,110 @@
+"""Defaults, environment variables and validation of options, in one place.
+
+Every option ``name`` can be set with the environment variable
+``BNDL_LIKE_<NAME>`` (dots become underscores, upper case), e.g.
+``BNDL_LIKE_HEARTBEAT_TIMEOUT=3`` or ``BNDL_LIKE_EXECUTE_CONCURRENCY=4``.
+Explicit arguments win over the environment, the environment over defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def _positive_float(value) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_int(value) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number")
+    value = int(value)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_int(value) -> int:
+    value = int(value)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _str(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _addresses(value) -> list[str]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    from .rmi.addresses import parse_address
+    return [str(parse_address(v)) for v in value]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+OPTIONS = {o.name: o for o in [
+    Option("cluster", "default", _str, "cluster name; nodes of different clusters refuse each other"),
+    Option("listen", "tcp://127.0.0.1:0", _str, "address to listen on, tcp://host:port (0 = any port)"),
+    Option("seeds", None, _addresses, "addresses of nodes to join, tcp://host:port, comma separated"),
+    Option("heartbeat_interval", 1.0, _positive_float, "seconds between heartbeats"),
+    Option("heartbeat_timeout", 6.0, _positive_float,
+           "seconds of silence after which a peer is declared lost"),
+    Option("connect_timeout", 5.0, _positive_float, "seconds to wait for a connection handshake"),
+    Option("max_message_size", 4 << 30, _positive_int, "largest message accepted, in bytes"),
+    Option("execute.concurrency", 1, _positive_int, "tasks running at once per worker"),
+    Option("execute.prefetch", 2, _non_negative_int,
+           "tasks handed to a worker ahead of its free slots"),
+    Option("execute.attempts", 1, _positive_int, "maximum attempts per task"),
+]}
+
+
+def env_name(name: str) -> str:
+    return "BNDL_LIKE_" + name.replace(".", "_").upper()
+
+
+def get(name: str, value: Any = None) -> Any:
+    """The validated value of option ``name``: ``value`` if given, else env, else default."""
+    try:
+        option = OPTIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown option {name!r}; known: {', '.join(sorted(OPTIONS))}") from None
+    source = "argument"
+    if value is None:
+        env = os.environ.get(env_name(name))
+        if env is not None and env != "":
+            value, source = env, env_name(name)
+        else:
+            return option.default
+    try:
+        return option.parse(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"invalid value for {name} ({source}): {value!r}: {exc}") from None
+
+
+def secret(value: str | bytes | None = None) -> bytes | None:
+    """The cluster secret: the argument, else ``BNDL_LIKE_SECRET``, else None."""
+    if value is None:
+        value = os.environ.get("BNDL_LIKE_SECRET") or None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes) or not value:
+        raise ValueError("the secret must be a non-empty str or bytes")
+    return value

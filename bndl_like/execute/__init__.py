@@ -1,0 +1,1 @@
+"""Jobs, tasks, the scheduler and the worker service."""

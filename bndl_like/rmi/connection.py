@@ -1,0 +1,445 @@
+"""One peer connection: the asyncio shell around the protocol core.
+
+After an HTTP upgrade on the node's aiohttp server (or, on the dialling side,
+after reading the ``101 Switching Protocols`` answer) the socket is driven by
+:class:`Connection`, an ``asyncio.BufferedProtocol``: bytes are received
+straight into the frame decoder's buffers, small outgoing frames are corked
+and written once per loop iteration, large buffers are written as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+
+from . import protocol, serialize
+from .errors import (
+    HandshakeError,
+    MessageTooLarge,
+    NotConnected,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+)
+from .protocol import Frame, FrameDecoder, Handshake
+
+log = logging.getLogger(__name__)
+
+# message tuples, the first item says which
+REQUEST, RESPONSE, FAILURE, NOTICE = 0, 1, 2, 3
+
+HANDSHAKE_KINDS = frozenset({protocol.HELLO, protocol.AUTH, protocol.AUTH_OK, protocol.REJECT,
+                             protocol.MESSAGE, protocol.PING, protocol.CLOSE})
+CORK_LIMIT = 1 << 16
+
+
+def takes_peer(fn):
+    """Mark a service method to receive the calling :class:`Peer` as first argument."""
+    fn._rmi_takes_peer = True
+    return fn
+
+
+class Connection(asyncio.BufferedProtocol):
+    def __init__(self, node, role: str, handshake: Handshake, remote: str = "?"):
+        self.node = node
+        self.role = role
+        self.handshake = handshake
+        self.remote = remote  # the address of the other end, for messages
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(protocol.HANDSHAKE_MAX_MESSAGE, kinds=HANDSHAKE_KINDS)
+        self._awaiting_upgrade = role == "client"
+        self._http = bytearray()
+        self._http_view = memoryview(bytearray(4096))
+        self.established: asyncio.Future = self.loop.create_future()
+        self.established.add_done_callback(_consume)
+        self.closed: asyncio.Future = self.loop.create_future()
+        self.is_closed = False
+        self.close_reason: str | None = None
+        self.peer = None  # the Peer once established
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self.in_progress = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._out: list = []
+        self._flush_handle = None
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future] = []
+        now = self.loop.time()
+        self.last_received = now
+        self.last_sent = now
+        self.retired_local = False
+        self.retired_remote = False
+        self.max_message_size = node.max_message_size
+
+    # -- identity ----------------------------------------------------------------
+
+    @property
+    def peer_name(self) -> str | None:
+        return self.handshake.peer_name
+
+    @property
+    def client_name(self) -> str:
+        return self.node.name if self.role == "client" else self.peer_name
+
+    @property
+    def preference_key(self) -> tuple:
+        """Among connections to one peer both ends keep the one with the smallest key."""
+        client_nonce = self.handshake.nonce if self.role == "client" else self.handshake.peer_nonce
+        return (self.client_name, client_nonce)
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else ("up" if self.established.done() else "handshake")
+        return f"<Connection {self.role} {self.node.name}<->{self.peer_name or self.remote} {state}>"
+
+    # -- asyncio protocol --------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.role == "client":
+            host = self.node.dial_host_header(self.remote)
+            transport.write(
+                f"GET /rmi HTTP/1.1\r\nHost: {host}\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
+                f"Connection: Upgrade\r\nContent-Length: 0\r\n\r\n".encode())
+        else:
+            transport.write(
+                f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
+                f"Connection: Upgrade\r\n\r\n".encode())
+            self._write(self.handshake.start())
+
+    def get_buffer(self, sizehint: int):
+        if self._awaiting_upgrade:
+            return self._http_view
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.is_closed:
+            return
+        self.last_received = self.loop.time()
+        try:
+            if self._awaiting_upgrade:
+                self._on_upgrade_bytes(nbytes)
+                return
+            frames = self.decoder.buffer_updated(nbytes)
+            while frames:
+                for frame in frames:
+                    if self.is_closed:
+                        return
+                    self._on_frame(frame)
+                if self.handshake.done and self.decoder.max_message_size == self.max_message_size:
+                    break
+                frames = self.decoder.buffer_updated(0)  # one frame at a time in the handshake
+        except ProtocolError as exc:
+            log.warning("%s: closing connection from %s: %s", self.node.name, self._who(), exc)
+            self.close(f"protocol error: {exc}", notify=True)
+        except HandshakeError as exc:
+            self._handshake_failed(exc)
+
+    def eof_received(self):
+        return False  # close the transport
+
+    def connection_lost(self, exc) -> None:
+        if not self.is_closed:
+            if exc is None:
+                reason = "closed by the peer"
+            else:
+                reason = f"connection lost: {exc}"
+            self.close(reason, notify=False)
+        self.transport = None
+        self._wake_drainers()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drainers()
+
+    def _wake_drainers(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    async def drain(self) -> None:
+        if self._paused and not self.is_closed:
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self.is_closed:
+            raise NotConnected(self._lost_message())
+
+    # -- handshake ----------------------------------------------------------------------
+
+    def _on_upgrade_bytes(self, nbytes: int) -> None:
+        self._http += self._http_view[:nbytes]
+        end = self._http.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._http) > 16384:
+                raise ProtocolError("no HTTP upgrade answer in the first 16 KiB")
+            return
+        status = bytes(self._http[:self._http.find(b"\r\n")])
+        if not status.startswith(b"HTTP/1.1 101"):
+            self.close(f"{self.remote} is not a bndl-like node or refused the upgrade "
+                       f"(answered {status.decode(errors='replace')!r})", notify=False)
+            return
+        rest = bytes(self._http[end + 4:])
+        self._awaiting_upgrade = False
+        self._http = None
+        self._write(self.handshake.start())
+        if rest:
+            frames = self.decoder.feed(rest)
+            while frames:
+                for frame in frames:
+                    self._on_frame(frame)
+                frames = self.decoder.buffer_updated(0) if not self.is_closed else []
+
+    def _handshake_failed(self, exc: HandshakeError) -> None:
+        if exc.reject:
+            self._write(exc.reject)
+            self._flush()
+        log.warning("%s: refused connection %s %s: %s", self.node.name,
+                    "to" if self.role == "client" else "from", self._who(), exc.reason)
+        if not self.established.done():
+            self.established.set_exception(exc)
+        self.close(exc.reason, notify=False)
+
+    def _on_handshake_frame(self, frame: Frame) -> None:
+        had_hello = self.handshake.peer_hello is not None
+        out = self.handshake.receive(frame)
+        if not had_hello and self.handshake.peer_hello is not None:
+            self.node._on_peer_hello(self)  # may raise HandshakeError (self / duplicate dial)
+        if out:
+            self._write(out)
+        if self.handshake.done:
+            self.decoder.max_message_size = self.max_message_size
+            self.decoder.kinds = frozenset(protocol.KIND_NAMES)
+            self.node._on_established(self)
+            if not self.established.done():
+                self.established.set_result(self)
+
+    # -- frames and messages ---------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind == protocol.MESSAGE and self.handshake.done:
+            try:
+                msg = serialize.loads(frame.main, frame.parts)
+            except SerializationError as exc:
+                self._on_undecodable(frame, exc)
+                return
+            self._on_message(msg)
+        elif kind == protocol.PING:
+            pass
+        elif kind == protocol.CLOSE:
+            reason = bytes(frame.main).decode(errors="replace") or "closed by the peer"
+            self.close(f"closed by the peer: {reason}", notify=False)
+        elif kind == protocol.RETIRE and self.handshake.done:
+            self.retired_remote = True
+            self.node._on_retired(self)
+        elif not self.handshake.done:
+            self._on_handshake_frame(frame)
+        else:
+            raise ProtocolError(f"unexpected {protocol.KIND_NAMES.get(kind, kind)} frame")
+
+    def _on_undecodable(self, frame: Frame, exc: Exception) -> None:
+        # we can't know which call it answered unless the header survived: fail nothing
+        # silently, but keep the connection (the peer is authenticated and alive)
+        log.error("%s: could not unpickle a message from %s: %s", self.node.name, self._who(), exc)
+
+    def _on_message(self, msg) -> None:
+        kind = msg[0]
+        if kind == RESPONSE:
+            future = self._pending.pop(msg[1], None)
+            if future is not None and not future.done():
+                future.set_result(msg[2])
+            self.node._on_call_done(self)
+        elif kind == FAILURE:
+            future = self._pending.pop(msg[1], None)
+            if future is not None and not future.done():
+                future.set_exception(self._remote_error(msg[2]))
+            self.node._on_call_done(self)
+        elif kind == REQUEST:
+            self._handle_request(msg[1], msg[2], msg[3], msg[4], msg[5])
+        elif kind == NOTICE:
+            self._handle_request(None, msg[2], msg[3], msg[4], msg[5])
+        else:
+            log.error("%s: unknown message kind %r from %s", self.node.name, kind, self._who())
+
+    def _handle_request(self, request_id, service, method, args, kwargs) -> None:
+        self.in_progress += 1
+        try:
+            fn = self.node.resolve(service, method)
+            if getattr(fn, "_rmi_takes_peer", False):
+                args = (self.peer, *args)
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                task = self.loop.create_task(self._finish_async(request_id, result, service, method))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+        except Exception as exc:
+            self._respond_failure(request_id, exc, service, method)
+        else:
+            self._respond(request_id, result, service, method)
+        self.in_progress -= 1
+        self.node._on_call_done(self)
+
+    async def _finish_async(self, request_id, awaitable, service, method) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if self.is_closed:
+                return
+            self._respond_failure(request_id, NotConnected("call cancelled on the remote node"),
+                                  service, method)
+        except Exception as exc:
+            self._respond_failure(request_id, exc, service, method)
+        else:
+            self._respond(request_id, result, service, method)
+        finally:
+            self.in_progress -= 1
+            self.node._on_call_done(self)
+
+    def _respond(self, request_id, result, service, method) -> None:
+        if request_id is None or self.is_closed:
+            return
+        try:
+            self._send_message((RESPONSE, request_id, result))
+        except (SerializationError, MessageTooLarge) as exc:
+            self._respond_failure(request_id, exc, service, method)
+
+    def _respond_failure(self, request_id, exc: BaseException, service, method) -> None:
+        if request_id is None:
+            log.error("%s: notice %s.%s from %s failed", self.node.name, service, method,
+                      self._who(), exc_info=exc)
+            return
+        if self.is_closed:
+            return
+        info = serialize.dump_exception(exc)
+        try:
+            self._send_message((FAILURE, request_id, info))
+        except (SerializationError, MessageTooLarge):
+            self._send_message((FAILURE, request_id, (None, *info[1:4], None)))
+
+    def _remote_error(self, info) -> RemoteError:
+        payload, exc_type, text, tb_text, tb_dict = info
+        error = RemoteError(f"{exc_type}: {text}", exc_type, tb_text, self.peer_name)
+        cause = serialize.load_exception(payload, tb_dict)
+        if cause is not None:
+            error.__cause__ = cause
+        return error
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _send_message(self, msg) -> None:
+        data, buffers = serialize.dumps(msg)
+        size = len(data) + sum(b.nbytes for b in buffers)
+        if size > self.max_message_size:
+            raise MessageTooLarge(f"message of {size} bytes exceeds the maximum message size "
+                                  f"of {self.max_message_size} bytes (rmi max_message_size)")
+        self._write(protocol.encode(protocol.MESSAGE, data, buffers))
+
+    def _write(self, chunks) -> None:
+        if self.transport is None:
+            raise NotConnected(self._lost_message())
+        self.last_sent = self.loop.time()
+        if len(chunks) == 1 and len(chunks[0]) < CORK_LIMIT:
+            self._out.append(chunks[0])
+            if self._flush_handle is None:
+                self._flush_handle = self.loop.call_soon(self._flush)
+            return
+        self._flush()
+        for chunk in chunks:
+            self.transport.write(chunk)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._out and self.transport is not None:
+            out = self._out
+            self._out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def send_ping(self) -> None:
+        self._write(protocol.encode(protocol.PING))
+
+    def send_retire(self) -> None:
+        if not self.retired_local and not self.is_closed:
+            self.retired_local = True
+            self._write(protocol.encode(protocol.RETIRE))
+
+    async def call(self, service: str, method: str, args: tuple, kwargs: dict):
+        if self.is_closed:
+            raise NotConnected(self._lost_message())
+        self._next_id += 1
+        request_id = self._next_id
+        self._send_message((REQUEST, request_id, service, method, args, kwargs))
+        future = self.loop.create_future()
+        self._pending[request_id] = future
+        if self._paused:
+            await self.drain()
+        return await future
+
+    def notify(self, service: str, method: str, args: tuple, kwargs: dict) -> None:
+        if self.is_closed:
+            raise NotConnected(self._lost_message())
+        self._send_message((NOTICE, None, service, method, args, kwargs))
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _who(self) -> str:
+        if self.peer_name:
+            return f"{self.peer_name} ({self.remote})"
+        return self.remote
+
+    def _lost_message(self) -> str:
+        return f"not connected to {self._who()}: {self.close_reason or 'connection closed'}"
+
+    def close(self, reason: str, *, notify: bool = True, abort: bool = False) -> None:
+        """Close now: every call in flight fails with NotConnected at once."""
+        if self.is_closed:
+            return
+        self.is_closed = True
+        self.close_reason = reason
+        transport = self.transport
+        if transport is not None:
+            try:
+                if notify and not abort and self.handshake.done:
+                    self._write(protocol.encode(protocol.CLOSE, reason.encode()[:1024]))
+                self._flush()
+            except Exception:  # pragma: no cover - the transport is going anyway
+                pass
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        error = NotConnected(self._lost_message())
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+        for task in list(self._tasks):
+            task.cancel()
+        if not self.established.done():
+            self.established.set_exception(NotConnected(self._lost_message()))
+        self._wake_drainers()
+        self.node._on_closed(self)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    async def wait_tasks(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,597 @@
+"""A node of the cluster: one aiohttp application, its peers, discovery and liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import ssl as ssl_module
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .. import config
+from . import protocol
+from .addresses import Address, advertised_hosts, parse_address
+from .connection import Connection, takes_peer
+from .errors import HandshakeError, NotConnected
+from .protocol import Handshake
+
+log = logging.getLogger(__name__)
+
+NODE_TYPES = ("driver", "worker", "supervisor")
+_node_counter = itertools.count()
+PORT_WALK = 100  # a taken port walks up at most this far
+
+
+class Peer:
+    """A remote node as seen from this one; calls go over its preferred connection."""
+
+    def __init__(self, node: Node, name: str, info: dict):
+        self.node = node
+        self.name = name
+        self.update(info)
+        self.connections: list[Connection] = []
+        self.connection: Connection | None = None
+        self.connected_since: float | None = None
+
+    def update(self, info: dict) -> None:
+        self.node_type = info.get("node_type", "worker")
+        self.addresses = list(info.get("addresses", ()))
+        self.hostname = info.get("hostname", "")
+        self.pid = info.get("pid")
+        self.host = parse_address(self.addresses[0]).host if self.addresses else self.hostname
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    def _connection(self) -> Connection:
+        conn = self.connection
+        if conn is None or conn.is_closed:
+            raise NotConnected(f"not connected to {self.name}")
+        return conn
+
+    async def call(self, service: str, method: str, *args, **kwargs) -> Any:
+        """Call ``service.method(*args, **kwargs)`` on the peer and return its result."""
+        return await self._connection().call(service, method, args, kwargs)
+
+    def notify(self, service: str, method: str, *args, **kwargs) -> None:
+        """Send a one-way call; errors on the peer are logged there."""
+        self._connection().notify(service, method, args, kwargs)
+
+    def service(self, name: str) -> ServiceProxy:
+        return ServiceProxy(self, name)
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "lost"
+        return f"<Peer {self.name} {self.node_type} {state}>"
+
+
+class ServiceProxy:
+    """``peer.service('tasks').run(...)`` is ``peer.call('tasks', 'run', ...)``."""
+
+    def __init__(self, peer: Peer, name: str):
+        self._peer = peer
+        self._name = name
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args, **kwargs):
+            return self._peer.call(self._name, method, *args, **kwargs)
+        call.__name__ = method
+        return call
+
+
+class _RmiService:
+    """The node's own service: gossip and introspection."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    @takes_peer
+    def gossip(self, peer: Peer, entries: list) -> None:
+        self.node._learn(entries)
+
+    def ping(self) -> str:
+        return self.node.name
+
+    def status(self) -> dict:
+        return self.node.status()
+
+
+class Node:
+    """One process of the cluster: server, peers, discovery, heartbeats.
+
+    ``listen`` is ``tcp://host:port`` (port 0: any free port; a taken port
+    walks up to the next free one). ``seeds`` are addresses to join. Nodes
+    authenticate each other with HMAC over ``secret`` before anything else.
+    """
+
+    def __init__(self, name: str | None = None, node_type: str = "worker", *,
+                 listen: str | None = None, seeds: Iterable[str] | None = None,
+                 secret: str | bytes | None = None, cluster: str | None = None,
+                 ssl_context: ssl_module.SSLContext | None = None,
+                 client_ssl_context: ssl_module.SSLContext | None = None,
+                 heartbeat_interval: float | None = None, heartbeat_timeout: float | None = None,
+                 connect_timeout: float | None = None, max_message_size: int | None = None):
+        if node_type not in NODE_TYPES:
+            raise ValueError(f"node_type must be one of {NODE_TYPES}, not {node_type!r}")
+        self.node_type = node_type
+        self.name = name or f"{socket.gethostname()}.{os.getpid()}.{next(_node_counter)}"
+        self.listen = parse_address(config.get("listen", listen))
+        self.seeds = [parse_address(s) for s in (config.get("seeds", seeds) or [])]
+        self.secret = config.secret(secret)
+        self.cluster = config.get("cluster", cluster)
+        if self.secret is None and not self.listen.is_loopback:
+            raise ValueError(
+                f"refusing to listen on {self.listen} without a secret: any host could "
+                "join and run code. Pass secret=..., set BNDL_LIKE_SECRET or use "
+                "--secret-file, or listen on 127.0.0.1")
+        self.ssl_context = ssl_context
+        self.client_ssl_context = client_ssl_context
+        if ssl_context is not None and client_ssl_context is None:
+            raise ValueError("with ssl_context, also pass client_ssl_context for dialling peers")
+        self.heartbeat_interval = config.get("heartbeat_interval", heartbeat_interval)
+        self.heartbeat_timeout = config.get("heartbeat_timeout", heartbeat_timeout)
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(f"heartbeat_timeout ({self.heartbeat_timeout}) must be larger "
+                             f"than heartbeat_interval ({self.heartbeat_interval})")
+        self.connect_timeout = config.get("connect_timeout", connect_timeout)
+        self.max_message_size = config.get("max_message_size", max_message_size)
+
+        self.addresses: list[str] = []
+        self.services: dict[str, Any] = {"_rmi": _RmiService(self)}
+        self.peers: dict[str, Peer] = {}          # connected peers by name
+        self._known: dict[str, Peer] = {}         # every peer ever seen, by name
+        self._learned: dict[str, dict] = {}       # gossiped peers not (yet) connected
+        self._learned_at: dict[str, float] = {}
+        self._connections: set[Connection] = set()
+        self._dialing: dict[str, asyncio.Task] = {}  # address -> dial task
+        self._next_dial: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._dial_errors: dict[str, str] = {}
+        self._self_addresses: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._wake: asyncio.Event | None = None
+        self.on_peer_added: list[Callable[[Peer], Any]] = []
+        self.on_peer_lost: list[Callable[[Peer], Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._sock: socket.socket | None = None
+        self.started_at: float | None = None
+        self.running = False
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.node_type} {self.addresses}>"
+
+    # -- services ----------------------------------------------------------------------
+
+    def add_service(self, name: str, service: Any) -> None:
+        self.services[name] = service
+
+    def resolve(self, service: str, method: str) -> Callable:
+        try:
+            obj = self.services[service]
+        except KeyError:
+            raise LookupError(f"node {self.name} has no service {service!r}") from None
+        if method.startswith("_"):
+            raise AttributeError(f"method {method!r} of service {service!r} is private")
+        fn = getattr(obj, method, None)
+        if not callable(fn):
+            raise AttributeError(f"service {service!r} on node {self.name} has no method {method!r}")
+        return fn
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        app = web.Application(client_max_size=1 << 16)
+        app.router.add_get("/rmi", self._handle_upgrade)
+        app.router.add_get("/status", self._handle_status)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._sock = self._bind()
+        site = web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context,
+                            shutdown_timeout=1.0)
+        await site.start()
+        port = self._sock.getsockname()[1]
+        self.addresses = [str(Address(h, port)) for h in advertised_hosts(self.listen.host)]
+        self.started_at = time.time()
+        self.running = True
+        self._spawn(self._discovery_loop(), "discovery")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        log.info("%s (%s) listening on %s", self.name, self.node_type, ", ".join(self.addresses))
+
+    def _bind(self) -> socket.socket:
+        host, port = self.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        last_error = None
+        ports = [0] if port == 0 else range(port, min(port + PORT_WALK, 65536))
+        for candidate in ports:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, candidate))
+                sock.listen(512)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            sock.setblocking(False)
+            return sock
+        raise OSError(f"cannot listen on {self.listen}: no free port in "
+                      f"{port}..{port + PORT_WALK - 1} ({last_error})")
+
+    async def stop(self) -> None:
+        """Close every connection, the server and every background task. Idempotent."""
+        if self._stopping or not self.running:
+            return
+        self._stopping = True
+        for task in [*self._tasks, *self._dialing.values()]:
+            task.cancel()
+        for conn in list(self._connections):
+            conn.close(f"node {self.name} stopped")
+        pending = [*self._tasks, *self._dialing.values()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self._connections):
+            await conn.wait_tasks()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.running = False
+        log.info("%s stopped", self.name)
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = self.loop.create_task(coro, name=f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: background task %s failed", self.name, task.get_name(),
+                      exc_info=task.exception())
+
+    # -- server side -------------------------------------------------------------------------
+
+    async def _handle_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _handle_upgrade(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != protocol.UPGRADE_TOKEN:
+            return web.Response(status=426, text=f"this endpoint takes an HTTP upgrade to "
+                                f"{protocol.UPGRADE_TOKEN}\n")
+        transport = request.transport
+        if transport is None or self._stopping:
+            return web.Response(status=503, text="node stopping\n")
+        peername = transport.get_extra_info("peername") or ("?", 0)
+        conn = Connection(self, "server", self._handshake("server"),
+                          remote=f"{peername[0]}:{peername[1]}")
+        self._connections.add(conn)
+        # take the socket over from aiohttp's HTTP protocol; give it back closed
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        handle = self.loop.call_later(self.connect_timeout, self._handshake_timeout, conn)
+        try:
+            await conn.closed
+        finally:
+            handle.cancel()
+            conn.close("server handler finished", notify=False)
+            request.protocol.connection_lost(None)
+        return web.Response()
+
+    def _handshake_timeout(self, conn: Connection) -> None:
+        if not conn.established.done():
+            log.warning("%s: no handshake from %s within %ss, closing", self.name, conn.remote,
+                        self.connect_timeout)
+            conn.close("handshake timed out", notify=False, abort=True)
+
+    def _handshake(self, role: str) -> Handshake:
+        info = {"name": self.name, "node_type": self.node_type, "addresses": self.addresses,
+                "hostname": socket.gethostname(), "pid": os.getpid()}
+        return Handshake(role, self.secret, self.cluster, info)
+
+    # -- client side ---------------------------------------------------------------------------
+
+    def dial_host_header(self, remote: str) -> str:
+        return remote
+
+    async def connect(self, address: str) -> Peer:
+        """Connect to the node at ``address`` (once, even when called concurrently)."""
+        addr = str(parse_address(address))
+        if not self.running or self._stopping:
+            raise NotConnected(f"node {self.name} is not running")
+        task = self._dialing.get(addr)
+        if task is None:
+            task = self.loop.create_task(self._dial(addr), name=f"{self.name}:dial {addr}")
+            self._dialing[addr] = task
+            task.add_done_callback(lambda t, a=addr: self._dial_done(a, t))
+        return await asyncio.shield(task)
+
+    def _dial_done(self, addr: str, task: asyncio.Task) -> None:
+        self._dialing.pop(addr, None)
+        if not task.cancelled():
+            task.exception()  # retrieved by the callers of connect()
+
+    async def _dial(self, addr: str) -> Peer:
+        host, port = parse_address(addr)
+        conn = Connection(self, "client", self._handshake("client"), remote=f"{host}:{port}")
+        self._connections.add(conn)
+        async def open_and_handshake():
+            await self.loop.create_connection(
+                lambda: conn, host, port, ssl=self.client_ssl_context,
+                server_hostname=host if self.client_ssl_context else None)
+            await conn.established
+        try:
+            await asyncio.wait_for(open_and_handshake(), self.connect_timeout)
+        except (OSError, asyncio.TimeoutError, HandshakeError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not isinstance(
+                    exc, ConnectionError):
+                reason = f"no handshake within {self.connect_timeout}s"
+            if not conn.is_closed:
+                conn.close(reason, notify=False, abort=True)
+            self._connections.discard(conn)
+            if isinstance(exc, HandshakeError):
+                if exc.reason.endswith("is this node itself"):
+                    self._self_addresses.add(addr)
+                raise
+            raise NotConnected(f"cannot connect to {addr}: {reason}") from exc
+        except BaseException:
+            conn.close("dial cancelled", notify=False, abort=True)
+            self._connections.discard(conn)
+            raise
+        return conn.peer
+
+    # -- connection events ----------------------------------------------------------------------
+
+    def _on_peer_hello(self, conn: Connection) -> None:
+        name = conn.peer_name
+        if name == self.name:
+            raise HandshakeError(f"{conn.remote} is this node itself")
+        if conn.role != "client":
+            return
+        for other in self._connections:
+            if other is not conn and other.role == "client" and other.peer_name == name \
+                    and not other.is_closed:
+                raise HandshakeError(f"already connected or connecting to {name}")
+        peer = self.peers.get(name)
+        if peer is not None and any(c.role == "client" for c in peer.connections):
+            raise HandshakeError(f"already connected to {name}")
+
+    def _on_established(self, conn: Connection) -> None:
+        info = conn.handshake.peer_info
+        name = info["name"]
+        if self._stopping:
+            conn.close("node stopping")
+            return
+        peer = self._known.get(name)
+        if peer is None:
+            peer = self._known[name] = Peer(self, name, info)
+        else:
+            peer.update(info)
+        conn.peer = peer
+        self._learned.pop(name, None)
+        for addr in peer.addresses:
+            self._backoff.pop(addr, None)
+            self._dial_errors.pop(addr, None)
+        if conn.role == "server":
+            # the peer dialled again: it gave up on its older connections to us
+            for old in [c for c in peer.connections if c.role == "server"]:
+                old.close("replaced by a newer connection from the peer")
+        peer.connections.append(conn)
+        self._choose_connection(peer)
+        new = name not in self.peers
+        if new:
+            self.peers[name] = peer
+            peer.connected_since = time.time()
+            log.info("%s: connected to %s (%s) at %s", self.name, name, peer.node_type,
+                     ", ".join(peer.addresses))
+            self._gossip_about(peer)
+            self._fire(self.on_peer_added, peer)
+
+    def _choose_connection(self, peer: Peer) -> None:
+        live = [c for c in peer.connections if not c.is_closed]
+        if not live:
+            peer.connection = None
+            return
+        best = min(live, key=lambda c: c.preference_key)
+        peer.connection = best
+        if len(live) > 1:
+            for conn in live:
+                if conn is not best:
+                    conn.send_retire()
+                    self._maybe_close_retired(conn)
+
+    def _on_retired(self, conn: Connection) -> None:
+        if conn.peer is not None:
+            self._choose_connection(conn.peer)
+        self._maybe_close_retired(conn)
+
+    def _on_call_done(self, conn: Connection) -> None:
+        if conn.retired_remote and conn.retired_local:
+            self._maybe_close_retired(conn)
+
+    def _maybe_close_retired(self, conn: Connection) -> None:
+        peer = conn.peer
+        if (conn.retired_local and conn.retired_remote and not conn.pending_calls
+                and not conn.in_progress and peer is not None and peer.connection is not conn):
+            conn.close("duplicate connection retired", notify=False)
+
+    def _on_closed(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+        peer = conn.peer
+        if peer is None or conn not in peer.connections:
+            return
+        peer.connections.remove(conn)
+        self._choose_connection(peer)
+        if peer.connection is None and self.peers.get(peer.name) is peer:
+            del self.peers[peer.name]
+            peer.connected_since = None
+            if not self._stopping:
+                log.warning("%s: lost %s: %s", self.name, peer.name, conn.close_reason)
+                self._learned[peer.name] = {"name": peer.name, "node_type": peer.node_type,
+                                            "addresses": peer.addresses}
+                self._learned_at[peer.name] = self.loop.time()
+                self._fire(self.on_peer_lost, peer)
+                if self._wake is not None:
+                    self._wake.set()
+
+    def _fire(self, listeners: list, peer: Peer) -> None:
+        for listener in list(listeners):
+            try:
+                result = listener(peer)
+                if asyncio.iscoroutine(result):
+                    self._spawn(result, f"listener {getattr(listener, '__name__', listener)}")
+            except Exception:
+                log.exception("%s: peer listener %r failed", self.name, listener)
+
+    # -- discovery --------------------------------------------------------------------------------
+
+    def _entry(self, peer: Peer) -> dict:
+        return {"name": peer.name, "node_type": peer.node_type, "addresses": peer.addresses}
+
+    def _gossip_about(self, new: Peer) -> None:
+        """Tell the new peer whom we know, and everyone else about the new peer."""
+        known = [self._entry(p) for p in self.peers.values() if p is not new]
+        try:
+            if known:
+                new.notify("_rmi", "gossip", known)
+        except NotConnected:
+            pass
+        entry = [self._entry(new)]
+        for peer in list(self.peers.values()):
+            if peer is not new and peer.connected:
+                try:
+                    peer.notify("_rmi", "gossip", entry)
+                except NotConnected:
+                    pass
+
+    def _learn(self, entries: list) -> None:
+        now = self.loop.time()
+        for entry in entries:
+            name = entry.get("name")
+            if not name or name == self.name or name in self.peers:
+                continue
+            if name not in self._learned:
+                self._learned_at[name] = now
+            self._learned[name] = entry
+        if self._wake is not None:
+            self._wake.set()
+
+    def _own_address(self, addr: str) -> bool:
+        return addr in self.addresses or addr in self._self_addresses
+
+    def _connected_address(self, addr: str) -> bool:
+        return any(addr in peer.addresses for peer in self.peers.values())
+
+    async def _discovery_loop(self) -> None:
+        """Dial seeds and gossiped peers that are not connected, with back-off."""
+        while True:
+            now = self.loop.time()
+            targets = []
+            for seed in self.seeds:
+                addr = str(seed)
+                if not self._own_address(addr) and not self._connected_address(addr):
+                    targets.append(addr)
+            for name, entry in list(self._learned.items()):
+                if name in self.peers:
+                    self._learned.pop(name, None)
+                    continue
+                # the smaller name dials first; the other waits a little to avoid crossing dials
+                if name < self.name and now - self._learned_at.get(name, now) < 1.0:
+                    continue
+                for addr in entry.get("addresses", ())[:1]:
+                    targets.append(addr)
+            for addr in targets:
+                if addr in self._dialing or self._next_dial.get(addr, 0) > now:
+                    continue
+                self._dial_in_background(addr)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    def _dial_in_background(self, addr: str) -> None:
+        async def dial():
+            try:
+                await self.connect(addr)
+            except (NotConnected, HandshakeError, OSError) as exc:
+                backoff = min(self._backoff.get(addr, 0.1) * 2, 5.0)
+                self._backoff[addr] = backoff
+                self._next_dial[addr] = self.loop.time() + backoff
+                reason = str(exc)
+                if isinstance(exc, HandshakeError) and self._dial_errors.get(addr) != reason:
+                    log.warning("%s: cannot join %s: %s", self.name, addr, reason)
+                else:
+                    log.debug("%s: cannot connect to %s: %s", self.name, addr, reason)
+                self._dial_errors[addr] = reason
+        self._spawn(dial(), f"discover {addr}")
+
+    # -- liveness ------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(interval, self.heartbeat_timeout / 4))
+            now = self.loop.time()
+            for conn in list(self._connections):
+                if conn.is_closed or not conn.established.done():
+                    continue
+                silent = now - conn.last_received
+                if silent > self.heartbeat_timeout:
+                    log.warning("%s: nothing from %s for %.1fs, declaring it lost", self.name,
+                                conn.peer_name, silent)
+                    conn.close(f"no heartbeat for {silent:.1f}s (heartbeat_timeout="
+                               f"{self.heartbeat_timeout}s)", abort=True)
+                elif now - conn.last_sent >= interval:
+                    try:
+                        conn.send_ping()
+                    except NotConnected:
+                        pass
+
+    # -- waiting and status -------------------------------------------------------------------
+
+    async def wait_for_peers(self, count: int, timeout: float, node_type: str | None = None) -> int:
+        """Wait until ``count`` peers (of ``node_type``) are connected; return how many are."""
+        def current():
+            return sum(1 for p in self.peers.values()
+                       if node_type is None or p.node_type == node_type)
+        deadline = self.loop.time() + timeout
+        while current() < count and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return current()
+
+    def status(self) -> dict:
+        return {
+            "name": self.name,
+            "node_type": self.node_type,
+            "cluster": self.cluster,
+            "addresses": self.addresses,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "uptime": time.time() - self.started_at if self.started_at else 0.0,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "peers": [
+                {"name": p.name, "node_type": p.node_type, "addresses": p.addresses,
+                 "connected_for": time.time() - (p.connected_since or time.time()),
+                 "calls_in_flight": p.connection.pending_calls if p.connection else 0}
+                for p in self.peers.values()],
+        }

@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="bndl-like",
+    version="0.1.0",
+    description="Run DAG jobs of interdependent tasks on a cluster of Python worker processes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["bndl_like", "bndl_like.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "aiohttp>=3.9",
+        "cloudpickle>=2.1",
+        "sortedcontainers>=2.4",
+        "yappi>=1.4",
+        "numpy>=1.22",
+        "tblib>=3.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-asyncio>=0.23",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.80",
+            "ruff>=0.4",
+        ],
+        "bench": [
+            "uvloop>=0.19; platform_system != 'Windows'",
+        ],
+    },
+    entry_points={"console_scripts": ["bndl-like = bndl_like.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: AsyncIO",
+        "Topic :: System :: Distributed Computing",
+    ],
+)
