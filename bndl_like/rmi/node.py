@@ -202,8 +202,7 @@ class Node:
                                      shutdown_timeout=1.0)
         await self._runner.setup()
         self._sock = self._bind()
-        site = web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context,
-                            shutdown_timeout=1.0)
+        site = web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context)
         await site.start()
         port = self._sock.getsockname()[1]
         self.addresses = [str(Address(h, port)) for h in advertised_hosts(self.listen.host)]
