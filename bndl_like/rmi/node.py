@@ -38,6 +38,7 @@ class Peer:
         self.connections: list[Connection] = []
         self.connection: Connection | None = None
         self.connected_since: float | None = None
+        self.lost_reason: str | None = None
 
     def update(self, info: dict) -> None:
         self.node_type = info.get("node_type", "worker")
@@ -53,7 +54,8 @@ class Peer:
     def _connection(self) -> Connection:
         conn = self.connection
         if conn is None or conn.is_closed:
-            raise NotConnected(f"not connected to {self.name}")
+            reason = f": {self.lost_reason}" if self.lost_reason else ""
+            raise NotConnected(f"not connected to {self.name}{reason}")
         return conn
 
     async def call(self, service: str, method: str, *args, **kwargs) -> Any:
@@ -274,8 +276,10 @@ class Node:
 
     async def _handle_upgrade(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() != protocol.UPGRADE_TOKEN:
-            return web.Response(status=426, text=f"this endpoint takes an HTTP upgrade to "
-                                f"{protocol.UPGRADE_TOKEN}\n")
+            refusal = web.Response(status=426, text=f"this endpoint takes an HTTP upgrade to "
+                                   f"{protocol.UPGRADE_TOKEN}\n")
+            refusal.force_close()
+            return refusal
         transport = request.transport
         if transport is None or self._stopping:
             return web.Response(status=503, text="node stopping\n")
@@ -443,6 +447,7 @@ class Node:
         if peer.connection is None and self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
             peer.connected_since = None
+            peer.lost_reason = conn.close_reason
             if not self._stopping:
                 log.warning("%s: lost %s: %s", self.name, peer.name, conn.close_reason)
                 self._learned[peer.name] = {"name": peer.name, "node_type": peer.node_type,
