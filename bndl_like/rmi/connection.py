@@ -310,7 +310,7 @@ class Connection(asyncio.BufferedProtocol):
         if request_id is None or self.is_closed:
             return
         try:
-            self._send_message((RESPONSE, request_id, result))
+            self._send_message((RESPONSE, request_id, serialize.wrap_large(result)))
         except (SerializationError, MessageTooLarge) as exc:
             self._respond_failure(request_id, exc, service, method)
 
@@ -378,7 +378,8 @@ class Connection(asyncio.BufferedProtocol):
             raise NotConnected(self._lost_message())
         self._next_id += 1
         request_id = self._next_id
-        self._send_message((REQUEST, request_id, service, method, args, kwargs))
+        self._send_message((REQUEST, request_id, service, method, serialize.wrap_large(args),
+                            serialize.wrap_large(kwargs)))
         future = self.loop.create_future()
         self._pending[request_id] = future
         if self._paused:
@@ -388,7 +389,8 @@ class Connection(asyncio.BufferedProtocol):
     def notify(self, service: str, method: str, args: tuple, kwargs: dict) -> None:
         if self.is_closed:
             raise NotConnected(self._lost_message())
-        self._send_message((NOTICE, None, service, method, args, kwargs))
+        self._send_message((NOTICE, None, service, method, serialize.wrap_large(args),
+                            serialize.wrap_large(kwargs)))
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ over when that fails (lambdas, closures) or when the pickle refers to
 
 from __future__ import annotations
 
-import io
 import pickle
 import traceback
 
@@ -24,33 +23,48 @@ from .errors import SerializationError
 OUT_OF_BAND_MIN = 1 << 16
 
 
-def _bytes_from_buffer(buf) -> bytes:
-    return bytes(buf)
+class _LargeBytes:
+    """Carries a large ``bytes``/``bytearray`` out of band.
+
+    Picklers never consult ``reducer_override`` for exact ``bytes``, so large
+    ones in a message's arguments or result are wrapped before pickling.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        rebuild = bytes if type(self.data) is bytes else bytearray
+        return _rebuild, (rebuild is bytes, pickle.PickleBuffer(self.data))
 
 
-def _bytearray_from_buffer(buf) -> bytearray:
+def _rebuild(as_bytes: bool, buf):
+    if as_bytes:
+        return bytes(buf)
     return buf if isinstance(buf, bytearray) else bytearray(buf)
 
 
-class _OutOfBandMixin:
-    def reducer_override(self, obj):
-        cls = type(obj)
-        if cls is bytes and len(obj) >= OUT_OF_BAND_MIN:
-            return _bytes_from_buffer, (pickle.PickleBuffer(obj),)
-        if cls is bytearray and len(obj) >= OUT_OF_BAND_MIN:
-            return _bytearray_from_buffer, (pickle.PickleBuffer(obj),)
-        parent = super()
-        if hasattr(parent, "reducer_override"):
-            return parent.reducer_override(obj)
-        return NotImplemented
+def _wrap(value):
+    cls = type(value)
+    if (cls is bytes or cls is bytearray) and len(value) >= OUT_OF_BAND_MIN:
+        return _LargeBytes(value)
+    return value
 
 
-class _Pickler(_OutOfBandMixin, pickle.Pickler):
-    pass
-
-
-class _CloudPickler(_OutOfBandMixin, cloudpickle.CloudPickler):
-    pass
+def wrap_large(value):
+    """Wrap large bytes in ``value`` itself or among its direct items (list, tuple, dict values)."""
+    cls = type(value)
+    if cls is tuple or cls is list:
+        if any(type(v) in (bytes, bytearray) for v in value):
+            return cls(_wrap(v) for v in value)
+        return value
+    if cls is dict:
+        if any(type(v) in (bytes, bytearray) for v in value.values()):
+            return {k: _wrap(v) for k, v in value.items()}
+        return value
+    return _wrap(value)
 
 
 def _buffer_callback(buffers: list):
@@ -66,21 +80,18 @@ def _buffer_callback(buffers: list):
 def dumps(obj) -> tuple[bytes, list]:
     """Pickle ``obj``; return the pickle and the list of out-of-band buffers."""
     buffers: list = []
-    stream = io.BytesIO()
     try:
-        _Pickler(stream, protocol=5, buffer_callback=_buffer_callback(buffers)).dump(obj)
-        data = stream.getvalue()
+        data = pickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
         if b"__main__" not in data:
             return data, buffers
     except Exception:
         pass
     buffers = []
-    stream = io.BytesIO()
     try:
-        _CloudPickler(stream, protocol=5, buffer_callback=_buffer_callback(buffers)).dump(obj)
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
     except Exception as exc:
         raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
-    return stream.getvalue(), buffers
+    return data, buffers
 
 
 def loads(data, buffers=()):
