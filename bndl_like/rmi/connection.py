@@ -49,6 +49,7 @@ class Connection(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(protocol.HANDSHAKE_MAX_MESSAGE, kinds=HANDSHAKE_KINDS)
+        self.decoder.one_frame = True
         self._awaiting_upgrade = role == "client"
         self._http = bytearray()
         self._http_view = memoryview(bytearray(4096))
@@ -125,20 +126,24 @@ class Connection(asyncio.BufferedProtocol):
             if self._awaiting_upgrade:
                 self._on_upgrade_bytes(nbytes)
                 return
-            frames = self.decoder.buffer_updated(nbytes)
-            while frames:
-                for frame in frames:
-                    if self.is_closed:
-                        return
-                    self._on_frame(frame)
-                if self.handshake.done and self.decoder.max_message_size == self.max_message_size:
-                    break
-                frames = self.decoder.buffer_updated(0)  # one frame at a time in the handshake
+            self._on_frames(self.decoder.buffer_updated(nbytes))
         except ProtocolError as exc:
             log.warning("%s: closing connection from %s: %s", self.node.name, self._who(), exc)
             self.close(f"protocol error: {exc}", notify=True)
         except HandshakeError as exc:
             self._handshake_failed(exc)
+
+    def _on_frames(self, frames: list) -> None:
+        while frames:
+            one_at_a_time = self.decoder.one_frame
+            for frame in frames:
+                if self.is_closed:
+                    return
+                self._on_frame(frame)
+            if not one_at_a_time:
+                break
+            # in the handshake frames are parsed one by one, under the limits of the moment
+            frames = self.decoder.buffer_updated(0)
 
     def eof_received(self):
         return False  # close the transport
@@ -193,11 +198,7 @@ class Connection(asyncio.BufferedProtocol):
         self._http = None
         self._write(self.handshake.start())
         if rest:
-            frames = self.decoder.feed(rest)
-            while frames:
-                for frame in frames:
-                    self._on_frame(frame)
-                frames = self.decoder.buffer_updated(0) if not self.is_closed else []
+            self._on_frames(self.decoder.feed(rest))
 
     def _handshake_failed(self, exc: HandshakeError) -> None:
         if exc.reject:
@@ -219,6 +220,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.handshake.done:
             self.decoder.max_message_size = self.max_message_size
             self.decoder.kinds = frozenset(protocol.KIND_NAMES)
+            self.decoder.one_frame = False
             self.node._on_established(self)
             if not self.established.done():
                 self.established.set_result(self)

@@ -99,6 +99,9 @@ class FrameDecoder:
         assert buffer_size >= LARGE_PART * 2 + PREFIX.size + 8 * MAX_PARTS
         self.max_message_size = max_message_size
         self.kinds = kinds
+        # parse at most one frame per call, so the caller can change the limits between
+        # frames (the handshake raises them once the peer is authenticated)
+        self.one_frame = False
         self._buf = bytearray(buffer_size)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -159,6 +162,8 @@ class FrameDecoder:
             if self._head is None and not self._read_head():
                 break
             if not self._read_parts(frames):
+                break
+            if self.one_frame:
                 break
         if self._start == self._end:
             self._start = self._end = 0
@@ -339,7 +344,10 @@ class Handshake:
 
 
 def _json(data) -> dict:
-    value = json.loads(bytes(data).decode())
+    try:
+        value = json.loads(bytes(data).decode())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
     return value
