@@ -316,7 +316,8 @@ class Handshake:
     def _on_hello(self, frame: Frame) -> list:
         hello = _json(frame.main)
         self.peer_hello = hello
-        if hello.get("protocol") != self.version:
+        peer_version = hello.get("protocol")
+        if type(peer_version) is not int or peer_version != self.version:
             self._fail(f"protocol version mismatch: this node speaks version {self.version}, "
                        f"the peer speaks version {hello.get('protocol')}")
         if hello.get("cluster") != self.cluster:
