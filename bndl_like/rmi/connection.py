@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import deque
 
 from . import protocol, serialize
 from .errors import (
@@ -32,6 +33,9 @@ REQUEST, RESPONSE, FAILURE, NOTICE = 0, 1, 2, 3
 HANDSHAKE_KINDS = frozenset({protocol.HELLO, protocol.AUTH, protocol.AUTH_OK, protocol.REJECT,
                              protocol.MESSAGE, protocol.PING, protocol.CLOSE})
 CORK_LIMIT = 1 << 16
+# frames larger than this are streamed out in steps of STREAM_STEP as the socket drains
+STREAM_MIN = 1 << 20
+STREAM_STEP = 1 << 20
 
 
 def takes_peer(fn):
@@ -64,6 +68,8 @@ class Connection(asyncio.BufferedProtocol):
         self.in_progress = 0
         self._tasks: set[asyncio.Task] = set()
         self._out: list = []
+        self._streaming = False
+        self._backlog: deque = deque()
         self._flush_handle = None
         self._paused = False
         self._drain_waiters: list[asyncio.Future] = []
@@ -351,14 +357,43 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is None:
             raise NotConnected(self._lost_message())
         self.last_sent = self.loop.time()
+        if self._streaming:
+            self._backlog.append(chunks)  # behind the large frame being streamed out
+            return
         if len(chunks) == 1 and len(chunks[0]) < CORK_LIMIT:
             self._out.append(chunks[0])
             if self._flush_handle is None:
                 self._flush_handle = self.loop.call_soon(self._flush)
             return
         self._flush()
+        if protocol.frame_size(chunks) <= STREAM_MIN:
+            for chunk in chunks:
+                self.transport.write(chunk)
+            return
+        self._streaming = True
+        task = self.loop.create_task(self._stream(chunks))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stream(self, chunks) -> None:
+        """Write a large frame in steps as the socket drains.
+
+        One ``transport.write`` of the whole frame would copy all that the first
+        send() did not take into the transport's buffer; in steps, at most a step is.
+        """
         for chunk in chunks:
-            self.transport.write(chunk)
+            view = memoryview(chunk).cast("B")
+            for offset in range(0, view.nbytes, STREAM_STEP):
+                if self.transport is None or self.is_closed:
+                    return
+                self.transport.write(view[offset:offset + STREAM_STEP])
+                if self._paused:
+                    waiter = self.loop.create_future()
+                    self._drain_waiters.append(waiter)
+                    await waiter
+        self._streaming = False
+        while self._backlog and not self._streaming and not self.is_closed:
+            self._write(self._backlog.popleft())
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -375,7 +410,12 @@ class Connection(asyncio.BufferedProtocol):
             self.retired_local = True
             self._write(protocol.encode(protocol.RETIRE))
 
-    async def call(self, service: str, method: str, args: tuple, kwargs: dict):
+    def call(self, service: str, method: str, args: tuple, kwargs: dict) -> asyncio.Future:
+        """Send a request; the returned future resolves with the response.
+
+        A plain future rather than a coroutine: nothing to wrap in a Task when many
+        calls are gathered, which roughly halves the cost of a pipelined call.
+        """
         if self.is_closed:
             raise NotConnected(self._lost_message())
         self._next_id += 1
@@ -384,9 +424,7 @@ class Connection(asyncio.BufferedProtocol):
                             serialize.wrap_large(kwargs)))
         future = self.loop.create_future()
         self._pending[request_id] = future
-        if self._paused:
-            await self.drain()
-        return await future
+        return future
 
     def notify(self, service: str, method: str, args: tuple, kwargs: dict) -> None:
         if self.is_closed:

@@ -9,7 +9,7 @@ import os
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -58,9 +58,13 @@ class Peer:
             raise NotConnected(f"not connected to {self.name}{reason}")
         return conn
 
-    async def call(self, service: str, method: str, *args, **kwargs) -> Any:
-        """Call ``service.method(*args, **kwargs)`` on the peer and return its result."""
-        return await self._connection().call(service, method, args, kwargs)
+    def call(self, service: str, method: str, *args, **kwargs) -> Awaitable:
+        """Call ``service.method(*args, **kwargs)`` on the peer; await the result.
+
+        Returns a future (cheaper than a coroutine when many calls are gathered).
+        Arguments that cannot be pickled raise SerializationError right here.
+        """
+        return self._connection().call(service, method, args, kwargs)
 
     def notify(self, service: str, method: str, *args, **kwargs) -> None:
         """Send a one-way call; errors on the peer are logged there."""

@@ -33,6 +33,8 @@ PREFIX = struct.Struct("<BBHQ")
 MAX_PARTS = 4096
 # parts larger than this are received into a buffer of their own (no copy)
 LARGE_PART = 1 << 16
+# parts at least this large are received into memory that is not zero-filled first
+UNINITIALIZED_PART = 1 << 20
 # an unauthenticated peer can make us buffer no more than this
 HANDSHAKE_MAX_MESSAGE = 1 << 16
 
@@ -209,9 +211,9 @@ class FrameDecoder:
                 self._parts.append(bytes(chunk) if not self._parts else bytearray(chunk))
                 self._start += size
             else:
-                large = bytearray(size)
+                large = _allocate(size)
                 take = min(avail, size)
-                large[:take] = self._view[self._start:self._start + take]
+                memoryview(large)[:take] = self._view[self._start:self._start + take]
                 self._start += take
                 if take < size:
                     self._large = large
@@ -233,6 +235,21 @@ class FrameDecoder:
         self._head = None
         self._parts = []
         frames.append(Frame(kind, parts[0], parts[1:], flags))
+
+
+def _allocate(size: int):
+    """A writable buffer of ``size`` bytes; large ones skip zero-filling (numpy.empty).
+
+    Zero-filling 64 MiB costs more than receiving it; numpy, when importable, also
+    asks the kernel for huge pages, which makes the first touch of each page cheap.
+    """
+    if size >= UNINITIALIZED_PART:
+        try:
+            import numpy
+        except ImportError:  # pragma: no cover - numpy is a dependency
+            return bytearray(size)
+        return memoryview(numpy.empty(size, numpy.uint8))
+    return bytearray(size)
 
 
 def _mac(secret: bytes, role: str, peer_nonce: bytes, own_nonce: bytes, info: bytes) -> bytes:
