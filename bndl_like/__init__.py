@@ -1,7 +1,15 @@
 """bndl_like: run DAG jobs of interdependent tasks on a cluster of worker processes."""
 
+from .execute.context import ExecutionContext
+from .execute.errors import DependenciesFailed, FailedDependency, JobCancelled, TaskCancelled, WorkersLost
+from .execute.tasks import FuncTask, Job, RmiTask, Task
+from .execute.worker import current_worker, task_context
 from .rmi.errors import NotConnected, RemoteError
 
 __version__ = "0.1.0"
 
-__all__ = ["NotConnected", "RemoteError", "__version__"]
+__all__ = [
+    "ExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
+    "TaskCancelled", "DependenciesFailed", "FailedDependency", "JobCancelled", "WorkersLost",
+    "NotConnected", "RemoteError", "current_worker", "task_context", "__version__",
+]

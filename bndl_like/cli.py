@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import time
 
 from . import config
 
@@ -35,13 +34,16 @@ def _read_secret(path: str | None) -> bytes | None:
 
 
 async def _run_worker(args) -> None:
-    from .execute.worker import FunctionService
+    from .execute.worker import FunctionService, WorkerService
     from .rmi import Node
 
     node = Node(node_type="worker", listen=args.listen, seeds=args.seeds, cluster=args.cluster,
                 secret=_read_secret(args.secret_file))
-    functions = FunctionService(config.get("execute.concurrency", args.concurrency))
+    concurrency = config.get("execute.concurrency", args.concurrency)
+    functions = FunctionService(concurrency)
+    tasks = WorkerService(node, max_threads=max(64, concurrency))
     node.add_service("functions", functions)
+    node.add_service("tasks", tasks)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,51 +52,16 @@ async def _run_worker(args) -> None:
     try:
         await stop.wait()
     finally:
+        tasks.close()
         await node.stop()
         functions.close()
 
 
-def _square_sum(n: int) -> tuple:
-    import os as _os
-    return _os.getpid(), sum(i * i for i in range(n))
+def _demo(args) -> int:
+    from .demo import run_demo
 
-
-async def _demo() -> int:
-    from .local import LocalWorkers
-    from .rmi import Node
-
-    secret = LocalWorkers.new_secret()
-    driver = Node(node_type="driver", secret=secret)
-    started = time.perf_counter()
-    await driver.start()
-    workers = LocalWorkers(2, driver.addresses[0], secret)
-    try:
-        count = await driver.wait_for_peers(2, timeout=30, node_type="worker")
-        print(f"driver {driver.name}: {count} workers joined in "
-              f"{time.perf_counter() - started:.2f}s")
-        if count < 2:
-            print("not every worker joined", file=sys.stderr)
-            return 1
-        peers = sorted(driver.peers.values(), key=lambda p: p.name)
-        for peer in peers:
-            info = await peer.call("functions", "info")
-            print(f"  {peer.name}: pid {info['pid']} at {', '.join(peer.addresses)}")
-        inputs = list(range(10_000, 10_016))
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*[
-            peers[i % len(peers)].call("functions", "call", _square_sum, n)
-            for i, n in enumerate(inputs)])
-        took = time.perf_counter() - t0
-        for n, (pid, total) in zip(inputs[:4], results[:4], strict=False):
-            print(f"  sum of squares below {n} = {total} (computed by pid {pid})")
-        print(f"  ... {len(results)} remote calls in {took * 1000:.1f} ms on "
-              f"{len({pid for pid, _ in results})} worker processes")
-        assert all(total == sum(i * i for i in range(n))
-                   for n, (_, total) in zip(inputs, results, strict=False))
-        return 0
-    finally:
-        await driver.stop()
-        workers.stop()
+    run_demo(workers=args.workers, progress=not args.no_progress)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("BNDL_LIKE_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
     _worker_parser(sub)
-    sub.add_parser("demo", help="run the demo job on a local cluster")
+    demo = sub.add_parser("demo", help="run the main job (a word count DAG) on a local cluster")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="local worker processes (default: the number of CPUs)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -111,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run_worker(args))
         return 0
     if args.command == "demo":
-        return asyncio.run(_demo())
+        return _demo(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -68,7 +68,7 @@ OPTIONS = {o.name: o for o in [
     Option("connect_timeout", 5.0, _positive_float, "seconds to wait for a connection handshake"),
     Option("max_message_size", 4 << 30, _positive_int, "largest message accepted, in bytes"),
     Option("execute.concurrency", 1, _positive_int, "tasks running at once per worker"),
-    Option("execute.prefetch", 2, _non_negative_int,
+    Option("execute.prefetch", 16, _non_negative_int,
            "tasks handed to a worker ahead of its free slots"),
     Option("execute.attempts", 1, _positive_int, "maximum attempts per task"),
 ]}

@@ -1,19 +1,445 @@
-"""The services a worker node offers (grows into the task-running worker service)."""
+"""The worker side: runs tasks in threads, keeps their outputs, serves them to peers.
+
+Dispatch from the driver and completion notices back to it are batched: all
+tasks handed out (or finished) in one event-loop iteration travel in one message.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import os
 import socket
+import sys
+import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+from ..rmi import NotConnected, RemoteError, SerializationError, takes_peer
+from ..rmi.serialize import dump_exception
+from .errors import DependenciesFailed, TaskCancelled
+from .tasks import fill_dependencies, has_markers
+
+log = logging.getLogger(__name__)
+_local = threading.local()
+
+# task outcomes reported to the driver
+STARTED, SUCCEEDED, FAILED, DEPS_FAILED, CANCELLED = "started", "succeeded", "failed", "deps", "cancelled"
+
+
+def current_worker():
+    """The worker node running the current task; RuntimeError outside a task."""
+    worker = getattr(_local, "worker", None)
+    if worker is None:
+        raise RuntimeError("current_worker() is only available inside a task running on a worker")
+    return worker
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    task_id: Any
+    job_id: int
+    attempt: int
+    worker: str
+    driver: str
+
+
+def task_context() -> TaskContext:
+    """The id, job, attempt of the running task; RuntimeError outside a task."""
+    context = getattr(_local, "context", None)
+    if context is None:
+        raise RuntimeError("task_context() is only available inside a task running on a worker")
+    return context
+
+
+def _raise_in_thread(ident: int, exc_type) -> bool:
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+    return done == 1
+
+
+def _clear_async_exc(ident: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+
+def nbytes_of(value) -> int:
+    size = getattr(value, "nbytes", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return len(value)
+    return sys.getsizeof(value)
+
+
+class _Run:
+    """One task handed to this worker."""
+
+    __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
+                 "started")
+
+    def __init__(self, key, attempt, fn, args, kwargs, deps):
+        self.key = key
+        self.attempt = attempt
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.deps = deps  # {dependency id: worker holding its output}
+        self.lock = threading.Lock()
+        self.thread: int | None = None
+        self.cancelled = False
+        self.started = False
+
+
+class _JobState:
+    def __init__(self, driver: str, job_id: int, concurrency: int):
+        self.driver = driver
+        self.job_id = job_id
+        self.concurrency = concurrency
+        self.queue: deque[_Run] = deque()
+        self.running: dict = {}   # key -> _Run
+        self.outputs: dict = {}   # key -> output kept for dependents
+        self.fetching: dict = {}  # key -> (holder, future) of an output fetched from a peer
+        self.released = False
+
+
+class WorkerService:
+    """The ``tasks`` service of a worker node.
+
+    Runner threads take the next queued task themselves (up to each job's
+    concurrency), so back-to-back small tasks need no trip through the event
+    loop; the loop hears of starts and completions in batches.
+    """
+
+    def __init__(self, node, max_threads: int = 64):
+        self.node = node
+        self.max_threads = max_threads
+        self.jobs: dict[tuple, _JobState] = {}
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closing = False
+        self._outbox: dict[tuple, list] = {}
+        self._flush_handle = None
+        self._fetch_tasks: set[asyncio.Task] = set()
+        self._completed: deque = deque()  # (job, event) posted by runner threads
+        self._wakeup_pending = False
+        node.on_peer_lost.append(self._on_peer_lost)
+
+    @property
+    def loop(self):
+        return self.node.loop
+
+    # -- called by the driver ----------------------------------------------------------------
+
+    @takes_peer
+    def run(self, driver, job_id: int, concurrency: int, tasks: list) -> None:
+        """Queue ``tasks``: (key, attempt, fn, args, kwargs, deps) tuples (a notice)."""
+        with self._cond:
+            job = self._job(driver.name, job_id, concurrency)
+            job.queue.extend(_Run(*spec) for spec in tasks)
+            wanted = min(len(job.queue), job.concurrency - len(job.running))
+            if wanted > 0:
+                self._cond.notify(wanted)
+                self._add_threads(wanted)
+
+    @takes_peer
+    def take_back(self, driver, job_id: int, keys: list) -> list:
+        """Give back the tasks among ``keys`` not started yet; return their keys."""
+        with self._cond:
+            job = self.jobs.get((driver.name, job_id))
+            if job is None:
+                return []
+            wanted = set(keys)
+            kept, given = deque(), []
+            for run in job.queue:
+                (given if run.key in wanted else kept).append(run)
+            job.queue = kept
+        return [run.key for run in given]
+
+    @takes_peer
+    def cancel(self, driver, job_id: int, keys: list | None = None) -> None:
+        """Cancel queued and running tasks (all of the job's when ``keys`` is None)."""
+        job = self.jobs.get((driver.name, job_id))
+        if job is not None:
+            self._cancel(job, None if keys is None else set(keys))
+
+    @takes_peer
+    def release(self, driver, job_id: int) -> None:
+        """Forget the job: cancel what still runs and drop its outputs."""
+        self._drop(driver.name, job_id)
+
+    def get_outputs(self, driver: str, job_id: int, keys: list) -> list:
+        """Outputs of tasks of a job kept here; KeyError names the missing ones."""
+        job = self.jobs.get((driver, job_id))
+        if job is None:
+            raise KeyError(f"no outputs of job {job_id} of {driver} on {self.node.name}")
+        missing = [k for k in keys if k not in job.outputs]
+        if missing:
+            raise KeyError(f"outputs of tasks {missing} not on {self.node.name}")
+        return [job.outputs[k] for k in keys]
+
+    def status(self) -> dict:
+        return {"jobs": len(self.jobs),
+                "running": sum(len(j.running) for j in self.jobs.values()),
+                "queued": sum(len(j.queue) for j in self.jobs.values()),
+                "threads": len(self._threads),
+                "pid": os.getpid(), "hostname": socket.gethostname()}
+
+    # -- runner threads ---------------------------------------------------------------------------
+
+    def _job(self, driver: str, job_id: int, concurrency: int) -> _JobState:
+        key = (driver, job_id)
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = _JobState(driver, job_id, concurrency)
+        job.concurrency = concurrency
+        return job
+
+    def _add_threads(self, wanted: int) -> None:
+        """Start runner threads so that ``wanted`` more tasks can run (under the lock)."""
+        while self._idle < wanted and len(self._threads) < self.max_threads:
+            thread = threading.Thread(target=self._runner, daemon=True,
+                                      name=f"bndl-like-task-{len(self._threads)}")
+            self._threads.append(thread)
+            self._idle += 1
+            thread.start()
+
+    def _next_run(self):
+        """Block until a task may start; None when closing. Called by runner threads."""
+        with self._cond:
+            while True:
+                if self._closing:
+                    return None
+                for job in self.jobs.values():
+                    if job.queue and len(job.running) < job.concurrency:
+                        run = job.queue.popleft()
+                        run.started = True
+                        job.running[run.key] = run
+                        self._idle -= 1
+                        return job, run
+                self._cond.wait()
+
+    def _runner(self) -> None:
+        while True:
+            picked = self._next_run()
+            if picked is None:
+                return
+            job, run = picked
+            self._post(job, (STARTED, run.key, run.attempt))
+            event = self._execute(job, run)
+            with self._cond:
+                if job.running.get(run.key) is run:
+                    del job.running[run.key]
+                self._idle += 1
+            self._post(job, event)
+
+    def _execute(self, job: _JobState, run: _Run) -> tuple:
+        """Run one task in this thread; the event to report."""
+        args, kwargs = run.args, run.kwargs
+        if run.deps:
+            try:
+                outputs = asyncio.run_coroutine_threadsafe(self._fetch(job, run.deps), self.loop).result()
+            except DependenciesFailed as exc:
+                return DEPS_FAILED, run.key, run.attempt, exc.failures
+            except Exception as exc:  # e.g. an output that cannot be unpickled
+                return FAILED, run.key, run.attempt, dump_exception(exc)
+            try:
+                if has_markers(args):
+                    args = fill_dependencies(args, outputs)
+                if has_markers(kwargs):
+                    kwargs = fill_dependencies(kwargs, outputs)
+            except Exception as exc:
+                return FAILED, run.key, run.attempt, dump_exception(exc)
+        outcome, value = self._call_in_thread(job, run, args, kwargs)
+        if outcome == SUCCEEDED:
+            if not job.released:
+                job.outputs[run.key] = value  # before the driver hears of it: dependents find it
+            return SUCCEEDED, run.key, run.attempt, value, nbytes_of(value)
+        if outcome == CANCELLED:
+            return CANCELLED, run.key, run.attempt
+        try:
+            return FAILED, run.key, run.attempt, dump_exception(value)
+        except Exception as exc:  # pragma: no cover - dump_exception is defensive already
+            return FAILED, run.key, run.attempt, (None, type(value).__name__, str(exc), "", None)
+
+    def _post(self, job: _JobState, event: tuple) -> None:
+        """Hand an event to the loop; wake it once per batch, not per event."""
+        self._completed.append((job, event))
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain_completed)
+            except RuntimeError:  # the loop is closed: the worker is stopping
+                pass
+
+    def _drain_completed(self) -> None:
+        self._wakeup_pending = False
+        completed = self._completed
+        while completed:
+            job, event = completed.popleft()
+            if not job.released:
+                self._report(job, event)
+
+    async def _fetch(self, job: _JobState, deps: dict) -> dict:
+        """Dependency outputs: local ones as they are, remote ones fetched once per job."""
+        outputs, failures, new, waiting = {}, {}, {}, []
+        me = self.node.name
+        for key, holder in deps.items():
+            if holder == me:
+                if key in job.outputs:
+                    outputs[key] = job.outputs[key]
+                else:
+                    failures.setdefault(holder, []).append(key)
+                continue
+            entry = job.fetching.get(key)
+            if entry is None:
+                entry = job.fetching[key] = (holder, self.loop.create_future())
+                new.setdefault(holder, []).append(key)
+            waiting.append((key, holder, entry[1]))
+        for holder, keys in new.items():
+            self._start_fetch(job, holder, keys, [job.fetching[k][1] for k in keys])
+        for key, holder, future in waiting:
+            try:
+                outputs[key] = await asyncio.shield(future)
+            except (NotConnected, RemoteError, KeyError):
+                if job.fetching.get(key, (None, None))[1] is future:
+                    del job.fetching[key]
+                failures.setdefault(holder, []).append(key)
+        if failures:
+            raise DependenciesFailed(failures)
+        return outputs
+
+    def _start_fetch(self, job: _JobState, holder: str, keys: list, futures: list) -> None:
+        async def fetch():
+            try:
+                peer = self.node.peers.get(holder)
+                if peer is None:
+                    raise NotConnected(f"{holder} is not connected")
+                values = await peer.call("tasks", "get_outputs", job.driver, job.job_id, keys)
+            except Exception as exc:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                        future.exception()  # retrieved by the awaiting tasks, if any
+                return
+            for future, value in zip(futures, values, strict=False):
+                if not future.done():
+                    future.set_result(value)
+        task = self.loop.create_task(fetch())
+        self._fetch_tasks.add(task)
+        task.add_done_callback(self._fetch_tasks.discard)
+
+    def _call_in_thread(self, job: _JobState, run: _Run, args, kwargs):
+        ident = threading.get_ident()
+        try:
+            try:
+                with run.lock:
+                    if run.cancelled:
+                        raise TaskCancelled(f"task {run.key!r} was cancelled")
+                    run.thread = ident
+                _local.worker = self.node
+                _local.context = TaskContext(run.key, job.job_id, run.attempt, self.node.name, job.driver)
+                return SUCCEEDED, run.fn(*args, **kwargs)
+            finally:
+                _local.worker = _local.context = None
+                with run.lock:
+                    run.thread = None
+                _clear_async_exc(ident)  # a cancel that lost the race must not hit this thread later
+        except TaskCancelled as exc:
+            _clear_async_exc(ident)
+            return CANCELLED, exc
+        except BaseException as exc:
+            return FAILED, exc
+
+    def _cancel(self, job: _JobState, keys: set | None, report: bool = True) -> None:
+        with self._cond:
+            kept, dropped = deque(), []
+            for run in job.queue:
+                (dropped if keys is None or run.key in keys else kept).append(run)
+            job.queue = kept
+            running = [r for r in job.running.values() if keys is None or r.key in keys]
+        if report:
+            for run in dropped:
+                self._report(job, (CANCELLED, run.key, run.attempt))
+        for run in running:
+            with run.lock:
+                run.cancelled = True
+                if run.thread is not None:
+                    _raise_in_thread(run.thread, TaskCancelled)
+
+    def _drop(self, driver: str, job_id: int) -> None:
+        with self._cond:
+            job = self.jobs.pop((driver, job_id), None)
+        if job is not None:
+            job.released = True
+            self._cancel(job, None, report=False)
+            job.outputs.clear()
+            job.fetching.clear()
+
+    # -- reporting -----------------------------------------------------------------------------------
+
+    def _report(self, job: _JobState, event: tuple) -> None:
+        key = (job.driver, job.job_id)
+        box = self._outbox.get(key)
+        if box is None:
+            box = self._outbox[key] = []
+        box.append(event)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        outbox, self._outbox = self._outbox, {}
+        for (driver, job_id), events in outbox.items():
+            peer = self.node.peers.get(driver)
+            if peer is None:
+                continue
+            try:
+                peer.notify("driver", "task_events", job_id, events)
+            except SerializationError:
+                self._send_one_by_one(peer, job_id, events)
+            except NotConnected:
+                pass
+
+    def _send_one_by_one(self, peer, job_id: int, events: list) -> None:
+        for event in events:
+            try:
+                peer.notify("driver", "task_events", job_id, [event])
+            except SerializationError as exc:
+                failure = (FAILED, event[1], event[2], dump_exception(exc))
+                peer.notify("driver", "task_events", job_id, [failure])
+            except NotConnected:
+                return
+
+    def _on_peer_lost(self, peer) -> None:
+        """A driver gone: cancel its jobs and free their outputs."""
+        if peer.node_type != "driver":
+            return
+        for driver, job_id in [k for k in self.jobs if k[0] == peer.name]:
+            log.info("%s: driver %s lost, cancelling its job %s", self.node.name, driver, job_id)
+            self._drop(driver, job_id)
+
+    def close(self) -> None:
+        """Cancel everything and end the runner threads (a task that ignores cancellation
+        keeps its daemon thread until it returns)."""
+        for driver, job_id in list(self.jobs):
+            self._drop(driver, job_id)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for task in list(self._fetch_tasks):
+            task.cancel()
+        for thread in self._threads:
+            thread.join(1.0)
 
 
 class FunctionService:
     """Runs pickled callables in a thread pool so the event loop stays free."""
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 4):
         self.threads = threads
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="bndl-like-fn")
 

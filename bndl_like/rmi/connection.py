@@ -77,6 +77,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_received = now
         self.last_sent = now
         self.retired_local = False
+        self.said_goodbye = False  # the peer closed on purpose (a CLOSE frame), e.g. it stopped
         self.retired_remote = False
         self.max_message_size = node.max_message_size
 
@@ -245,7 +246,8 @@ class Connection(asyncio.BufferedProtocol):
         elif kind == protocol.PING:
             pass
         elif kind == protocol.CLOSE:
-            reason = bytes(frame.main).decode(errors="replace") or "closed by the peer"
+            reason = bytes(frame.main).decode(errors="replace") or "no reason given"
+            self.said_goodbye = True
             self.close(f"closed by the peer: {reason}", notify=False)
         elif kind == protocol.RETIRE and self.handshake.done:
             self.retired_remote = True

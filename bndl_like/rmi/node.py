@@ -453,7 +453,8 @@ class Node:
             peer.connected_since = None
             peer.lost_reason = conn.close_reason
             if not self._stopping:
-                log.warning("%s: lost %s: %s", self.name, peer.name, conn.close_reason)
+                log.log(logging.INFO if conn.said_goodbye else logging.WARNING,
+                        "%s: lost %s: %s", self.name, peer.name, conn.close_reason)
                 self._learned[peer.name] = {"name": peer.name, "node_type": peer.node_type,
                                             "addresses": peer.addresses}
                 self._learned_at[peer.name] = self.loop.time()

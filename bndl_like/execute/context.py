@@ -1,0 +1,295 @@
+"""The ExecutionContext: the driver's handle on a cluster.
+
+The synchronous API runs over an event loop in a background thread (so it also
+works in Jupyter, whose main thread already runs a loop); every wait has a
+timeout or a cancellation path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .. import config
+from ..local import LocalWorkers
+from ..rmi import Node, takes_peer
+from .errors import JobCancelled
+from .run import END, JobRun, _Failure
+from .tasks import Job
+
+log = logging.getLogger(__name__)
+_open_contexts: weakref.WeakSet = weakref.WeakSet()
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, and a way to run coroutines on it."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro, timeout: float | None = None) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def call(self, fn, *args, timeout: float | None = None) -> Any:
+        async def call():
+            return fn(*args)
+        return self.run(call(), timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class _DriverService:
+    """The ``driver`` service: receives batched task events from workers."""
+
+    def __init__(self, ctx: ExecutionContext):
+        self.ctx = ctx
+
+    @takes_peer
+    def task_events(self, worker, job_id: int, events: list) -> None:
+        run = self.ctx._runs.get(job_id)
+        if run is not None:
+            run.on_task_events(worker.name, events)
+
+
+class ExecutionContext:
+    """The driver's handle on a cluster of workers.
+
+    ``ExecutionContext()`` starts a local cluster of ``os.cpu_count()`` worker
+    processes (or joins ``BNDL_LIKE_SEEDS`` when set); ``seeds=[...]`` joins a
+    cluster; ``seeds=[]`` makes this driver the seed workers join.
+    """
+
+    def __init__(self, seeds: Iterable[str] | None = None, secret: str | bytes | None = None, *,
+                 listen: str | None = None, workers: int | None = None, cluster: str | None = None,
+                 **node_options):
+        if seeds is None and not os.environ.get(config.env_name("seeds")):
+            local_workers = workers if workers is not None else (os.cpu_count() or 1)
+            if not isinstance(local_workers, int) or isinstance(local_workers, bool) or local_workers < 1:
+                raise ValueError(f"workers must be a positive int, not {workers!r}")
+            secret = secret or LocalWorkers.new_secret()
+            seeds = []
+            listen = listen or "tcp://127.0.0.1:0"
+        else:
+            if workers is not None:
+                raise ValueError("workers= starts a local cluster; it cannot be combined with seeds")
+            local_workers = 0
+        self._io = _LoopThread("bndl-like-driver")
+        self._loop = self._io.loop
+        self._node = Node(node_type="driver", listen=listen, seeds=seeds, secret=secret,
+                          cluster=cluster, **node_options)
+        self._node.add_service("driver", _DriverService(self))
+        self._runs: dict[int, JobRun] = {}
+        self.jobs: list[Job] = []
+        self._local: LocalWorkers | None = None
+        self._closed = False
+        try:
+            self._io.run(self._start())
+            if local_workers:
+                self._local = LocalWorkers(local_workers, self._node.addresses[0],
+                                           self._node.secret, self._node.cluster)
+        except BaseException:
+            self.close()
+            raise
+        self._expected = local_workers
+        _open_contexts.add(self)
+
+    @classmethod
+    def local(cls, workers: int | None = None, **options) -> ExecutionContext:
+        """A local cluster of ``workers`` processes (default ``os.cpu_count()``)."""
+        return cls(seeds=None, workers=workers if workers is not None else (os.cpu_count() or 1),
+                   **options)
+
+    async def _start(self) -> None:
+        await self._node.start()
+        self._node.on_peer_added.append(self._on_peer_added)
+        self._node.on_peer_lost.append(self._on_peer_lost)
+
+    def _on_peer_added(self, peer) -> None:
+        for run in list(self._runs.values()):
+            run.worker_added(peer)
+
+    def _on_peer_lost(self, peer) -> None:
+        for run in list(self._runs.values()):
+            run.worker_lost(peer)
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    @property
+    def workers(self) -> list:
+        return sorted((p for p in list(self._node.peers.values()) if p.node_type == "worker"),
+                      key=lambda p: p.name)
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.workers)
+
+    def await_workers(self, worker_count: int | None = None, connect_timeout: float = 5,
+                      stable_timeout: float = 60) -> int:
+        """Wait for workers; return how many are connected.
+
+        With ``worker_count`` (default: the number of local workers started),
+        wait until that many joined, at most ``stable_timeout`` s. Otherwise
+        wait up to ``connect_timeout`` s for a first worker, then until the
+        count stays the same for a moment (at most ``stable_timeout`` s).
+        """
+        self._check_open()
+        target = worker_count or self._expected or None
+        start = time.monotonic()
+        if target:
+            while self.worker_count < target and time.monotonic() - start < stable_timeout:
+                self._check_local_alive()
+                time.sleep(0.005)
+            return self.worker_count
+        while self.worker_count == 0 and time.monotonic() - start < connect_timeout:
+            time.sleep(0.01)
+        if self.worker_count == 0:
+            return 0
+        last, since = self.worker_count, time.monotonic()
+        while time.monotonic() - since < min(1.0, connect_timeout) and \
+                time.monotonic() - start < stable_timeout:
+            time.sleep(0.02)
+            if self.worker_count != last:
+                last, since = self.worker_count, time.monotonic()
+        return self.worker_count
+
+    def _check_local_alive(self) -> None:
+        if self._local is not None and all(p.poll() is not None for p in self._local.processes):
+            codes = [p.returncode for p in self._local.processes]
+            raise RuntimeError(f"every local worker process exited (exit codes {codes}); "
+                               "see their output above")
+
+    # -- executing --------------------------------------------------------------------------------
+
+    def execute(self, job: Job, workers=None, order_results: bool = True, concurrency: int | None = None,
+                attempts: int | None = None) -> Iterator:
+        """Run ``job``; yield the result of each task (in task order when ``order_results``).
+
+        Closing the generator early, ``job.cancel()`` or Ctrl-C cancels the job on
+        every worker. A task that fails ``attempts`` times stops the job: its
+        exception is raised here, with the remote traceback.
+        """
+        self._check_open()
+        if not isinstance(job, Job):
+            raise TypeError(f"execute() takes a Job, not {type(job).__name__}")
+        if job.ctx is not self:
+            raise ValueError(f"job {job.name} belongs to another ExecutionContext")
+        if job._run is not None:
+            raise RuntimeError(f"job {job.name} is already executing")
+        if workers is not None and not isinstance(workers, (list, tuple, set, frozenset)):
+            raise TypeError("workers must be a sequence of workers or worker names")
+        if self.worker_count == 0:
+            self.await_workers()
+        run = JobRun(self, job, workers, order_results, concurrency, attempts)
+        run.prepare()
+        self._loop.call_soon_threadsafe(run.start)
+        self.jobs.append(job)
+        return self._iterate(run)
+
+    def _iterate(self, run: JobRun) -> Iterator:
+        results = run.results
+        finished = False
+        try:
+            while True:
+                try:
+                    batch = results.get(timeout=0.5)
+                except Exception:  # queue.Empty
+                    continue
+                for item in batch:
+                    if item is END:
+                        finished = True
+                        return
+                    if type(item) is _Failure:
+                        finished = True
+                        raise item.error
+                    yield item
+        finally:
+            if not finished:
+                self._cancel_run(run)
+
+    def _cancel_run(self, run: JobRun) -> None:
+        """Cancel and wait (bounded) until the workers were told."""
+        if self._loop.is_closed():
+            return
+        run.cancel_threadsafe()
+        deadline = time.monotonic() + 5
+        while not run.finished and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def cancel(self, job: Job) -> None:
+        job.cancel()
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this ExecutionContext is closed")
+
+    def close(self) -> None:
+        """Stop the local workers this context started, the driver node and its loop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for run in list(self._runs.values()):
+            try:
+                self._io.call(run.cancel, timeout=5)
+            except Exception:
+                pass
+        try:
+            if self._node.running:
+                self._io.run(self._node.stop(), timeout=10)
+        except Exception:
+            log.exception("error while stopping the driver node")
+        if getattr(self, "_local", None) is not None:
+            self._local.stop()
+        self._io.stop()
+        _open_contexts.discard(self)
+
+    def __enter__(self) -> ExecutionContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.worker_count} workers"
+        return f"<ExecutionContext {self._node.name} {state}>"
+
+
+@atexit.register
+def _close_all() -> None:
+    for ctx in list(_open_contexts):
+        try:
+            ctx.close()
+        except Exception:
+            pass
+
+
+__all__ = ["ExecutionContext", "JobCancelled"]

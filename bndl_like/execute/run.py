@@ -1,0 +1,356 @@
+"""The execution shell of one job: feeds the Scheduler, carries out its decisions.
+
+Runs on the context's event loop. Decisions become batched ``tasks.run`` notices
+(one per worker per loop iteration); batched task events from the workers become
+scheduler events. Results go to the driver thread through a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+from .. import config
+from ..rmi import NotConnected
+from ..rmi.errors import RemoteError
+from ..rmi.serialize import load_exception
+from . import scheduler as S
+from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkersLost
+from .tasks import FuncTask, RmiTask
+from .worker import CANCELLED, DEPS_FAILED, FAILED, STARTED, SUCCEEDED
+
+log = logging.getLogger(__name__)
+
+END = object()
+
+
+def _remote_exception(info, worker: str, task) -> BaseException:
+    """The task's own exception (with the remote frames) or a RemoteError."""
+    payload, exc_type, text, tb_text, tb_dict = info
+    exc = load_exception(payload, tb_dict)
+    if exc is None:
+        exc = RemoteError(f"{exc_type}: {text}", exc_type, tb_text, worker)
+    else:
+        exc.remote_traceback = tb_text  # type: ignore[attr-defined]
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"(raised by task {task.id!r} on worker {worker})")
+    return exc
+
+
+class JobRun:
+    def __init__(self, ctx, job, workers, order_results: bool, concurrency, attempts):
+        self.ctx = ctx
+        self.job = job
+        self.loop = ctx._loop
+        self.restricted = None if workers is None else {getattr(w, "name", w) for w in workers}
+        self.order_results = order_results
+        self.concurrency = config.get("execute.concurrency", concurrency)
+        self.attempts = config.get("execute.attempts", attempts)
+        self.prefetch = config.get("execute.prefetch")
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.locations: dict = {}        # task id -> worker holding its output
+        self.task_results: dict = {}     # task id -> result of the event being handled
+        self.emitted: set = set()
+        self.next_index = 0
+        self.index = {task.id: i for i, task in enumerate(job.tasks)}
+        self.outbox: dict[str, list] = {}
+        self.flush_handle = None
+        self.used_workers: set[str] = set()
+        self.finished = False
+        self.generic: set = set()        # asyncio tasks of non-RMI tasks
+        self.result_batch: list | None = None
+
+    # -- life cycle (on the loop) -----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check the arguments and build the scheduler (in the caller's thread: pure work)."""
+        node = self.ctx._node
+        workers = [p for p in list(node.peers.values()) if p.node_type == "worker"]
+        if self.restricted is not None:
+            unknown = self.restricted - {w.name for w in workers}
+            if unknown:
+                raise ValueError(f"unknown or disconnected workers: {', '.join(sorted(unknown))}")
+            workers = [w for w in workers if w.name in self.restricted]
+        if not workers:
+            raise WorkersLost("no workers are connected; start some or wait with ctx.await_workers()")
+        job = self.job
+        names = [w.name for w in workers]
+        specs = []
+        for rank, task in enumerate(_priority_order(job.tasks)):
+            locality = None
+            loc = list(task.locality(workers))
+            if loc:
+                locality = {getattr(w, "name", w): int(v) for w, v in loc}
+            priority = (task.priority if task.priority is not None else 0, rank)
+            specs.append(S.TaskSpec(task.id, tuple(d.id for d in task.dependencies), priority,
+                                    locality, isinstance(task, FuncTask)))
+        self.scheduler = S.Scheduler(specs, names, concurrency=self.concurrency,
+                                     prefetch=self.prefetch, attempts=self.attempts)
+        job.state = "running"
+        job.started_at = time.time()
+        job.stopped_at = None
+        job.retried = 0
+        for task in job.tasks:
+            task.state = "pending"
+        job._run = self
+
+    def start(self) -> None:
+        """Begin on the loop: first decisions out. Failures end up raised by execute()."""
+        try:
+            job = self.job
+            self.ctx._runs[job.id] = self
+            # workers lost or joined since prepare()
+            live = {p.name for p in self.ctx._node.peers.values() if p.node_type == "worker"}
+            stimuli = [S.WorkerLost(w) for w in self.scheduler.workers if w not in live]
+            decisions = self.scheduler.start()
+            if stimuli:
+                decisions += self.scheduler.handle(*stimuli)
+            self.apply(decisions)
+            if job._cancel_requested:
+                job._cancel_requested = False
+                self.cancel()
+        except BaseException as exc:
+            log.exception("job %s could not start", self.job.name)
+            self._finish("failed", exc)
+
+    def cancel_threadsafe(self) -> None:
+        self.loop.call_soon_threadsafe(self.cancel)
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.apply(self.scheduler.handle(S.CancelJob()))
+
+    def worker_added(self, peer) -> None:
+        if not self.finished and peer.node_type == "worker" and (
+                self.restricted is None or peer.name in self.restricted):
+            self.apply(self.scheduler.handle(S.WorkerAdded(peer.name)))
+
+    def worker_lost(self, peer) -> None:
+        if not self.finished and peer.name in self.scheduler.workers:
+            self.apply(self.scheduler.handle(S.WorkerLost(peer.name)))
+
+    # -- events from workers ----------------------------------------------------------------------
+
+    def on_task_events(self, worker: str, events: list) -> None:
+        if self.finished:
+            return
+        stimuli = []
+        for event in events:
+            kind, key = event[0], event[1]
+            if kind == SUCCEEDED:
+                self.task_results[key] = event[3]
+                stimuli.append(S.TaskSucceeded(key, worker, event[4]))
+            elif kind == STARTED:
+                stimuli.append(S.TaskStarted(key, worker))
+            elif kind == FAILED:
+                task = self.job.task(key)
+                stimuli.append(S.TaskFailed(key, worker, _remote_exception(event[3], worker, task)))
+            elif kind == DEPS_FAILED:
+                stimuli.append(S.TaskDependenciesFailed(key, worker, event[3]))
+            elif kind == CANCELLED:
+                # cancelled without being asked (e.g. the worker is stopping): run it elsewhere
+                stimuli.append(S.TaskDependenciesFailed(key, worker, {}))
+        self.apply(self.scheduler.handle(*stimuli))
+        self.task_results.clear()
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def apply(self, decisions: list) -> None:
+        job = self.job
+        for decision in decisions:
+            kind = type(decision)
+            if kind is S.RunTask:
+                self._run_task(decision)
+            elif kind is S.TaskDone:
+                task = job.task(decision.task_id)
+                self.locations[task.id] = decision.worker
+                if decision.task_id in self.task_results:
+                    task.mark_done(self.task_results[decision.task_id])
+                elif task.id not in self.emitted:
+                    task.mark_done(task._result)
+                else:
+                    task.state = "done"
+                self._emit(task)
+            elif kind is S.TakeBack:
+                self._take_back(decision)
+            elif kind is S.CancelTask:
+                self._send(decision.worker, "cancel", [decision.task_id])
+            elif kind is S.TaskRetry:
+                job.retried += 1
+                log.info("job %s: task %r failed on %s, retrying: %s", job.name, decision.task_id,
+                         decision.worker, decision.error)
+                job.task(decision.task_id).mark_pending()
+            elif kind is S.DependencyLost:
+                self.locations.pop(decision.task_id, None)
+                job.task(decision.task_id).mark_failed(FailedDependency(decision.worker))
+            elif kind is S.JobDone:
+                self._finish("done")
+            elif kind is S.JobFailed:
+                error = decision.error
+                if decision.task_id is not None:
+                    task = job.task(decision.task_id)
+                    task.mark_failed(error)
+                if error is None:
+                    error = WorkersLost(decision.reason)
+                self._finish("failed", error)
+            elif kind is S.JobCancelled:
+                self._finish("cancelled", JobCancelled(f"job {job.name} was cancelled"))
+
+    def _run_task(self, decision) -> None:
+        task = self.job.task(decision.task_id)
+        task.set_executing(decision.worker)
+        self.used_workers.add(decision.worker)
+        if isinstance(task, RmiTask):
+            deps = {d.id: self.locations.get(d.id) for d in task.dependencies}
+            self.outbox.setdefault(decision.worker, []).append(
+                (task.id, decision.attempt, task.method, task.args, task.kwargs, deps))
+            if self.flush_handle is None:
+                self.flush_handle = self.loop.call_soon(self._flush)
+        else:
+            runner = self.loop.create_task(self._run_generic(task, decision.worker))
+            self.generic.add(runner)
+            runner.add_done_callback(self.generic.discard)
+
+    async def _run_generic(self, task, worker: str) -> None:
+        peer = self.ctx._node.peers.get(worker)
+        self.on_task_events(worker, [(STARTED, task.id, 0)])
+        try:
+            if peer is None:
+                raise NotConnected(f"{worker} is not connected")
+            result = await task.execute(self.scheduler, peer)
+        except NotConnected:
+            self.on_task_events(worker, [(CANCELLED, task.id, 0)])
+        except Exception as exc:
+            if not self.finished:
+                self.apply(self.scheduler.handle(S.TaskFailed(task.id, worker, exc)))
+        else:
+            self.on_task_events(worker, [(SUCCEEDED, task.id, 0, result, 0)])
+
+    def _flush(self) -> None:
+        self.flush_handle = None
+        outbox, self.outbox = self.outbox, {}
+        node = self.ctx._node
+        for worker, batch in outbox.items():
+            peer = node.peers.get(worker)
+            try:
+                if peer is None:
+                    raise NotConnected(worker)
+                peer.notify("tasks", "run", self.job.id, self.concurrency, batch)
+            except NotConnected:
+                if not self.finished and worker in self.scheduler.workers:
+                    self.apply(self.scheduler.handle(S.WorkerLost(worker)))
+            except Exception as exc:  # e.g. an argument that cannot be pickled
+                self._fail_unsendable(worker, batch, exc)
+
+    def _fail_unsendable(self, worker: str, batch: list, exc: Exception) -> None:
+        stimuli = []
+        for spec in batch:
+            try:
+                self.ctx._node.peers[worker].notify("tasks", "run", self.job.id, self.concurrency, [spec])
+            except Exception as one:
+                error = type(one)(f"task {spec[0]!r} cannot be sent to a worker: {one}")
+                stimuli.append(S.TaskFailed(spec[0], worker, error))
+        if stimuli and not self.finished:
+            # an argument that cannot be pickled fails on every attempt: do not retry it
+            self.apply(self.scheduler.handle(*stimuli * self.attempts))
+
+    def _take_back(self, decision) -> None:
+        peer = self.ctx._node.peers.get(decision.worker)
+
+        async def take_back():
+            try:
+                given = await peer.call("tasks", "take_back", self.job.id, [decision.task_id])
+            except (NotConnected, AttributeError):
+                return  # the loss is handled as WorkerLost
+            if not self.finished:
+                ok = decision.task_id in given
+                self.apply(self.scheduler.handle(S.TaskTakenBack(decision.task_id, decision.worker, ok)))
+        runner = self.loop.create_task(take_back())
+        self.generic.add(runner)
+        runner.add_done_callback(self.generic.discard)
+
+    def _send(self, worker: str, method: str, keys) -> None:
+        peer = self.ctx._node.peers.get(worker)
+        if peer is not None:
+            try:
+                peer.notify("tasks", method, self.job.id, keys)
+            except NotConnected:
+                pass
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def _emit(self, task) -> None:
+        if task.id in self.emitted:
+            return
+        if not self.order_results:
+            self.emitted.add(task.id)
+            self._put(task._result)
+            return
+        tasks = self.job.tasks
+        if self.index[task.id] != self.next_index:
+            return
+        while self.next_index < len(tasks):
+            nxt = tasks[self.next_index]
+            if nxt.state != "done" or nxt.id in self.emitted:
+                break
+            self.emitted.add(nxt.id)
+            self._put(nxt._result)
+            self.next_index += 1
+
+    def _put(self, item) -> None:
+        """Results cross to the driver thread in batches: one hand-over per loop iteration."""
+        if self.result_batch is None:
+            self.result_batch = []
+            self.loop.call_soon(self._hand_over)
+        self.result_batch.append(item)
+
+    def _hand_over(self) -> None:
+        batch, self.result_batch = self.result_batch, None
+        if batch:
+            self.results.put(batch)
+
+    def _finish(self, state: str, error: BaseException | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        job = self.job
+        job.state = state
+        job.stopped_at = time.time()
+        job._run = None
+        self.ctx._runs.pop(job.id, None)
+        for task in job.tasks:
+            if not task.done:
+                task.cancel()
+        for runner in list(self.generic):
+            runner.cancel()
+        for worker in self.used_workers:
+            peer = self.ctx._node.peers.get(worker)
+            if peer is not None:
+                try:
+                    if state != "done":
+                        peer.notify("tasks", "cancel", job.id, None)
+                    peer.notify("tasks", "release", job.id)
+                except NotConnected:
+                    pass
+        if error is not None:
+            self._put(_Failure(error))
+        self._put(END)
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _priority_order(tasks: list) -> list:
+    """Tasks in the order of their ids when those compare, else as given."""
+    try:
+        return sorted(tasks, key=lambda t: t.id)
+    except TypeError:
+        return list(tasks)
+
+
+__all__ = ["JobRun", "END", "TaskCancelled"]

@@ -1,0 +1,919 @@
+"""The scheduler: a pure state machine that decides which task runs where.
+
+No I/O, no threads, no clock reads, no randomness. The execution shell feeds it events
+with :meth:`Scheduler.handle` and carries out the decisions it returns, in order. Every
+decision costs O(log n) (O(log² n) when skipping tasks banned from a worker); memory
+grows with tasks + edges + locality entries, never with tasks x workers.
+
+Queues (sortedcontainers) hold task ranks: one global ready queue, one locality queue per
+worker for the ready tasks that prefer it, and a queue of prefetched tasks that idle workers
+may take back. Entries are removed eagerly (as cheap as a lazy pop with SortedList), which
+keeps memory bounded and lets :meth:`Scheduler.validate_state` check the queues exactly.
+
+(The interface below is the contract between the shell and the core.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+from sortedcontainers import SortedList, SortedSet
+
+TaskId = Hashable
+WorkerName = str
+
+
+# -- what the shell tells the scheduler about the job ------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task as the scheduler sees it.
+
+    ``priority``: lower runs first (ties: the order the specs were given).
+    ``locality``: worker name -> int; -1 forbidden, 0 indifferent (may be omitted), 1+
+    preferred, higher wins. Workers not named are indifferent.
+    ``data_locality``: when true, the task also prefers the workers holding most bytes
+    of its dependencies' outputs (added to the static locality; never overrides -1).
+    """
+    task_id: TaskId
+    dependencies: tuple = ()
+    priority: object = 0
+    locality: dict | None = None
+    data_locality: bool = True
+
+
+# -- events (shell -> scheduler) ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WorkerAdded:
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeld:
+    """No new tasks go to the worker; what runs there finishes."""
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReleased:
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """The worker started running a task it was given (it was not taken back)."""
+    task_id: TaskId
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSucceeded:
+    task_id: TaskId
+    worker: WorkerName
+    nbytes: int = 0  # size of the output kept on the worker
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """The task raised. Counts an attempt. ``retry=False``: it would fail the same way on every
+    attempt (e.g. it cannot be sent), so the job fails at once."""
+    task_id: TaskId
+    worker: WorkerName
+    error: BaseException | None = None
+    retry: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDependenciesFailed:
+    """The task could not fetch dependency outputs: ``failures`` maps the worker that
+    should have held them to the dependency task ids. Does not count an attempt."""
+    task_id: TaskId
+    worker: WorkerName
+    failures: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTakenBack:
+    """Answer to :class:`TakeBack`: ``ok`` when the worker had not started the task."""
+    task_id: TaskId
+    worker: WorkerName
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Cancel the job: every task assigned somewhere gets a CancelTask; then JobCancelled."""
+
+
+# -- decisions (scheduler -> shell) ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    task_id: TaskId
+    worker: WorkerName
+    attempt: int  # 1 for the first attempt; re-runs after loss keep counting up
+
+
+@dataclass(frozen=True, slots=True)
+class TakeBack:
+    """Ask ``worker`` to give back a task it was handed but has not started."""
+    task_id: TaskId
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    task_id: TaskId
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    """The task's output is final (for now: lineage may re-run it if its holder is lost)."""
+    task_id: TaskId
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRetry:
+    """The task failed and will be tried again (attempts left)."""
+    task_id: TaskId
+    worker: WorkerName
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyLost:
+    """A finished task's output is gone (``worker`` lost or could not serve it) and it
+    will run again; the shell marks it FailedDependency."""
+    task_id: TaskId
+    worker: WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    task_id: TaskId | None
+    error: BaseException | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobCancelled:
+    pass
+
+
+# -- the state machine -------------------------------------------------------------------------------
+
+WAITING, READY, ASSIGNED, DONE, LOST, FAILED, CANCELLED = range(7)
+_STATE_NAMES = ("waiting", "ready", "assigned", "done", "lost", "failed", "cancelled")
+_MUST_RUN = (WAITING, READY, ASSIGNED)
+
+
+class _Queue:
+    """Task ranks in priority order and, per live worker, the queued ranks it may not take.
+
+    ``banned[w]`` is always a subset of ``items``, so the first rank ``w`` may take is found
+    by bisecting the common prefix of the two sorted lists: O(log² n), however many are banned.
+    """
+
+    __slots__ = ("items", "banned")
+
+    def __init__(self) -> None:
+        self.items = SortedList()
+        self.banned: dict[WorkerName, SortedList] = {}
+
+    def add(self, rank: int, banned: Iterable[WorkerName]) -> None:
+        self.items.add(rank)
+        for w in banned:
+            self.ban(rank, w)
+
+    def ban(self, rank: int, worker: WorkerName) -> None:
+        self.banned.setdefault(worker, SortedList()).add(rank)
+
+    def remove(self, rank: int, banned: Iterable[WorkerName]) -> None:
+        self.items.remove(rank)
+        for w in banned:
+            self.banned[w].remove(rank)
+
+    def first_for(self, worker: WorkerName) -> int | None:
+        items, banned = self.items, self.banned.get(worker)
+        if not banned:
+            return items[0] if items else None
+        if len(banned) == len(items):
+            return None
+        lo, hi = 0, len(banned)  # items[i] == banned[i] holds exactly for i below the answer
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if items[mid] == banned[mid]:
+                lo = mid + 1
+            else:
+                hi = mid
+        return items[lo]
+
+
+class _Worker:
+    """What the scheduler knows about one live worker."""
+
+    __slots__ = ("name", "held", "assigned", "started", "unstarted", "stealable", "stealing", "local",
+                 "outputs")
+
+    def __init__(self, name: WorkerName):
+        self.name = name
+        self.held = False
+        self.assigned: set[int] = set()   # given (RunTask), not finished / taken back / lost
+        self.started = 0                  # how many of those reported TaskStarted
+        self.unstarted: set[int] = set()  # assigned, not started, no TakeBack outstanding
+        self.stealable: set[int] = set()  # the part of ``unstarted`` in the take-back queue
+        self.stealing: set[int] = set()   # tasks other workers were asked to give back for this one
+        self.local = SortedList()         # (-locality, rank) of ready tasks that prefer this worker
+        self.outputs: set[int] = set()    # tasks whose output lives here
+
+
+class Scheduler:
+    """Decides which task runs where; see the module docstring.
+
+    Tasks are numbered in spec order and ranked by ``(priority, spec order)``; all queues hold
+    ranks. ``attempt`` in :class:`RunTask` counts the runs of a task that were not taken back:
+    retries and re-runs after a loss count, a run taken back before it started does not.
+    """
+
+    def __init__(self, tasks: Iterable[TaskSpec], workers: Iterable[WorkerName] = (), *,
+                 concurrency: int = 1, prefetch: int = 0, attempts: int = 1):
+        for name, value, low in (("concurrency", concurrency, 1), ("prefetch", prefetch, 0),
+                                 ("attempts", attempts, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        self._concurrency, self._cap, self._attempts = concurrency, concurrency + prefetch, attempts
+        specs = list(tasks)
+        self._index: dict[TaskId, int] = {}
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(f"expected a TaskSpec, got {spec!r}")
+            if spec.task_id in self._index:
+                raise ValueError(f"duplicate task id {spec.task_id!r}")
+            self._index[spec.task_id] = i
+        n = len(specs)
+        self._ids = [s.task_id for s in specs]
+        dependents: list[list[int]] = [[] for _ in specs]
+        self._deps: list[tuple[int, ...]] = []
+        for i, spec in enumerate(specs):
+            deps = []
+            for dep in dict.fromkeys(spec.dependencies):
+                if dep not in self._index:
+                    raise ValueError(f"task {spec.task_id!r} depends on unknown task {dep!r}")
+                deps.append(self._index[dep])
+                dependents[self._index[dep]].append(i)
+            self._deps.append(tuple(deps))
+        self._dependents = [tuple(d) for d in dependents]
+        self._check_acyclic()
+        try:
+            self._by_rank = sorted(range(n), key=lambda i: (specs[i].priority, i))
+        except TypeError as exc:
+            raise ValueError(f"task priorities must be mutually comparable: {exc}")
+        self._rank = [0] * n
+        for rank, i in enumerate(self._by_rank):
+            self._rank[i] = rank
+        # static locality, sparse: only tasks that name a worker appear
+        self._static_prefs: dict[int, tuple[tuple[WorkerName, int], ...]] = {}
+        self._static_banned: dict[int, frozenset[WorkerName]] = {}
+        self._pref_index: dict[WorkerName, list[tuple[int, int]]] = {}
+        self._ban_index: dict[WorkerName, list[int]] = {}
+        for i, spec in enumerate(specs):
+            loc = spec.locality or {}
+            prefs = tuple((w, int(v)) for w, v in loc.items() if v > 0)
+            banned = frozenset(w for w, v in loc.items() if v < 0)
+            if prefs:
+                self._static_prefs[i] = prefs
+                for w, v in prefs:
+                    self._pref_index.setdefault(w, []).append((i, v))
+            if banned:
+                self._static_banned[i] = banned
+                for w in banned:
+                    self._ban_index.setdefault(w, []).append(i)
+        self._data_locality = bytearray(bool(s.data_locality) for s in specs)
+        # per-task state
+        self._status = [WAITING] * n
+        self._counts = [0] * len(_STATE_NAMES)
+        self._counts[WAITING] = n
+        self._missing = [len(d) for d in self._deps]         # dependencies whose output is not available
+        self._where: list[WorkerName | None] = [None] * n     # assigned worker
+        self._started = bytearray(n)
+        self._location: list[WorkerName | None] = [None] * n  # output holder (DONE tasks only)
+        self._nbytes = [0] * n
+        self._runs = [0] * n                                  # the last RunTask.attempt
+        self._succeeded = bytearray(n)
+        self._failures: dict[int, int] = {}
+        self._depfails: dict[int, int] = {}
+        self._lost_from: dict[int, WorkerName] = {}
+        self._retry_banned: dict[int, set[WorkerName]] = {}
+        self._retry_index: dict[WorkerName, set[int]] = {}
+        self._prefs: dict[int, dict[WorkerName, int]] = {}   # ready tasks: live worker -> locality
+        self._pending: dict[int, WorkerName | None] = {}     # TakeBack outstanding -> thief (or None)
+        self._n_succeeded = self._n_failed = self._n_retried = self._n_lost = self._n_taken_back = 0
+        # queues and workers
+        self._ready = _Queue()
+        self._steal = _Queue()
+        self._workers: dict[WorkerName, _Worker] = {}
+        self._free = SortedSet()  # live, not held, below concurrency + prefetch
+        self._fresh: list[int] = []  # became ready since the last fill and prefer some worker
+        self._out: list = []
+        self._over = False
+        for w in workers:
+            if w not in self._workers:
+                self._add_worker(w)
+        for i in range(n):
+            if not self._deps[i]:
+                self._make_ready(i)
+
+    def _check_acyclic(self) -> None:
+        pending = [len(d) for d in self._deps]
+        stack = [i for i, c in enumerate(pending) if c == 0]
+        seen = 0
+        while stack:
+            seen += 1
+            for j in self._dependents[stack.pop()]:
+                pending[j] -= 1
+                if pending[j] == 0:
+                    stack.append(j)
+        if seen == len(pending):
+            return
+        # every task left waits on a task left: follow such dependencies until one repeats
+        i = next(i for i, c in enumerate(pending) if c)
+        path: list[int] = []
+        position: dict[int, int] = {}
+        while i not in position:
+            position[i] = len(path)
+            path.append(i)
+            i = next(d for d in self._deps[i] if pending[d])
+        cycle = " -> ".join(repr(self._ids[k]) for k in path[position[i]:] + [i])
+        raise ValueError(f"dependency cycle (-> means 'depends on'): {cycle}")
+
+    # -- public interface ---------------------------------------------------------------------------
+
+    def start(self) -> list:
+        """Initial decisions (RunTask for what can run on the initial workers)."""
+        if not self._over:
+            self._fill()
+        return self._flush()
+
+    def handle(self, *events) -> list:
+        """Apply events in order; return the decisions they lead to, in order.
+
+        Events are checked before any is applied: an unknown task id raises ValueError and
+        leaves the state untouched. Slots are filled once, after the last event.
+        """
+        if self._over:
+            return []
+        for event in events:
+            self._check(event)
+        for event in events:
+            if self._over:
+                break
+            getattr(self, self._HANDLERS[type(event)])(event)
+        if not self._over:
+            self._fill()
+        return self._flush()
+
+    @property
+    def done(self) -> bool:
+        """True once the job is over (JobDone, JobFailed or JobCancelled was emitted)."""
+        return self._over
+
+    @property
+    def workers(self) -> list[WorkerName]:
+        """Live workers, by name."""
+        return sorted(self._workers)
+
+    def state(self, task_id: TaskId) -> str:
+        """waiting, ready, assigned (not started), running, done, lost (output gone, not needed
+        now), failed or cancelled."""
+        t = self._task(task_id)
+        if self._status[t] == ASSIGNED and self._started[t]:
+            return "running"
+        return _STATE_NAMES[self._status[t]]
+
+    def assigned(self, worker: WorkerName) -> list[TaskId]:
+        """Tasks given to ``worker`` and not finished, taken back or lost, by priority."""
+        w = self._workers.get(worker)
+        return [self._ids[t] for t in sorted(w.assigned, key=self._rank.__getitem__)] if w else []
+
+    def location(self, task_id: TaskId) -> WorkerName | None:
+        """The worker holding the task's output, if it is available."""
+        return self._location[self._task(task_id)]
+
+    def counts(self) -> dict[str, int]:
+        """Progress counts; ``done`` counts tasks that succeeded at least once."""
+        c = self._counts
+        return {"tasks": len(self._ids), "done": self._n_succeeded,
+                "pending": len(self._ids) - self._n_succeeded, "waiting": c[WAITING], "ready": c[READY],
+                "assigned": c[ASSIGNED], "running": sum(w.started for w in self._workers.values()),
+                "failed_attempts": self._n_failed, "retried": self._n_retried,
+                "dependencies_lost": self._n_lost, "taken_back": self._n_taken_back}
+
+    def validate_state(self) -> None:
+        """Assert the invariants (for tests: O(tasks + edges + queue entries))."""
+        status, rank, n = self._status, self._rank, len(self._ids)
+        assert [status.count(s) for s in range(len(_STATE_NAMES))] == self._counts, "status counts"
+        assert self._n_succeeded == sum(self._succeeded), "succeeded count"
+        if self._over:
+            assert not any(w.assigned for w in self._workers.values()) and not self._pending
+            return
+        assert self._n_succeeded < n, "every task succeeded but the job is not over"
+        ready_banned: dict[WorkerName, list[int]] = {}
+        outputs: dict[WorkerName, set[int]] = {}
+        for t in range(n):
+            s = status[t]
+            assert self._missing[t] == sum(status[d] != DONE for d in self._deps[t]), f"missing {t}"
+            assert (self._location[t] is not None) == (s == DONE), f"location {t}"
+            assert s not in (DONE, LOST) or self._succeeded[t], f"done without success {t}"
+            assert s not in (FAILED, CANCELLED), f"{_STATE_NAMES[s]} task in a running job {t}"
+            if s == DONE:
+                outputs.setdefault(self._location[t], set()).add(t)
+            if s in _MUST_RUN:  # every dependency is available or on its way (lineage)
+                assert all(status[d] != LOST for d in self._deps[t]), f"lost dependency not re-run {t}"
+            assert (s == WAITING) == (self._missing[t] > 0 and s in (WAITING, READY)), f"waiting {t}"
+            if s == ASSIGNED:
+                w = self._where[t]
+                assert w in self._workers and t in self._workers[w].assigned, f"assignment {t}"
+                assert not self._forbidden(t, w), f"assigned to a forbidden worker {t}"
+                assert all(self._succeeded[d] for d in self._deps[t]), f"ran before dependencies {t}"
+            else:
+                assert self._where[t] is None and not self._started[t] and t not in self._pending
+            if s == READY:
+                for w in self._banned_live(t):
+                    ready_banned.setdefault(w, []).append(rank[t])
+                prefs = self._prefs.get(t, {})
+                assert all(prefs.get(w, 0) >= loc for w, loc in self._static_prefs.get(t, ())
+                           if w in self._workers and not self._forbidden(t, w)), f"static locality {t}"
+            if s in (WAITING, READY) and any(w in self._workers for w in self._retry_banned.get(t, ())):
+                assert any(not self._forbidden(t, w) for w in self._workers), f"retry bans block {t}"
+            assert (t in self._prefs) <= (s == READY), f"prefs of a task not ready {t}"
+        assert list(self._ready.items) == sorted(rank[t] for t in range(n) if status[t] == READY)
+        assert {w: list(b) for w, b in self._ready.banned.items() if b} == {
+            w: sorted(b) for w, b in ready_banned.items()}, "ready queue bans"
+        local: dict[WorkerName, list] = {}
+        for t, prefs in self._prefs.items():
+            for w, loc in prefs.items():
+                assert loc > 0 and not self._forbidden(t, w), f"locality entry {t} {w}"
+                local.setdefault(w, []).append((-loc, rank[t]))
+        steal_banned: dict[WorkerName, list[int]] = {}
+        stealable = []
+        for name, w in self._workers.items():
+            assert len(w.assigned) <= self._cap, f"{name} over its slots"
+            assert all(self._where[t] == name for t in w.assigned)
+            assert w.started == sum(self._started[t] for t in w.assigned)
+            assert w.unstarted == {t for t in w.assigned if not self._started[t] and t not in self._pending}
+            spare = len(w.unstarted) - max(0, self._concurrency - w.started)
+            assert w.stealable == (w.unstarted if spare > 0 else set()), f"stealable on {name}"
+            assert list(w.local) == sorted(local.get(name, ())), f"locality queue of {name}"
+            assert w.outputs == outputs.pop(name, set()), f"outputs on {name}"
+            assert all(self._pending.get(t) == name and self._where[t] != name for t in w.stealing)
+            assert (name in self._free) == (not w.held and len(w.assigned) < self._cap), f"free {name}"
+            for t in w.stealable:
+                stealable.append(rank[t])
+                for b in self._banned_live(t):
+                    steal_banned.setdefault(b, []).append(rank[t])
+            if name in self._free:  # filling reached a fixed point
+                assert self._next_for(w) is None, f"{name} has a free slot and a ready task"
+                if self._concurrency > len(w.assigned) + len(w.stealing):
+                    assert self._steal.first_for(name) is None, f"{name} idle while it could take back"
+        assert sum(len(w.assigned) for w in self._workers.values()) == self._counts[ASSIGNED]
+        assert not outputs and set(local) <= set(self._workers) and set(self._free) <= set(self._workers)
+        assert list(self._steal.items) == sorted(stealable), "take-back queue"
+        assert {w: list(b) for w, b in self._steal.banned.items() if b} == {
+            w: sorted(b) for w, b in steal_banned.items()}, "take-back queue bans"
+        for t, thief in self._pending.items():
+            assert thief is None or t in self._workers[thief].stealing
+        for w, tasks in self._retry_index.items():
+            assert all(w in self._retry_banned.get(t, ()) and status[t] in _MUST_RUN for t in tasks)
+        assert sum(map(len, self._retry_index.values())) == sum(map(len, self._retry_banned.values()))
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    _HANDLERS = {WorkerAdded: "_on_worker_added", WorkerLost: "_on_worker_lost",
+                 WorkerHeld: "_on_worker_held", WorkerReleased: "_on_worker_released",
+                 TaskStarted: "_on_task_started", TaskSucceeded: "_on_task_succeeded",
+                 TaskFailed: "_on_task_failed", TaskDependenciesFailed: "_on_dependencies_failed",
+                 TaskTakenBack: "_on_taken_back", CancelJob: "_on_cancel_job"}
+
+    def _task(self, task_id: TaskId) -> int:
+        try:
+            return self._index[task_id]
+        except KeyError:
+            raise ValueError(f"unknown task id {task_id!r}")
+
+    def _check(self, event) -> None:
+        if type(event) not in self._HANDLERS:
+            raise TypeError(f"not a scheduler event: {event!r}")
+        if hasattr(event, "task_id"):
+            t = self._task(event.task_id)
+            if isinstance(event, TaskDependenciesFailed):
+                deps = set(self._deps[t])
+                for holder, dep_ids in event.failures.items():
+                    for dep in dep_ids:
+                        if self._task(dep) not in deps:
+                            raise ValueError(f"{dep!r} (on {holder!r}) is not a dependency "
+                                             f"of {event.task_id!r}")
+
+    def _current(self, event) -> int | None:
+        """The task's index if it is assigned to the event's worker, else None (a stale event)."""
+        t = self._index[event.task_id]
+        return t if self._where[t] == event.worker else None
+
+    def _on_worker_added(self, event: WorkerAdded) -> None:
+        if event.worker not in self._workers:
+            self._add_worker(event.worker)
+            if self._retry_index.get(event.worker):
+                self._lift_retry_bans()
+
+    def _on_worker_lost(self, event: WorkerLost) -> None:
+        w = self._workers.get(event.worker)
+        if w is None:
+            return
+        for t in w.stealing:
+            self._pending[t] = None
+        w.stealing.clear()
+        requeue = sorted(w.assigned, key=self._rank.__getitem__)
+        for t in requeue:
+            self._unassign(t)
+        lost = sorted(w.outputs, key=self._rank.__getitem__)
+        for _, rank in w.local:
+            prefs = self._prefs[self._by_rank[rank]]
+            del prefs[w.name]
+            if not prefs:
+                del self._prefs[self._by_rank[rank]]
+        self._ready.banned.pop(w.name, None)
+        self._steal.banned.pop(w.name, None)
+        self._free.discard(w.name)
+        del self._workers[w.name]
+        for t in lost:
+            self._lose_output(t)
+        for t in requeue:
+            self._requeue(t)
+        self._rerun_needed(lost)
+        if not self._workers:
+            left = len(self._ids) - self._n_succeeded
+            self._end(JobFailed(None, None, f"every worker was lost (the last: {w.name!r}); "
+                                            f"{left} of {len(self._ids)} tasks never finished"))
+            return
+        self._lift_retry_bans()
+
+    def _on_worker_held(self, event: WorkerHeld) -> None:
+        w = self._workers.get(event.worker)
+        if w is not None and not w.held:
+            w.held = True
+            self._update_free(w)
+            for t in sorted(w.unstarted, key=self._rank.__getitem__):
+                self._take_back(t, None)
+
+    def _on_worker_released(self, event: WorkerReleased) -> None:
+        w = self._workers.get(event.worker)
+        if w is not None and w.held:
+            w.held = False
+            self._update_free(w)
+
+    def _on_task_started(self, event: TaskStarted) -> None:
+        t = self._current(event)
+        if t is not None and not self._started[t]:
+            self._mark_started(t)
+
+    def _on_task_succeeded(self, event: TaskSucceeded) -> None:
+        t = self._current(event)
+        if t is None:
+            return
+        self._unassign(t)
+        self._set(t, DONE)
+        self._location[t] = event.worker
+        self._nbytes[t] = max(0, int(event.nbytes or 0))
+        self._workers[event.worker].outputs.add(t)
+        for w in self._retry_banned.pop(t, ()):  # bans hold for retries, not for a lineage re-run
+            self._retry_index[w].discard(t)
+        if not self._succeeded[t]:
+            self._succeeded[t] = 1
+            self._n_succeeded += 1
+        self._out.append(TaskDone(event.task_id, event.worker))
+        for d in self._dependents[t]:
+            self._missing[d] -= 1
+            if self._missing[d] == 0 and self._status[d] == WAITING:
+                self._make_ready(d)
+        if self._n_succeeded == len(self._ids):
+            self._end(JobDone())
+
+    def _on_task_failed(self, event: TaskFailed) -> None:
+        t = self._current(event)
+        if t is None:
+            return
+        self._unassign(t)
+        self._set(t, WAITING)
+        failures = self._failures[t] = self._failures.get(t, 0) + 1
+        self._n_failed += 1
+        if failures >= self._attempts or not event.retry:
+            self._set(t, FAILED)
+            why = f"the maximum (attempts={self._attempts})" if event.retry else "it cannot be retried"
+            self._end(JobFailed(event.task_id, event.error, f"task {event.task_id!r} failed "
+                                                            f"{failures} time(s), {why}: {event.error!r}"))
+            return
+        self._out.append(TaskRetry(event.task_id, event.worker, event.error))
+        self._n_retried += 1
+        # ban the worker for the retry, unless no other worker could take it now
+        if any(name != event.worker and not w.held and not self._forbidden(t, name)
+               for name, w in self._workers.items()):
+            self._retry_banned.setdefault(t, set()).add(event.worker)
+            self._retry_index.setdefault(event.worker, set()).add(t)
+        self._requeue(t)
+
+    def _on_dependencies_failed(self, event: TaskDependenciesFailed) -> None:
+        t = self._current(event)
+        if t is None:
+            return
+        self._unassign(t)
+        self._set(t, WAITING)
+        tries = self._depfails[t] = self._depfails.get(t, 0) + 1
+        if tries > max(10, 5 * self._attempts):
+            self._set(t, FAILED)
+            what = "; ".join(f"{list(deps)!r} from {holder!r}" for holder, deps in event.failures.items())
+            self._end(JobFailed(event.task_id, None,
+                                f"task {event.task_id!r} could not fetch its dependencies {tries} times "
+                                f"(last: {what or 'none named'})"))
+            return
+        lost = []
+        for holder, dep_ids in event.failures.items():
+            for dep in dep_ids:
+                d = self._index[dep]
+                if self._status[d] == DONE and self._location[d] == holder:
+                    self._lose_output(d)
+                    lost.append(d)
+        self._requeue(t)
+        self._rerun_needed(lost)
+
+    def _on_taken_back(self, event: TaskTakenBack) -> None:
+        t = self._current(event)
+        if t is None or t not in self._pending:
+            return
+        thief = self._pending.pop(t)
+        if thief is not None:
+            self._workers[thief].stealing.discard(t)
+        if not event.ok:  # it had started
+            if not self._started[t]:
+                self._mark_started(t)
+            return
+        self._unassign(t)
+        self._set(t, WAITING)
+        self._runs[t] -= 1  # a run taken back before it started is not an attempt
+        self._n_taken_back += 1
+        self._requeue(t)
+        if (thief is not None and self._status[t] == READY and thief in self._free
+                and not self._forbidden(t, thief)):
+            self._assign(t, thief)
+
+    def _on_cancel_job(self, event: CancelJob) -> None:
+        self._end(JobCancelled())
+
+    # -- transitions -----------------------------------------------------------------------------------
+
+    def _set(self, t: int, status: int) -> None:
+        self._counts[self._status[t]] -= 1
+        self._counts[status] += 1
+        self._status[t] = status
+
+    def _forbidden(self, t: int, worker: WorkerName) -> bool:
+        return worker in self._static_banned.get(t, ()) or worker in self._retry_banned.get(t, ())
+
+    def _banned_live(self, t: int) -> list[WorkerName]:
+        static, retry = self._static_banned.get(t), self._retry_banned.get(t)
+        if not static and not retry:
+            return []
+        return [w for w in (static or frozenset()) | (retry or set()) if w in self._workers]
+
+    def _add_worker(self, name: WorkerName) -> None:
+        w = self._workers[name] = _Worker(name)
+        for t in set(self._ban_index.get(name, ())) | self._retry_index.get(name, set()):
+            if self._status[t] == READY:
+                self._ready.ban(self._rank[t], name)
+            elif self._status[t] == ASSIGNED and t in self._workers[self._where[t]].stealable:
+                self._steal.ban(self._rank[t], name)
+        for t, loc in self._pref_index.get(name, ()):
+            if self._status[t] == READY and not self._forbidden(t, name):
+                self._prefs.setdefault(t, {})[name] = loc
+                w.local.add((-loc, self._rank[t]))
+        self._update_free(w)
+
+    def _make_ready(self, t: int) -> None:
+        """Queue a task whose dependencies' outputs are all available."""
+        self._set(t, READY)
+        rank = self._rank[t]
+        self._ready.add(rank, self._banned_live(t))
+        prefs = {w: loc for w, loc in self._static_prefs.get(t, ())
+                 if w in self._workers and not self._forbidden(t, w)}
+        if self._data_locality[t] and self._deps[t]:
+            holder = self._data_holder(t)
+            if not self._forbidden(t, holder):
+                prefs[holder] = prefs.get(holder, 0) + 1
+        if prefs:
+            self._prefs[t] = prefs
+            for w, loc in prefs.items():
+                self._workers[w].local.add((-loc, rank))
+            self._fresh.append(t)
+
+    def _data_holder(self, t: int) -> WorkerName:
+        """The worker holding most bytes of the task's dependency outputs (then most outputs)."""
+        held: dict[WorkerName, tuple[int, int]] = {}
+        for d in self._deps[t]:
+            nbytes, count = held.get(self._location[d], (0, 0))
+            held[self._location[d]] = (nbytes + self._nbytes[d], count + 1)
+        return min(held, key=lambda w: (-held[w][0], -held[w][1], w))
+
+    def _dequeue(self, t: int) -> None:
+        rank = self._rank[t]
+        self._ready.remove(rank, self._banned_live(t))
+        for w, loc in self._prefs.pop(t, {}).items():
+            self._workers[w].local.remove((-loc, rank))
+
+    def _assign(self, t: int, name: WorkerName) -> None:
+        w = self._workers[name]
+        self._dequeue(t)
+        self._set(t, ASSIGNED)
+        self._where[t] = name
+        w.assigned.add(t)
+        w.unstarted.add(t)
+        self._runs[t] += 1
+        self._out.append(RunTask(self._ids[t], name, self._runs[t]))
+        self._update_free(w)
+        self._refresh_stealable(w)
+
+    def _unassign(self, t: int) -> None:
+        """Take the task off its worker (the caller sets the new status)."""
+        w = self._workers[self._where[t]]
+        thief = self._pending.pop(t, None)
+        if thief is not None:
+            self._workers[thief].stealing.discard(t)
+        w.assigned.remove(t)
+        w.unstarted.discard(t)
+        if self._started[t]:
+            self._started[t] = 0
+            w.started -= 1
+        self._where[t] = None
+        self._update_free(w)
+        self._refresh_stealable(w)
+
+    def _mark_started(self, t: int) -> None:
+        w = self._workers[self._where[t]]
+        self._started[t] = 1
+        w.started += 1
+        w.unstarted.discard(t)
+        self._refresh_stealable(w)
+
+    def _take_back(self, t: int, thief: WorkerName | None) -> None:
+        victim = self._workers[self._where[t]]
+        victim.unstarted.discard(t)
+        self._pending[t] = thief
+        if thief is not None:
+            self._workers[thief].stealing.add(t)
+        self._out.append(TakeBack(self._ids[t], victim.name))
+        self._refresh_stealable(victim)
+
+    def _refresh_stealable(self, w: _Worker) -> None:
+        """A worker's unstarted tasks may be taken back only while more of them wait than the
+        worker has free run slots (they are prefetched); this also rules out ping-pong."""
+        spare = len(w.unstarted) - max(0, self._concurrency - w.started)
+        if spare <= 0 and not w.stealable:
+            return
+        want = w.unstarted if spare > 0 else set()
+        for t in w.stealable - want:
+            self._steal.remove(self._rank[t], self._banned_live(t))
+        for t in want - w.stealable:
+            self._steal.add(self._rank[t], self._banned_live(t))
+        w.stealable = set(want)
+
+    def _update_free(self, w: _Worker) -> None:
+        if not w.held and len(w.assigned) < self._cap:
+            self._free.add(w.name)
+        else:
+            self._free.discard(w.name)
+
+    def _lose_output(self, t: int) -> None:
+        """The output of a DONE task is gone; its dependents wait again."""
+        holder = self._location[t]
+        self._set(t, LOST)
+        self._location[t] = None
+        self._lost_from[t] = holder
+        if holder in self._workers:
+            self._workers[holder].outputs.discard(t)
+        for d in self._dependents[t]:
+            self._missing[d] += 1
+            if self._status[d] == READY:
+                self._dequeue(d)
+                self._set(d, WAITING)
+
+    def _needed(self, t: int) -> bool:
+        return any(self._status[d] in _MUST_RUN for d in self._dependents[t])
+
+    def _rerun_needed(self, lost: list[int]) -> None:
+        for t in lost:
+            if self._status[t] == LOST and self._needed(t):
+                self._out.append(DependencyLost(self._ids[t], self._lost_from[t]))
+                self._n_lost += 1
+                self._requeue(t)
+
+    def _requeue(self, t: int) -> None:
+        """Put a task that must (re)run back in line, re-running the lost outputs it needs."""
+        stack = [t]
+        while stack:
+            x = stack.pop()
+            if self._missing[x] == 0:
+                self._make_ready(x)
+                continue
+            self._set(x, WAITING)
+            for d in self._deps[x]:
+                if self._status[d] == LOST:
+                    self._out.append(DependencyLost(self._ids[d], self._lost_from[d]))
+                    self._n_lost += 1
+                    self._set(d, WAITING)
+                    stack.append(d)
+
+    def _lift_retry_bans(self) -> None:
+        """Retry bans that leave a task no live worker are dropped: run it where it failed
+        rather than wait (after a loss, or when the banned worker comes back alone)."""
+        for t, banned in list(self._retry_banned.items()):
+            if self._status[t] not in (WAITING, READY) or not any(w in self._workers for w in banned):
+                continue
+            if any(not self._forbidden(t, w) for w in self._workers):
+                continue
+            ready = self._status[t] == READY
+            if ready:
+                self._dequeue(t)
+            for w in banned:
+                self._retry_index[w].discard(t)
+            del self._retry_banned[t]
+            if ready:
+                self._make_ready(t)
+
+    def _end(self, decision) -> None:
+        """Cancel whatever is still assigned, then emit the job's final decision."""
+        assigned = sorted((t for w in self._workers.values() for t in w.assigned), key=self._rank.__getitem__)
+        for t in assigned:
+            name = self._where[t]
+            self._unassign(t)
+            self._set(t, LOST if self._succeeded[t] else CANCELLED)
+            self._out.append(CancelTask(self._ids[t], name))
+        self._out.append(decision)
+        self._over = True
+
+    # -- filling slots -----------------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Give work to workers with free slots: preferred placements of newly ready tasks first,
+        then every free worker pulls, then idle workers take back prefetched tasks."""
+        if self._n_succeeded == len(self._ids):
+            self._end(JobDone())
+            return
+        if self._fresh:
+            fresh, self._fresh = sorted(set(self._fresh), key=self._rank.__getitem__), []
+            for t in fresh:
+                if self._status[t] != READY:
+                    continue
+                prefs = self._prefs.get(t, {})
+                for name, _ in sorted(prefs.items(), key=lambda item: (-item[1], item[0])):
+                    if name in self._free:
+                        self._assign(t, name)
+                        break
+        if self._ready.items:  # run slots everywhere first, then prefetch slots
+            for limit in sorted({self._concurrency, self._cap}):
+                for name in list(self._free):
+                    w = self._workers[name]
+                    while len(w.assigned) < limit and name in self._free:
+                        t = self._next_for(w)
+                        if t is None:
+                            break
+                        self._assign(t, name)
+        if self._steal.items:
+            for name in list(self._free):
+                w = self._workers[name]
+                for _ in range(self._concurrency - len(w.assigned) - len(w.stealing)):
+                    rank = self._steal.first_for(name)
+                    if rank is None:
+                        break
+                    self._take_back(self._by_rank[rank], name)
+
+    def _next_for(self, w: _Worker) -> int | None:
+        """The best ready task ``w`` may run: its own locality queue first, then by priority."""
+        if w.local:
+            return self._by_rank[w.local[0][1]]
+        rank = self._ready.first_for(w.name)
+        return None if rank is None else self._by_rank[rank]
+
+    def _flush(self) -> list:
+        out, self._out = self._out, []
+        return out

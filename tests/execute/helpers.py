@@ -1,0 +1,63 @@
+"""Task functions for the integration tests (importable by the workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def add(a, b):
+    return a + b
+
+
+def total(values):
+    return sum(values)
+
+
+def combine(parts, mapping):
+    return sorted(parts) + [mapping["x"] + mapping["y"][0]]
+
+
+def identity(x):
+    return x
+
+
+def pid_of(_=None):
+    return os.getpid()
+
+
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+class TaskError(Exception):
+    pass
+
+
+def fail(message):
+    raise TaskError(message)
+
+
+def fail_on_first_worker(marker_dir, value):
+    """Fails the first time it runs in a worker process, succeeds elsewhere."""
+    path = os.path.join(marker_dir, "failed-once")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        raise TaskError("first attempt fails")
+    return value
+
+
+def tick_forever(path):
+    """Append to a file in small steps until cancelled."""
+    while True:
+        with open(path, "a") as f:
+            f.write(".")
+        time.sleep(0.01)
+
+
+def who_am_i(_=None):
+    from bndl_like import current_worker, task_context
+    context = task_context()
+    return current_worker().name, context.task_id, context.attempt
