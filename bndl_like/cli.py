@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
 import sys
 
 from . import config
+
+log = logging.getLogger("bndl_like.worker")
 
 
 def _worker_parser(sub) -> None:
@@ -52,8 +55,14 @@ async def _run_worker(args) -> None:
     try:
         await stop.wait()
     finally:
+        log.info("%s stopping", node.name)
+        # if stopping hangs, show where before the supervisor's SIGKILL comes
+        faulthandler.dump_traceback_later(4, exit=False)
         tasks.close()
-        await node.stop()
+        try:
+            await asyncio.wait_for(node.stop(), 5)
+        except asyncio.TimeoutError:
+            log.warning("%s: node did not stop within 5s", node.name)
         functions.close()
 
 

@@ -243,6 +243,7 @@ class Node:
         if self._stopping or not self.running:
             return
         self._stopping = True
+        started = self.loop.time()
         for task in [*self._tasks, *self._dialing.values()]:
             task.cancel()
         for conn in list(self._connections):
@@ -252,9 +253,13 @@ class Node:
             await asyncio.gather(*pending, return_exceptions=True)
         for conn in list(self._connections):
             await conn.wait_tasks()
+        tasks_done = self.loop.time()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.loop.time() - started > 1.0:
+            log.warning("%s: stopping took %.1fs (background tasks %.1fs, server %.1fs)", self.name,
+                        self.loop.time() - started, tasks_done - started, self.loop.time() - tasks_done)
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -191,3 +191,40 @@ def test_sigkill_of_a_worker_mid_job_gives_correct_results():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_ctrl_c_cancels_the_job_and_the_context_stays_usable(tmp_path):
+    import subprocess
+    import sys
+
+    ticks = str(tmp_path / "ticks")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-m", "tests.execute.interrupt_driver", ticks], cwd=root,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "RUNNING"
+        deadline = time.monotonic() + 10
+        while _size(ticks) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "INTERRUPTED cancelled" in out and "USABLE" in out, out
+    assert proc.returncode == 0
+    # the task stopped on the worker, which exited with the driver
+    before = _size(ticks)
+    time.sleep(0.3)
+    assert _size(ticks) == before
+
+
+def test_sync_api_inside_a_running_event_loop(ctx):
+    """As in a notebook, whose main thread runs an event loop already."""
+    import asyncio
+
+    async def cell():
+        return run(ctx, [FuncTask(ctx, i, helpers.add, (i, 1)) for i in range(5)])
+
+    assert asyncio.run(cell()) == [1, 2, 3, 4, 5]
