@@ -49,11 +49,9 @@ class JobRun:
         self.attempts = config.get("execute.attempts", attempts)
         self.prefetch = config.get("execute.prefetch")
         self.results: queue.SimpleQueue = queue.SimpleQueue()
-        self.locations: dict = {}        # task id -> worker holding its output
         self.task_results: dict = {}     # task id -> result of the event being handled
-        self.emitted: set = set()
+        self.emitted: set = set()        # ids of results handed out (unordered mode)
         self.next_index = 0
-        self.index = {task.id: i for i, task in enumerate(job.tasks)}
         self.outbox: dict[str, list] = {}
         self.flush_handle = None
         self.used_workers: set[str] = set()
@@ -76,16 +74,18 @@ class JobRun:
             raise WorkersLost("no workers are connected; start some or wait with ctx.await_workers()")
         job = self.job
         names = [w.name for w in workers]
-        specs = []
-        for rank, task in enumerate(_priority_order(job.tasks)):
-            locality = None
-            loc = list(task.locality(workers))
-            if loc:
-                locality = {getattr(w, "name", w): int(v) for w, v in loc}
-            priority = (task.priority if task.priority is not None else 0, rank)
-            specs.append(S.TaskSpec(task.id, tuple(d.id for d in task.dependencies), priority,
-                                    locality, isinstance(task, FuncTask)))
-        self.scheduler = S.Scheduler(specs, names, concurrency=self.concurrency,
+
+        def specs():
+            # in the order of the task ids: the scheduler breaks priority ties by spec order
+            for task in _priority_order(job.tasks):
+                locality = None
+                loc = list(task.locality(workers))
+                if loc:
+                    locality = {getattr(w, "name", w): int(v) for w, v in loc}
+                yield S.TaskSpec(task.id, tuple(d.id for d in task.dependencies),
+                                 task.priority if task.priority is not None else 0,
+                                 locality, isinstance(task, FuncTask))
+        self.scheduler = S.Scheduler(specs(), names, concurrency=self.concurrency,
                                      prefetch=self.prefetch, attempts=self.attempts)
         job.state = "running"
         job.started_at = time.time()
@@ -164,13 +164,7 @@ class JobRun:
                 self._run_task(decision)
             elif kind is S.TaskDone:
                 task = job.task(decision.task_id)
-                self.locations[task.id] = decision.worker
-                if decision.task_id in self.task_results:
-                    task.mark_done(self.task_results[decision.task_id])
-                elif task.id not in self.emitted:
-                    task.mark_done(task._result)
-                else:
-                    task.state = "done"
+                task.mark_done(self.task_results.get(decision.task_id, task._result))
                 self._emit(task)
             elif kind is S.TakeBack:
                 self._take_back(decision)
@@ -182,7 +176,6 @@ class JobRun:
                          decision.worker, decision.error)
                 job.task(decision.task_id).mark_pending()
             elif kind is S.DependencyLost:
-                self.locations.pop(decision.task_id, None)
                 job.task(decision.task_id).mark_failed(FailedDependency(decision.worker))
             elif kind is S.JobDone:
                 self._finish("done")
@@ -202,7 +195,8 @@ class JobRun:
         task.set_executing(decision.worker)
         self.used_workers.add(decision.worker)
         if isinstance(task, RmiTask):
-            deps = {d.id: self.locations.get(d.id) for d in task.dependencies}
+            location = self.scheduler.location
+            deps = {d.id: location(d.id) for d in task.dependencies}
             self.outbox.setdefault(decision.worker, []).append(
                 (task.id, decision.attempt, task.method, task.args, task.kwargs, deps))
             if self.flush_handle is None:
@@ -250,10 +244,10 @@ class JobRun:
                 self.ctx._node.peers[worker].notify("tasks", "run", self.job.id, self.concurrency, [spec])
             except Exception as one:
                 error = type(one)(f"task {spec[0]!r} cannot be sent to a worker: {one}")
-                stimuli.append(S.TaskFailed(spec[0], worker, error))
+                # an argument that cannot be pickled fails on every attempt: do not retry it
+                stimuli.append(S.TaskFailed(spec[0], worker, error, retry=False))
         if stimuli and not self.finished:
-            # an argument that cannot be pickled fails on every attempt: do not retry it
-            self.apply(self.scheduler.handle(*stimuli * self.attempts))
+            self.apply(self.scheduler.handle(*stimuli))
 
     def _take_back(self, decision) -> None:
         peer = self.ctx._node.peers.get(decision.worker)
@@ -281,22 +275,20 @@ class JobRun:
     # -- results -----------------------------------------------------------------------------------
 
     def _emit(self, task) -> None:
-        if task.id in self.emitted:
-            return
+        """Hand out a result once: in task order, or as it comes."""
         if not self.order_results:
-            self.emitted.add(task.id)
-            self._put(task._result)
+            if task.id not in self.emitted:
+                self.emitted.add(task.id)
+                self._put(task._result)
             return
         tasks = self.job.tasks
-        if self.index[task.id] != self.next_index:
-            return
-        while self.next_index < len(tasks):
-            nxt = tasks[self.next_index]
-            if nxt.state != "done" or nxt.id in self.emitted:
-                break
-            self.emitted.add(nxt.id)
-            self._put(nxt._result)
-            self.next_index += 1
+        i = self.next_index
+        if i >= len(tasks) or tasks[i] is not task:
+            return  # not its turn yet, or handed out before (a re-run after a loss)
+        while i < len(tasks) and tasks[i].state == "done":
+            self._put(tasks[i]._result)
+            i += 1
+        self.next_index = i
 
     def _put(self, item) -> None:
         """Results cross to the driver thread in batches: one hand-over per loop iteration."""

@@ -19,9 +19,9 @@ class Task:
     ``priority``: lower runs first; by default the order of the task ids.
     """
 
-    __slots__ = ("ctx", "id", "priority", "name", "desc", "group", "dependencies", "dependents",
+    __slots__ = ("ctx", "id", "priority", "_name", "desc", "group", "dependencies", "dependents",
                  "state", "executed_on", "_result", "_exception", "_listeners", "started_at",
-                 "stopped_at", "attempts", "__weakref__")
+                 "stopped_at", "attempts")
 
     def __init__(self, ctx, task_id: Hashable, *, priority=None, name: str | None = None,
                  desc: str | None = None, group: Any = None):
@@ -32,11 +32,12 @@ class Task:
         self.ctx = ctx
         self.id = task_id
         self.priority = priority
-        self.name = name if name is not None else str(task_id)
+        self._name = name
         self.desc = desc
         self.group = group
-        self.dependencies: list[Task] = []
-        self.dependents: list[Task] = []
+        # tuples until the first edge: most tasks of a large job have few or none
+        self.dependencies: list[Task] | tuple = ()
+        self.dependents: list[Task] | tuple = ()
         self.state = PENDING
         self.executed_on: list[str] = []
         self._result = None
@@ -45,6 +46,14 @@ class Task:
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.attempts = 0
+
+    @property
+    def name(self) -> str:
+        return self._name if self._name is not None else str(self.id)
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._name = value
 
     # -- what subclasses provide ----------------------------------------------------------
 
@@ -64,6 +73,10 @@ class Task:
         if task is self:
             raise ValueError(f"task {self.id!r} cannot depend on itself")
         if task not in self.dependencies:
+            if type(self.dependencies) is tuple:
+                self.dependencies = list(self.dependencies)
+            if type(task.dependents) is tuple:
+                task.dependents = list(task.dependents)
             self.dependencies.append(task)
             task.dependents.append(self)
 
@@ -223,6 +236,9 @@ def fill_dependencies(value, outputs: dict):
     return value
 
 
+_NO_KWARGS: dict = {}  # shared by tasks without keyword arguments; never mutated
+
+
 class RmiTask(Task):
     """Runs the callable ``method(*args, **kwargs)`` on a worker."""
 
@@ -236,13 +252,21 @@ class RmiTask(Task):
             raise TypeError(f"task {task_id!r}: args must be a tuple or list, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"task {task_id!r}: kwargs must be a dict, not {type(kwargs).__name__}")
-        if name is None:
-            name = getattr(method, "__name__", None)
-            name = f"{name}[{task_id}]" if name else None
         super().__init__(ctx, task_id, priority=priority, name=name, desc=desc, group=group)
         self.method = method
         self.args = tuple(args)
-        self.kwargs = kwargs or {}
+        self.kwargs = kwargs or _NO_KWARGS
+
+    @property
+    def name(self) -> str:
+        if self._name is not None:
+            return self._name
+        fn = getattr(self.method, "__name__", None)
+        return f"{fn}[{self.id}]" if fn else str(self.id)
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._name = value
 
     def payload(self) -> tuple:
         """What the worker needs: (callable, args, kwargs)."""
