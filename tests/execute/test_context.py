@@ -228,3 +228,39 @@ def test_sync_api_inside_a_running_event_loop(ctx):
         return run(ctx, [FuncTask(ctx, i, helpers.add, (i, 1)) for i in range(5)])
 
     assert asyncio.run(cell()) == [1, 2, 3, 4, 5]
+
+
+def test_driver_as_seed_and_a_worker_joining_mid_job():
+    from bndl_like.local import LocalWorkers
+
+    secret = LocalWorkers.new_secret()
+    with ExecutionContext(seeds=[], listen="tcp://127.0.0.1:0", secret=secret) as ctx:
+        first = LocalWorkers(1, ctx.node.addresses[0], secret)
+        second = None
+        try:
+            assert ctx.await_workers(worker_count=1, stable_timeout=30) == 1
+            tasks = [FuncTask(ctx, i, helpers.sleep_then, (0.02, i)) for i in range(150)]
+            results = ctx.execute(Job(ctx, tasks), order_results=False)
+            got = [next(results) for _ in range(5)]
+            second = LocalWorkers(1, ctx.node.addresses[0], secret)
+            got += list(results)
+            assert sorted(got) == list(range(150))
+            assert ctx.worker_count == 2
+            assert len({t.executed_on_last() for t in tasks}) == 2  # the late joiner got work
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
+
+
+def test_job_fails_clearly_when_every_worker_is_lost():
+    from bndl_like import WorkersLost
+
+    with ExecutionContext.local(workers=1) as ctx:
+        assert ctx.await_workers() == 1
+        tasks = [FuncTask(ctx, i, helpers.sleep_then, (0.05, i)) for i in range(100)]
+        results = ctx.execute(Job(ctx, tasks))
+        next(results)
+        os.kill(ctx._local.processes[0].pid, signal.SIGKILL)
+        with pytest.raises(WorkersLost, match="worker"):
+            list(results)
