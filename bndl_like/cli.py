@@ -1,4 +1,9 @@
-"""The ``bndl-like`` command: ``worker`` and ``demo`` (more to come)."""
+"""The ``bndl-like`` command: worker, supervisor, status, shell and demo.
+
+Every option can also be set with the environment variable ``BNDL_LIKE_<OPTION>``
+(``--secret-file`` is ``BNDL_LIKE_SECRET_FILE``); the secret itself comes from
+``--secret-file`` or ``BNDL_LIKE_SECRET``, never from the command line.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +17,67 @@ import sys
 
 from . import config
 
-log = logging.getLogger("bndl_like.worker")
+log = logging.getLogger("bndl_like.cli")
 
 
-def _worker_parser(sub) -> None:
-    p = sub.add_parser("worker", help="run one worker process")
-    p.add_argument("--listen", default=None,
-                   help="address to listen on, tcp://host:port (env BNDL_LIKE_LISTEN; "
-                        "default tcp://127.0.0.1:0)")
-    p.add_argument("--seeds", default=None,
-                   help="comma separated addresses of nodes to join (env BNDL_LIKE_SEEDS)")
-    p.add_argument("--cluster", default=None, help="cluster name (env BNDL_LIKE_CLUSTER)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="tasks run at once (env BNDL_LIKE_EXECUTE_CONCURRENCY; default 1)")
-    p.add_argument("--secret-file", default=None,
-                   help="file holding the cluster secret (else env BNDL_LIKE_SECRET)")
+def _env(name: str) -> str:
+    return "BNDL_LIKE_" + name.replace("-", "_").upper()
 
 
-def _read_secret(path: str | None) -> bytes | None:
-    if path is None:
-        return config.secret()
-    with open(path, "rb") as f:
-        return f.read().strip() or None
+def _option(parser, name: str, help: str, **kw) -> None:
+    """An option whose default comes from BNDL_LIKE_<NAME>; the help says so."""
+    env = _env(name)
+    default = kw.pop("default", None)
+    shown = f"; default {default}" if default is not None else ""
+    value = os.environ.get(env) or default
+    if value is not None and "type" in kw:
+        try:
+            value = kw["type"](value)
+        except ValueError:
+            parser.error(f"invalid value {value!r} for {env}")
+    parser.add_argument("--" + name, default=value, help=f"{help} (env {env}{shown})", **kw)
+
+
+def _cluster_options(parser) -> None:
+    _option(parser, "seeds", "comma separated addresses of nodes to join, tcp://host:port")
+    _option(parser, "cluster", "cluster name; nodes of different clusters refuse each other")
+    _option(parser, "secret-file", "file holding the cluster secret, readable by its owner only "
+                                   "(else the secret comes from BNDL_LIKE_SECRET)")
+
+
+def _worker_options(parser) -> None:
+    _option(parser, "listen", "address to listen on; a taken port walks up to the next free one",
+            default="tcp://127.0.0.1:0")
+    _cluster_options(parser)
+    _option(parser, "concurrency", "threads running tasks at once, at most", type=int, default=1)
+    _option(parser, "name", "node name (default host.pid.n)")
+    _option(parser, "heartbeat-timeout", "seconds of silence before a peer is declared lost",
+            type=float, default=6.0)
+
+
+def _secret(args) -> bytes | None:
+    from .deploy.secret import read_secret_file
+
+    if args.secret_file:
+        return read_secret_file(args.secret_file)
+    return config.secret()
+
+
+def _seeds(args) -> list[str]:
+    return config.get("seeds", args.seeds) or []
 
 
 async def _run_worker(args) -> None:
+    from .deploy import logs
     from .execute.worker import FunctionService, WorkerService
     from .rmi import Node
 
-    node = Node(node_type="worker", listen=args.listen, seeds=args.seeds, cluster=args.cluster,
-                secret=_read_secret(args.secret_file))
-    concurrency = config.get("execute.concurrency", args.concurrency)
-    functions = FunctionService(concurrency)
-    tasks = WorkerService(node, max_threads=max(64, concurrency))
+    node = Node(args.name, "worker", listen=args.listen, seeds=_seeds(args), cluster=args.cluster,
+                secret=_secret(args), heartbeat_timeout=args.heartbeat_timeout,
+                heartbeat_interval=min(1.0, args.heartbeat_timeout / 4))
+    logs.set_node_name(node.name)
+    functions = FunctionService(max(4, args.concurrency))
+    tasks = WorkerService(node, max_threads=max(64, args.concurrency))
     node.add_service("functions", functions)
     node.add_service("tasks", tasks)
     stop = asyncio.Event()
@@ -52,11 +85,13 @@ async def _run_worker(args) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    log.info("worker %s ready on %s, seeds %s", node.name, ", ".join(node.addresses),
+             ", ".join(map(str, node.seeds)) or "none")
     try:
         await stop.wait()
     finally:
         log.info("%s stopping", node.name)
-        # if stopping hangs, show where before the supervisor's SIGKILL comes
+        # if stopping hangs, show where before a supervisor's SIGKILL comes
         faulthandler.dump_traceback_later(4, exit=False)
         tasks.close()
         try:
@@ -66,6 +101,66 @@ async def _run_worker(args) -> None:
         functions.close()
 
 
+def _worker_argv(args) -> list[str]:
+    """The supervisor's options that its workers take, as arguments (the secret via env/file)."""
+    argv = []
+    for name in ("listen", "seeds", "cluster", "secret-file", "concurrency", "heartbeat-timeout"):
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None:
+            argv += ["--" + name, str(value)]
+    return argv
+
+
+def _supervise(args) -> int:
+    from .deploy.supervisor import Supervisor
+
+    if args.secret_file:
+        _secret(args)  # fail here, once, rather than in every worker
+    supervisor = Supervisor(args.workers, _worker_argv(args), max_restarts=args.max_restarts)
+    return supervisor.run()
+
+
+def _status(args) -> int:
+    from .deploy.status import cluster_status, format_lines
+
+    seeds = _seeds(args)
+    if not seeds:
+        print("bndl-like status: no seeds given (--seeds or BNDL_LIKE_SEEDS)", file=sys.stderr)
+        return 2
+    workers = asyncio.run(cluster_status(seeds, _secret(args), args.cluster, args.timeout))
+    if not workers:
+        print(f"bndl-like status: no worker answered through {', '.join(map(str, seeds))} "
+              f"within {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print("\n".join(format_lines(workers)))
+    return 0
+
+
+def _shell(args) -> int:
+    import bndl_like
+    from bndl_like import ExecutionContext
+
+    seeds = _seeds(args)
+    if not seeds:
+        print("bndl-like shell: no seeds given (--seeds or BNDL_LIKE_SEEDS)", file=sys.stderr)
+        return 2
+    with ExecutionContext(seeds=seeds, secret=_secret(args), cluster=args.cluster) as ctx:
+        count = ctx.await_workers(connect_timeout=args.timeout)
+        banner = (f"bndl_like {bndl_like.__version__}: ctx is connected to {count} workers "
+                  f"through {', '.join(map(str, seeds))}")
+        namespace = {"ctx": ctx, "bndl_like": bndl_like, **{n: getattr(bndl_like, n)
+                                                           for n in bndl_like.__all__}}
+        try:
+            from IPython import start_ipython
+        except ImportError:
+            import code
+            code.interact(banner=banner, local=namespace, exitmsg="")
+        else:
+            print(banner)
+            start_ipython(argv=[], user_ns=namespace)
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -73,26 +168,59 @@ def _demo(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bndl-like", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("BNDL_LIKE_LOG_LEVEL", "WARNING"))
-    sub = parser.add_subparsers(dest="command", required=True)
-    _worker_parser(sub)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bndl-like", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _option(parser, "log-level", "DEBUG, INFO, WARNING or ERROR; default INFO for worker and "
+                                 "supervisor, WARNING otherwise")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser("worker", help="run one worker process")
+    _worker_options(worker)
+
+    supervisor = sub.add_parser("supervisor", help="run and keep running N workers on this host")
+    _option(supervisor, "workers", "worker processes to keep running", type=int,
+            default=os.cpu_count() or 1)
+    _option(supervisor, "max-restarts", "restarts of one worker within 60s that make a crash loop",
+            type=int, default=5)
+    _worker_options(supervisor)
+
+    status = sub.add_parser("status", help="list the workers of a cluster, their load and uptime")
+    _cluster_options(status)
+    _option(status, "timeout", "seconds to wait for workers to answer", type=float, default=5.0)
+
+    shell = sub.add_parser("shell", help="an interactive Python with ctx connected to a cluster")
+    _cluster_options(shell)
+    _option(shell, "timeout", "seconds to wait for a first worker", type=float, default=5.0)
+
     demo = sub.add_parser("demo", help="run the main job (a word count DAG) on a local cluster")
     demo.add_argument("--workers", type=int, default=None,
                       help="local worker processes (default: the number of CPUs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .deploy import logs
+
+    parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
-    if args.command == "worker":
-        asyncio.run(_run_worker(args))
-        return 0
-    if args.command == "demo":
+    try:
+        daemon = args.command in ("worker", "supervisor")
+        logs.setup(args.log_level or ("INFO" if daemon else "WARNING"))
+        if args.command == "worker":
+            asyncio.run(_run_worker(args))
+            return 0
+        if args.command == "supervisor":
+            return _supervise(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "shell":
+            return _shell(args)
         return _demo(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except ValueError as exc:  # a bad option or secret file: one clear line
+        print(f"bndl-like {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ class LocalWorkers:
         env.update(extra_env or {})
         env["BNDL_LIKE_SECRET"] = secret.decode() if isinstance(secret, bytes) else secret
         env["BNDL_LIKE_CLUSTER"] = cluster
-        cmd = [sys.executable, "-m", "bndl_like.cli", "worker", "--listen", "tcp://127.0.0.1:0",
-               "--seeds", seed]
+        level = os.environ.get("BNDL_LIKE_LOG_LEVEL", "WARNING")
+        cmd = [sys.executable, "-m", "bndl_like.cli", "--log-level", level, "worker",
+               "--listen", "tcp://127.0.0.1:0", "--seeds", seed]
         self.processes = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
                           for _ in range(count)]
 

@@ -16,9 +16,11 @@ keeps memory bounded and lets :meth:`Scheduler.validate_state` check the queues 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from itertools import repeat
+from operator import attrgetter, itemgetter
 
-from sortedcontainers import SortedList, SortedSet
+from sortedcontainers import SortedList
 
 TaskId = Hashable
 WorkerName = str
@@ -181,6 +183,36 @@ _STATE_NAMES = ("waiting", "ready", "assigned", "done", "lost", "failed", "cance
 _MUST_RUN = (WAITING, READY, ASSIGNED)
 
 
+def _maker(cls):
+    """A fast constructor for a frozen, slotted dataclass: fills the slots directly instead of
+    going through the generated ``__init__`` (``object.__setattr__`` per field). Same object."""
+    new = object.__new__
+    setters = [getattr(cls, f.name).__set__ for f in fields(cls)]
+    if len(setters) == 2:
+        set_a, set_b = setters
+
+        def make2(a, b):
+            obj = new(cls)
+            set_a(obj, a)
+            set_b(obj, b)
+            return obj
+        return make2
+    set_a, set_b, set_c = setters
+
+    def make3(a, b, c):
+        obj = new(cls)
+        set_a(obj, a)
+        set_b(obj, b)
+        set_c(obj, c)
+        return obj
+    return make3
+
+
+_run_task = _maker(RunTask)
+_task_done = _maker(TaskDone)
+_take_back = _maker(TakeBack)
+
+
 class _Queue:
     """Task ranks in priority order and, per live worker, the queued ranks it may not take.
 
@@ -190,8 +222,8 @@ class _Queue:
 
     __slots__ = ("items", "banned")
 
-    def __init__(self) -> None:
-        self.items = SortedList()
+    def __init__(self, items: Iterable[int] = ()) -> None:
+        self.items = SortedList(items)
         self.banned: dict[WorkerName, SortedList] = {}
 
     def add(self, rank: int, banned: Iterable[WorkerName]) -> None:
@@ -203,7 +235,11 @@ class _Queue:
         self.banned.setdefault(worker, SortedList()).add(rank)
 
     def remove(self, rank: int, banned: Iterable[WorkerName]) -> None:
-        self.items.remove(rank)
+        items = self.items
+        if items[0] == rank:  # the usual case: popping the head is much cheaper
+            items.pop(0)
+        else:
+            items.remove(rank)
         for w in banned:
             self.banned[w].remove(rank)
 
@@ -257,41 +293,53 @@ class Scheduler:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self._concurrency, self._cap, self._attempts = concurrency, concurrency + prefetch, attempts
         specs = list(tasks)
-        self._index: dict[TaskId, int] = {}
-        for i, spec in enumerate(specs):
-            if not isinstance(spec, TaskSpec):
-                raise TypeError(f"expected a TaskSpec, got {spec!r}")
-            if spec.task_id in self._index:
-                raise ValueError(f"duplicate task id {spec.task_id!r}")
-            self._index[spec.task_id] = i
-        n = len(specs)
-        self._ids = [s.task_id for s in specs]
+        n = self._n = len(specs)
+        index = self._index = {}
+        if all(map(isinstance, specs, repeat(TaskSpec))):
+            self._ids = list(map(attrgetter("task_id"), specs))
+            index.update(zip(self._ids, range(n), strict=True))
+        if len(index) != n:
+            self._spec_error(specs)
+        # dependencies (deduplicated, in the order given) and dependents (in spec order)
         dependents: list[list[int]] = [[] for _ in specs]
-        self._deps: list[tuple[int, ...]] = []
+        deps_of: list[tuple[int, ...]] = []
+        get = index.__getitem__
         for i, spec in enumerate(specs):
-            deps = []
-            for dep in dict.fromkeys(spec.dependencies):
-                if dep not in self._index:
-                    raise ValueError(f"task {spec.task_id!r} depends on unknown task {dep!r}")
-                deps.append(self._index[dep])
-                dependents[self._index[dep]].append(i)
-            self._deps.append(tuple(deps))
+            named = spec.dependencies
+            if not named:
+                deps_of.append(())
+                continue
+            if type(named) is not tuple:
+                named = tuple(named)
+            try:
+                deps = tuple(map(get, named))
+            except KeyError:
+                unknown = next(d for d in dict.fromkeys(named) if d not in index)
+                raise ValueError(f"task {spec.task_id!r} depends on unknown task {unknown!r}") from None
+            if len(deps) > 1:
+                deps = tuple(dict.fromkeys(deps))
+            for d in deps:
+                dependents[d].append(i)
+            deps_of.append(deps)
+        self._deps = deps_of
         self._dependents = [tuple(d) for d in dependents]
-        self._check_acyclic()
+        roots = self._check_acyclic()
+        # rank by (priority, spec order); the tuples compare in C
         try:
-            self._by_rank = sorted(range(n), key=lambda i: (specs[i].priority, i))
+            ranked = sorted(zip(map(attrgetter("priority"), specs), range(n), strict=True))
+            self._by_rank = list(map(itemgetter(1), ranked))
         except TypeError as exc:
             raise ValueError(f"task priorities must be mutually comparable: {exc}")
-        self._rank = [0] * n
-        for rank, i in enumerate(self._by_rank):
-            self._rank[i] = rank
+        self._rank = sorted(range(n), key=self._by_rank.__getitem__)  # the inverse permutation
         # static locality, sparse: only tasks that name a worker appear
         self._static_prefs: dict[int, tuple[tuple[WorkerName, int], ...]] = {}
         self._static_banned: dict[int, frozenset[WorkerName]] = {}
         self._pref_index: dict[WorkerName, list[tuple[int, int]]] = {}
         self._ban_index: dict[WorkerName, list[int]] = {}
         for i, spec in enumerate(specs):
-            loc = spec.locality or {}
+            loc = spec.locality
+            if not loc:
+                continue
             prefs = tuple((w, int(v)) for w, v in loc.items() if v > 0)
             banned = frozenset(w for w, v in loc.items() if v < 0)
             if prefs:
@@ -302,12 +350,12 @@ class Scheduler:
                 self._static_banned[i] = banned
                 for w in banned:
                     self._ban_index.setdefault(w, []).append(i)
-        self._data_locality = bytearray(bool(s.data_locality) for s in specs)
+        self._data_locality = bytearray(map(bool, map(attrgetter("data_locality"), specs)))
         # per-task state
         self._status = [WAITING] * n
         self._counts = [0] * len(_STATE_NAMES)
         self._counts[WAITING] = n
-        self._missing = [len(d) for d in self._deps]         # dependencies whose output is not available
+        self._missing = list(map(len, deps_of))              # dependencies whose output is not available
         self._where: list[WorkerName | None] = [None] * n     # assigned worker
         self._started = bytearray(n)
         self._location: list[WorkerName | None] = [None] * n  # output holder (DONE tasks only)
@@ -323,32 +371,62 @@ class Scheduler:
         self._pending: dict[int, WorkerName | None] = {}     # TakeBack outstanding -> thief (or None)
         self._n_succeeded = self._n_failed = self._n_retried = self._n_lost = self._n_taken_back = 0
         # queues and workers
-        self._ready = _Queue()
-        self._steal = _Queue()
         self._workers: dict[WorkerName, _Worker] = {}
-        self._free = SortedSet()  # live, not held, below concurrency + prefetch
+        self._free: set[WorkerName] = set()    # live, not held, below concurrency + prefetch
+        self._hungry: set[WorkerName] = set()  # live, not held, assigned + stealing below concurrency
+        # The take-back queue is only kept while some worker is hungry (and for a while after):
+        # when slots fill from the ready queue, nobody takes back and nothing needs to be queued.
+        self._steal = _Queue()
+        self._stealing_on = False
+        self._steal_quiet = 0  # fills in a row without a hungry worker while the queue is kept
         self._fresh: list[int] = []  # became ready since the last fill and prefer some worker
         self._out: list = []
         self._over = False
+        # every root is ready; those with a static locality go the long way
+        plain = []
+        special = self._static_prefs.keys() | self._static_banned.keys()
+        status, rank = self._status, self._rank
+        for i in roots:
+            if i in special:
+                continue
+            status[i] = READY
+            plain.append(rank[i])
+        self._counts[WAITING] -= len(plain)
+        self._counts[READY] += len(plain)
+        self._ready = _Queue(plain)
         for w in workers:
             if w not in self._workers:
                 self._add_worker(w)
-        for i in range(n):
+        for i in sorted(special):
             if not self._deps[i]:
                 self._make_ready(i)
 
-    def _check_acyclic(self) -> None:
+    def _spec_error(self, specs: list) -> None:
+        """Raise the error for the first spec that is not a TaskSpec or repeats a task id."""
+        seen = set()
+        for spec in specs:
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(f"expected a TaskSpec, got {spec!r}")
+            if spec.task_id in seen:
+                raise ValueError(f"duplicate task id {spec.task_id!r}")
+            seen.add(spec.task_id)
+        raise AssertionError("unreachable")
+
+    def _check_acyclic(self) -> list[int]:
+        """Raise ValueError naming a cycle if there is one; return the tasks without dependencies."""
         pending = [len(d) for d in self._deps]
-        stack = [i for i, c in enumerate(pending) if c == 0]
+        roots = [i for i, c in enumerate(pending) if c == 0]
+        stack = roots.copy()
         seen = 0
+        dependents = self._dependents
         while stack:
             seen += 1
-            for j in self._dependents[stack.pop()]:
+            for j in dependents[stack.pop()]:
                 pending[j] -= 1
                 if pending[j] == 0:
                     stack.append(j)
         if seen == len(pending):
-            return
+            return roots
         # every task left waits on a task left: follow such dependencies until one repeats
         i = next(i for i, c in enumerate(pending) if c)
         path: list[int] = []
@@ -376,15 +454,24 @@ class Scheduler:
         """
         if self._over:
             return []
+        index = self._index
         for event in events:
-            self._check(event)
+            kind = type(event)
+            if kind in _TASK_EVENTS:
+                if event.task_id not in index:
+                    raise ValueError(f"unknown task id {event.task_id!r}")
+                if kind is TaskDependenciesFailed:
+                    self._check_failures(event)
+            elif kind not in _HANDLERS:
+                raise TypeError(f"not a scheduler event: {event!r}")
         for event in events:
             if self._over:
                 break
-            getattr(self, self._HANDLERS[type(event)])(event)
+            _HANDLERS[type(event)](self, event)
         if not self._over:
             self._fill()
-        return self._flush()
+        out, self._out = self._out, []
+        return out
 
     @property
     def done(self) -> bool:
@@ -416,21 +503,22 @@ class Scheduler:
     def counts(self) -> dict[str, int]:
         """Progress counts; ``done`` counts tasks that succeeded at least once."""
         c = self._counts
-        return {"tasks": len(self._ids), "done": self._n_succeeded,
-                "pending": len(self._ids) - self._n_succeeded, "waiting": c[WAITING], "ready": c[READY],
+        return {"tasks": self._n, "done": self._n_succeeded,
+                "pending": self._n - self._n_succeeded, "waiting": c[WAITING], "ready": c[READY],
                 "assigned": c[ASSIGNED], "running": sum(w.started for w in self._workers.values()),
                 "failed_attempts": self._n_failed, "retried": self._n_retried,
                 "dependencies_lost": self._n_lost, "taken_back": self._n_taken_back}
 
     def validate_state(self) -> None:
         """Assert the invariants (for tests: O(tasks + edges + queue entries))."""
-        status, rank, n = self._status, self._rank, len(self._ids)
+        status, rank, n = self._status, self._rank, self._n
         assert [status.count(s) for s in range(len(_STATE_NAMES))] == self._counts, "status counts"
         assert self._n_succeeded == sum(self._succeeded), "succeeded count"
         if self._over:
             assert not any(w.assigned for w in self._workers.values()) and not self._pending
             return
         assert self._n_succeeded < n, "every task succeeded but the job is not over"
+        assert not self._fresh, "fresh tasks left after filling"
         ready_banned: dict[WorkerName, list[int]] = {}
         outputs: dict[WorkerName, set[int]] = {}
         for t in range(n):
@@ -476,21 +564,28 @@ class Scheduler:
             assert w.started == sum(self._started[t] for t in w.assigned)
             assert w.unstarted == {t for t in w.assigned if not self._started[t] and t not in self._pending}
             spare = len(w.unstarted) - max(0, self._concurrency - w.started)
-            assert w.stealable == (w.unstarted if spare > 0 else set()), f"stealable on {name}"
+            if self._stealing_on:
+                assert w.stealable == (w.unstarted if spare > 0 else set()), f"stealable on {name}"
+            else:
+                assert not w.stealable, f"stealable on {name} while no take-back queue is kept"
             assert list(w.local) == sorted(local.get(name, ())), f"locality queue of {name}"
             assert w.outputs == outputs.pop(name, set()), f"outputs on {name}"
             assert all(self._pending.get(t) == name and self._where[t] != name for t in w.stealing)
             assert (name in self._free) == (not w.held and len(w.assigned) < self._cap), f"free {name}"
+            hungry = not w.held and len(w.assigned) + len(w.stealing) < self._concurrency
+            assert (name in self._hungry) == hungry, f"hungry {name}"
             for t in w.stealable:
                 stealable.append(rank[t])
                 for b in self._banned_live(t):
                     steal_banned.setdefault(b, []).append(rank[t])
             if name in self._free:  # filling reached a fixed point
                 assert self._next_for(w) is None, f"{name} has a free slot and a ready task"
-                if self._concurrency > len(w.assigned) + len(w.stealing):
-                    assert self._steal.first_for(name) is None, f"{name} idle while it could take back"
+                if hungry:  # (then the take-back queue is kept)
+                    assert self._stealing_on and self._steal.first_for(name) is None, \
+                        f"{name} idle while it could take back"
         assert sum(len(w.assigned) for w in self._workers.values()) == self._counts[ASSIGNED]
         assert not outputs and set(local) <= set(self._workers) and set(self._free) <= set(self._workers)
+        assert self._hungry <= self._free
         assert list(self._steal.items) == sorted(stealable), "take-back queue"
         assert {w: list(b) for w, b in self._steal.banned.items() if b} == {
             w: sorted(b) for w, b in steal_banned.items()}, "take-back queue bans"
@@ -502,30 +597,19 @@ class Scheduler:
 
     # -- events ---------------------------------------------------------------------------------------
 
-    _HANDLERS = {WorkerAdded: "_on_worker_added", WorkerLost: "_on_worker_lost",
-                 WorkerHeld: "_on_worker_held", WorkerReleased: "_on_worker_released",
-                 TaskStarted: "_on_task_started", TaskSucceeded: "_on_task_succeeded",
-                 TaskFailed: "_on_task_failed", TaskDependenciesFailed: "_on_dependencies_failed",
-                 TaskTakenBack: "_on_taken_back", CancelJob: "_on_cancel_job"}
-
     def _task(self, task_id: TaskId) -> int:
         try:
             return self._index[task_id]
         except KeyError:
             raise ValueError(f"unknown task id {task_id!r}")
 
-    def _check(self, event) -> None:
-        if type(event) not in self._HANDLERS:
-            raise TypeError(f"not a scheduler event: {event!r}")
-        if hasattr(event, "task_id"):
-            t = self._task(event.task_id)
-            if isinstance(event, TaskDependenciesFailed):
-                deps = set(self._deps[t])
-                for holder, dep_ids in event.failures.items():
-                    for dep in dep_ids:
-                        if self._task(dep) not in deps:
-                            raise ValueError(f"{dep!r} (on {holder!r}) is not a dependency "
-                                             f"of {event.task_id!r}")
+    def _check_failures(self, event: TaskDependenciesFailed) -> None:
+        deps = set(self._deps[self._index[event.task_id]])
+        for holder, dep_ids in event.failures.items():
+            for dep in dep_ids:
+                if self._task(dep) not in deps:
+                    raise ValueError(f"{dep!r} (on {holder!r}) is not a dependency "
+                                     f"of {event.task_id!r}")
 
     def _current(self, event) -> int | None:
         """The task's index if it is assigned to the event's worker, else None (a stale event)."""
@@ -557,6 +641,7 @@ class Scheduler:
         self._ready.banned.pop(w.name, None)
         self._steal.banned.pop(w.name, None)
         self._free.discard(w.name)
+        self._hungry.discard(w.name)
         del self._workers[w.name]
         for t in lost:
             self._lose_output(t)
@@ -564,9 +649,9 @@ class Scheduler:
             self._requeue(t)
         self._rerun_needed(lost)
         if not self._workers:
-            left = len(self._ids) - self._n_succeeded
+            left = self._n - self._n_succeeded
             self._end(JobFailed(None, None, f"every worker was lost (the last: {w.name!r}); "
-                                            f"{left} of {len(self._ids)} tasks never finished"))
+                                            f"{left} of {self._n} tasks never finished"))
             return
         self._lift_retry_bans()
 
@@ -585,30 +670,44 @@ class Scheduler:
             self._update_free(w)
 
     def _on_task_started(self, event: TaskStarted) -> None:
-        t = self._current(event)
-        if t is not None and not self._started[t]:
-            self._mark_started(t)
+        t = self._index[event.task_id]
+        if self._where[t] == event.worker and not self._started[t]:
+            w = self._workers[event.worker]
+            self._started[t] = 1
+            w.started += 1
+            w.unstarted.discard(t)
+            if self._stealing_on:
+                self._refresh_stealable(w)
 
     def _on_task_succeeded(self, event: TaskSucceeded) -> None:
-        t = self._current(event)
-        if t is None:
+        t = self._index[event.task_id]
+        name = event.worker
+        if self._where[t] != name:
             return
         self._unassign(t)
-        self._set(t, DONE)
-        self._location[t] = event.worker
-        self._nbytes[t] = max(0, int(event.nbytes or 0))
-        self._workers[event.worker].outputs.add(t)
-        for w in self._retry_banned.pop(t, ()):  # bans hold for retries, not for a lineage re-run
-            self._retry_index[w].discard(t)
+        counts, status = self._counts, self._status
+        counts[status[t]] -= 1
+        counts[DONE] += 1
+        status[t] = DONE
+        self._location[t] = name
+        nbytes = event.nbytes
+        if type(nbytes) is not int:
+            nbytes = int(nbytes or 0)
+        self._nbytes[t] = nbytes if nbytes > 0 else 0
+        self._workers[name].outputs.add(t)
+        if self._retry_banned and t in self._retry_banned:  # bans hold for retries, not for a re-run
+            for w in self._retry_banned.pop(t):
+                self._retry_index[w].discard(t)
         if not self._succeeded[t]:
             self._succeeded[t] = 1
             self._n_succeeded += 1
-        self._out.append(TaskDone(event.task_id, event.worker))
+        self._out.append(_task_done(event.task_id, name))
+        missing = self._missing
         for d in self._dependents[t]:
-            self._missing[d] -= 1
-            if self._missing[d] == 0 and self._status[d] == WAITING:
+            missing[d] -= 1
+            if missing[d] == 0 and status[d] == WAITING:
                 self._make_ready(d)
-        if self._n_succeeded == len(self._ids):
+        if self._n_succeeded == self._n:
             self._end(JobDone())
 
     def _on_task_failed(self, event: TaskFailed) -> None:
@@ -665,6 +764,7 @@ class Scheduler:
         thief = self._pending.pop(t)
         if thief is not None:
             self._workers[thief].stealing.discard(t)
+            self._update_free(self._workers[thief])
         if not event.ok:  # it had started
             if not self._started[t]:
                 self._mark_started(t)
@@ -712,68 +812,122 @@ class Scheduler:
 
     def _make_ready(self, t: int) -> None:
         """Queue a task whose dependencies' outputs are all available."""
-        self._set(t, READY)
+        counts, status = self._counts, self._status
+        counts[status[t]] -= 1
+        counts[READY] += 1
+        status[t] = READY
         rank = self._rank[t]
-        self._ready.add(rank, self._banned_live(t))
-        prefs = {w: loc for w, loc in self._static_prefs.get(t, ())
-                 if w in self._workers and not self._forbidden(t, w)}
+        static_banned = t in self._static_banned
+        if static_banned or t in self._retry_banned:
+            self._ready.add(rank, self._banned_live(t))
+        else:
+            self._ready.items.add(rank)
+        prefs = None
+        static = self._static_prefs.get(t)
+        if static:
+            prefs = {w: loc for w, loc in static if w in self._workers and not self._forbidden(t, w)}
         if self._data_locality[t] and self._deps[t]:
             holder = self._data_holder(t)
-            if not self._forbidden(t, holder):
-                prefs[holder] = prefs.get(holder, 0) + 1
+            if not (static_banned or self._retry_banned) or not self._forbidden(t, holder):
+                if prefs is None:
+                    prefs = {holder: 1}
+                else:
+                    prefs[holder] = prefs.get(holder, 0) + 1
         if prefs:
             self._prefs[t] = prefs
+            workers = self._workers
             for w, loc in prefs.items():
-                self._workers[w].local.add((-loc, rank))
+                workers[w].local.add((-loc, rank))
             self._fresh.append(t)
 
     def _data_holder(self, t: int) -> WorkerName:
         """The worker holding most bytes of the task's dependency outputs (then most outputs)."""
-        held: dict[WorkerName, tuple[int, int]] = {}
-        for d in self._deps[t]:
-            nbytes, count = held.get(self._location[d], (0, 0))
-            held[self._location[d]] = (nbytes + self._nbytes[d], count + 1)
-        return min(held, key=lambda w: (-held[w][0], -held[w][1], w))
+        deps, location = self._deps[t], self._location
+        first = location[deps[0]]
+        if len(deps) == 1:
+            return first
+        for d in deps:
+            if location[d] != first:
+                break
+        else:
+            return first
+        held: dict[WorkerName, list[int]] = {}
+        nbytes = self._nbytes
+        for d in deps:
+            entry = held.get(location[d])
+            if entry is None:
+                held[location[d]] = [-nbytes[d], -1]
+            else:
+                entry[0] -= nbytes[d]
+                entry[1] -= 1
+        return min((entry[0], entry[1], w) for w, entry in held.items())[2]
 
     def _dequeue(self, t: int) -> None:
         rank = self._rank[t]
-        self._ready.remove(rank, self._banned_live(t))
-        for w, loc in self._prefs.pop(t, {}).items():
-            self._workers[w].local.remove((-loc, rank))
+        if t in self._static_banned or t in self._retry_banned:
+            self._ready.remove(rank, self._banned_live(t))
+        else:
+            items = self._ready.items
+            if items[0] == rank:
+                items.pop(0)
+            else:
+                items.remove(rank)
+        if t in self._prefs:
+            workers = self._workers
+            for w, loc in self._prefs.pop(t).items():
+                workers[w].local.remove((-loc, rank))
 
     def _assign(self, t: int, name: WorkerName) -> None:
         w = self._workers[name]
         self._dequeue(t)
-        self._set(t, ASSIGNED)
+        counts, status = self._counts, self._status
+        counts[status[t]] -= 1
+        counts[ASSIGNED] += 1
+        status[t] = ASSIGNED
         self._where[t] = name
-        w.assigned.add(t)
+        assigned = w.assigned
+        assigned.add(t)
         w.unstarted.add(t)
-        self._runs[t] += 1
-        self._out.append(RunTask(self._ids[t], name, self._runs[t]))
-        self._update_free(w)
-        self._refresh_stealable(w)
+        runs = self._runs[t] = self._runs[t] + 1
+        self._out.append(_run_task(self._ids[t], name, runs))
+        if len(assigned) >= self._cap:
+            self._free.discard(name)
+        if len(assigned) + len(w.stealing) >= self._concurrency:
+            self._hungry.discard(name)
+        if self._stealing_on:
+            self._refresh_stealable(w)
 
     def _unassign(self, t: int) -> None:
         """Take the task off its worker (the caller sets the new status)."""
-        w = self._workers[self._where[t]]
-        thief = self._pending.pop(t, None)
-        if thief is not None:
-            self._workers[thief].stealing.discard(t)
-        w.assigned.remove(t)
-        w.unstarted.discard(t)
+        name = self._where[t]
+        w = self._workers[name]
+        if t in self._pending:
+            thief = self._pending.pop(t)
+            if thief is not None:
+                self._workers[thief].stealing.discard(t)
+                self._update_free(self._workers[thief])
+        assigned = w.assigned
+        assigned.remove(t)
         if self._started[t]:
             self._started[t] = 0
             w.started -= 1
+        else:
+            w.unstarted.discard(t)
         self._where[t] = None
-        self._update_free(w)
-        self._refresh_stealable(w)
+        if not w.held:  # fewer tasks: maybe free, maybe hungry
+            self._free.add(name)
+            if len(assigned) + len(w.stealing) < self._concurrency:
+                self._hungry.add(name)
+        if self._stealing_on:
+            self._refresh_stealable(w)
 
     def _mark_started(self, t: int) -> None:
         w = self._workers[self._where[t]]
         self._started[t] = 1
         w.started += 1
         w.unstarted.discard(t)
-        self._refresh_stealable(w)
+        if self._stealing_on:
+            self._refresh_stealable(w)
 
     def _take_back(self, t: int, thief: WorkerName | None) -> None:
         victim = self._workers[self._where[t]]
@@ -781,8 +935,10 @@ class Scheduler:
         self._pending[t] = thief
         if thief is not None:
             self._workers[thief].stealing.add(t)
-        self._out.append(TakeBack(self._ids[t], victim.name))
-        self._refresh_stealable(victim)
+            self._update_free(self._workers[thief])
+        self._out.append(_take_back(self._ids[t], victim.name))
+        if self._stealing_on:
+            self._refresh_stealable(victim)
 
     def _refresh_stealable(self, w: _Worker) -> None:
         """A worker's unstarted tasks may be taken back only while more of them wait than the
@@ -797,11 +953,35 @@ class Scheduler:
             self._steal.add(self._rank[t], self._banned_live(t))
         w.stealable = set(want)
 
+    def _start_stealing(self) -> None:
+        """Build the take-back queue: O(prefetched tasks), paid for by the fills since it was dropped."""
+        self._stealing_on = True
+        self._steal_quiet = 0
+        for w in self._workers.values():
+            self._refresh_stealable(w)
+
+    def _stop_stealing(self) -> None:
+        self._stealing_on = False
+        self._steal = _Queue()
+        for w in self._workers.values():
+            if w.stealable:
+                w.stealable = set()
+
     def _update_free(self, w: _Worker) -> None:
-        if not w.held and len(w.assigned) < self._cap:
-            self._free.add(w.name)
+        name = w.name
+        if w.held:
+            self._free.discard(name)
+            self._hungry.discard(name)
+            return
+        n = len(w.assigned)
+        if n < self._cap:
+            self._free.add(name)
         else:
-            self._free.discard(w.name)
+            self._free.discard(name)
+        if n + len(w.stealing) < self._concurrency:
+            self._hungry.add(name)
+        else:
+            self._hungry.discard(name)
 
     def _lose_output(self, t: int) -> None:
         """The output of a DONE task is gone; its dependents wait again."""
@@ -876,36 +1056,68 @@ class Scheduler:
     def _fill(self) -> None:
         """Give work to workers with free slots: preferred placements of newly ready tasks first,
         then every free worker pulls, then idle workers take back prefetched tasks."""
-        if self._n_succeeded == len(self._ids):
+        if self._n_succeeded == self._n:
             self._end(JobDone())
             return
+        free = self._free
         if self._fresh:
-            fresh, self._fresh = sorted(set(self._fresh), key=self._rank.__getitem__), []
+            fresh, self._fresh = self._fresh, []
+            if len(fresh) > 1:
+                fresh = sorted(set(fresh), key=self._rank.__getitem__)
             for t in fresh:
                 if self._status[t] != READY:
                     continue
-                prefs = self._prefs.get(t, {})
+                prefs = self._prefs[t]
+                if len(prefs) == 1:
+                    (name,) = prefs
+                    if name in free:
+                        self._assign(t, name)
+                    continue
                 for name, _ in sorted(prefs.items(), key=lambda item: (-item[1], item[0])):
-                    if name in self._free:
+                    if name in free:
                         self._assign(t, name)
                         break
-        if self._ready.items:  # run slots everywhere first, then prefetch slots
-            for limit in sorted({self._concurrency, self._cap}):
-                for name in list(self._free):
-                    w = self._workers[name]
-                    while len(w.assigned) < limit and name in self._free:
-                        t = self._next_for(w)
-                        if t is None:
+        items = self._ready.items
+        if items and free:  # run slots everywhere first, then prefetch slots
+            names = sorted(free) if len(free) > 1 else list(free)
+            concurrency, cap = self._concurrency, self._cap
+            workers, by_rank, banned = self._workers, self._by_rank, self._ready.banned
+            for limit in ((concurrency,) if concurrency == cap else (concurrency, cap)):
+                for name in names:
+                    w = workers[name]
+                    local, assigned = w.local, w.assigned
+                    while len(assigned) < limit:  # (a free worker is not held: no other check)
+                        if local:
+                            t = by_rank[local[0][1]]
+                        elif not items:
                             break
+                        elif banned.get(name):
+                            rank = self._ready.first_for(name)
+                            if rank is None:
+                                break
+                            t = by_rank[rank]
+                        else:
+                            t = by_rank[items[0]]
                         self._assign(t, name)
-        if self._steal.items:
-            for name in list(self._free):
-                w = self._workers[name]
-                for _ in range(self._concurrency - len(w.assigned) - len(w.stealing)):
-                    rank = self._steal.first_for(name)
-                    if rank is None:
-                        break
-                    self._take_back(self._by_rank[rank], name)
+        hungry = self._hungry
+        if hungry:  # take back prefetched tasks for workers with idle run slots
+            self._steal_quiet = 0
+            if not self._stealing_on:
+                self._start_stealing()
+            if self._steal.items:
+                concurrency = self._concurrency
+                for name in sorted(hungry):
+                    w = self._workers[name]
+                    for _ in range(concurrency - len(w.assigned) - len(w.stealing)):
+                        rank = self._steal.first_for(name)
+                        if rank is None:
+                            break
+                        self._take_back(self._by_rank[rank], name)
+        elif self._stealing_on:
+            # nobody was hungry for a while: drop the queue (rebuilding it costs no more than that)
+            self._steal_quiet += 1
+            if self._steal_quiet > len(self._workers) * self._cap + 16:
+                self._stop_stealing()
 
     def _next_for(self, w: _Worker) -> int | None:
         """The best ready task ``w`` may run: its own locality queue first, then by priority."""
@@ -917,3 +1129,11 @@ class Scheduler:
     def _flush(self) -> list:
         out, self._out = self._out, []
         return out
+
+
+_HANDLERS = {WorkerAdded: Scheduler._on_worker_added, WorkerLost: Scheduler._on_worker_lost,
+             WorkerHeld: Scheduler._on_worker_held, WorkerReleased: Scheduler._on_worker_released,
+             TaskStarted: Scheduler._on_task_started, TaskSucceeded: Scheduler._on_task_succeeded,
+             TaskFailed: Scheduler._on_task_failed, TaskDependenciesFailed: Scheduler._on_dependencies_failed,
+             TaskTakenBack: Scheduler._on_taken_back, CancelJob: Scheduler._on_cancel_job}
+_TASK_EVENTS = frozenset((TaskStarted, TaskSucceeded, TaskFailed, TaskDependenciesFailed, TaskTakenBack))

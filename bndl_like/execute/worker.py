@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,7 @@ class WorkerService:
                 "running": sum(len(j.running) for j in self.jobs.values()),
                 "queued": sum(len(j.queue) for j in self.jobs.values()),
                 "threads": len(self._threads),
+                "uptime": time.time() - (self.node.started_at or time.time()),
                 "pid": os.getpid(), "hostname": socket.gethostname()}
 
     # -- runner threads ---------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Running a cluster: worker daemons, the supervisor, status and shell."""
