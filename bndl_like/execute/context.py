@@ -41,6 +41,17 @@ class _LoopThread:
         self.loop.run_forever()
 
     def run(self, coro, timeout: float | None = None) -> Any:
+        """Run a coroutine on the loop and wait for its result.
+
+        Give a coroutine, or a function returning an awaitable: it is then called
+        on the loop thread (``peer.call`` must be, it touches the connection).
+        """
+        if not asyncio.iscoroutine(coro):
+            make = coro
+
+            async def on_loop():
+                return await make()
+            coro = on_loop()
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)

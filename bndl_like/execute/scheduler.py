@@ -15,6 +15,7 @@ keeps memory bounded and lets :meth:`Scheduler.validate_state` check the queues 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, fields
 from itertools import repeat
@@ -273,7 +274,7 @@ class _Worker:
         self.unstarted: set[int] = set()  # assigned, not started, no TakeBack outstanding
         self.stealable: set[int] = set()  # the part of ``unstarted`` in the take-back queue
         self.stealing: set[int] = set()   # tasks other workers were asked to give back for this one
-        self.local = SortedList()         # (-locality, rank) of ready tasks that prefer this worker
+        self.local = SortedList()         # ready tasks that prefer this worker (see Scheduler)
         self.outputs: set[int] = set()    # tasks whose output lives here
 
 
@@ -283,7 +284,12 @@ class Scheduler:
     Tasks are numbered in spec order and ranked by ``(priority, spec order)``; all queues hold
     ranks. ``attempt`` in :class:`RunTask` counts the runs of a task that were not taken back:
     retries and re-runs after a loss count, a run taken back before it started does not.
+
+    A locality queue orders by locality (highest first), then rank, with one int per entry:
+    ``rank - locality * n`` for ``n`` tasks, so that ``rank == key % n``.
     """
+
+    _STEAL_PATIENCE = 16  # extra quiet fills before the take-back queue is dropped (see _fill)
 
     def __init__(self, tasks: Iterable[TaskSpec], workers: Iterable[WorkerName] = (), *,
                  concurrency: int = 1, prefetch: int = 0, attempts: int = 1):
@@ -300,14 +306,15 @@ class Scheduler:
             index.update(zip(self._ids, range(n), strict=True))
         if len(index) != n:
             self._spec_error(specs)
-        # dependencies (deduplicated, in the order given) and dependents (in spec order)
-        dependents: list[list[int]] = [[] for _ in specs]
-        deps_of: list[tuple[int, ...]] = []
+        # dependencies (deduplicated, in the order given) and dependents (in spec order); few
+        # objects per task, as the cyclic garbage collector walks every one of them
+        dependents: dict[int, list[int]] = {}
+        deps_of: list[tuple[int, ...]] = [()] * n
         get = index.__getitem__
+        ordered = True  # every task depends on earlier ones only: no cycle
         for i, spec in enumerate(specs):
             named = spec.dependencies
             if not named:
-                deps_of.append(())
                 continue
             if type(named) is not tuple:
                 named = tuple(named)
@@ -318,19 +325,21 @@ class Scheduler:
                 raise ValueError(f"task {spec.task_id!r} depends on unknown task {unknown!r}") from None
             if len(deps) > 1:
                 deps = tuple(dict.fromkeys(deps))
+            if ordered and max(deps) >= i:
+                ordered = False
             for d in deps:
-                dependents[d].append(i)
-            deps_of.append(deps)
+                if d in dependents:
+                    dependents[d].append(i)
+                else:
+                    dependents[d] = [i]
+            deps_of[i] = deps
         self._deps = deps_of
-        self._dependents = [tuple(d) for d in dependents]
-        roots = self._check_acyclic()
-        # rank by (priority, spec order); the tuples compare in C
-        try:
-            ranked = sorted(zip(map(attrgetter("priority"), specs), range(n), strict=True))
-            self._by_rank = list(map(itemgetter(1), ranked))
-        except TypeError as exc:
-            raise ValueError(f"task priorities must be mutually comparable: {exc}")
-        self._rank = sorted(range(n), key=self._by_rank.__getitem__)  # the inverse permutation
+        self._dependents: list[tuple[int, ...]] = [()] * n
+        for d, after in dependents.items():
+            self._dependents[d] = tuple(after)
+        if not ordered:
+            self._check_acyclic()
+        self._rank_tasks(specs)
         # static locality, sparse: only tasks that name a worker appear
         self._static_prefs: dict[int, tuple[tuple[WorkerName, int], ...]] = {}
         self._static_banned: dict[int, frozenset[WorkerName]] = {}
@@ -379,18 +388,17 @@ class Scheduler:
         self._steal = _Queue()
         self._stealing_on = False
         self._steal_quiet = 0  # fills in a row without a hungry worker while the queue is kept
-        self._fresh: list[int] = []  # became ready since the last fill and prefer some worker
+        self._staged: set[int] = set()  # became ready since the last fill and prefer some worker
         self._out: list = []
         self._over = False
         # every root is ready; those with a static locality go the long way
         plain = []
         special = self._static_prefs.keys() | self._static_banned.keys()
         status, rank = self._status, self._rank
-        for i in roots:
-            if i in special:
-                continue
-            status[i] = READY
-            plain.append(rank[i])
+        for i, deps in enumerate(self._deps):
+            if not deps and i not in special:
+                status[i] = READY
+                plain.append(rank[i])
         self._counts[WAITING] -= len(plain)
         self._counts[READY] += len(plain)
         self._ready = _Queue(plain)
@@ -412,11 +420,26 @@ class Scheduler:
             seen.add(spec.task_id)
         raise AssertionError("unreachable")
 
-    def _check_acyclic(self) -> list[int]:
-        """Raise ValueError naming a cycle if there is one; return the tasks without dependencies."""
+    def _rank_tasks(self, specs: list[TaskSpec]) -> None:
+        """Rank by (priority, spec order)."""
+        n = self._n
+        priorities = list(map(attrgetter("priority"), specs))
+        try:
+            # a stable sort on the priorities alone gives the order of the (priority, index)
+            # pairs without building them; they are the fallback for priorities that are
+            # equal but do not order (None, say)
+            self._by_rank = sorted(range(n), key=priorities.__getitem__)
+        except TypeError:
+            try:
+                self._by_rank = list(map(itemgetter(1), sorted(zip(priorities, range(n), strict=True))))
+            except TypeError as exc:
+                raise ValueError(f"task priorities must be mutually comparable: {exc}")
+        self._rank = sorted(range(n), key=self._by_rank.__getitem__)  # the inverse permutation
+
+    def _check_acyclic(self) -> None:
+        """Raise ValueError naming a cycle if there is one."""
         pending = [len(d) for d in self._deps]
-        roots = [i for i, c in enumerate(pending) if c == 0]
-        stack = roots.copy()
+        stack = [i for i, c in enumerate(pending) if c == 0]
         seen = 0
         dependents = self._dependents
         while stack:
@@ -426,7 +449,7 @@ class Scheduler:
                 if pending[j] == 0:
                     stack.append(j)
         if seen == len(pending):
-            return roots
+            return
         # every task left waits on a task left: follow such dependencies until one repeats
         i = next(i for i, c in enumerate(pending) if c)
         path: list[int] = []
@@ -518,7 +541,7 @@ class Scheduler:
             assert not any(w.assigned for w in self._workers.values()) and not self._pending
             return
         assert self._n_succeeded < n, "every task succeeded but the job is not over"
-        assert not self._fresh, "fresh tasks left after filling"
+        assert not self._staged, "staged tasks left after filling"
         ready_banned: dict[WorkerName, list[int]] = {}
         outputs: dict[WorkerName, set[int]] = {}
         for t in range(n):
@@ -555,7 +578,7 @@ class Scheduler:
         for t, prefs in self._prefs.items():
             for w, loc in prefs.items():
                 assert loc > 0 and not self._forbidden(t, w), f"locality entry {t} {w}"
-                local.setdefault(w, []).append((-loc, rank[t]))
+                local.setdefault(w, []).append(rank[t] - loc * n)
         steal_banned: dict[WorkerName, list[int]] = {}
         stealable = []
         for name, w in self._workers.items():
@@ -633,11 +656,12 @@ class Scheduler:
         for t in requeue:
             self._unassign(t)
         lost = sorted(w.outputs, key=self._rank.__getitem__)
-        for _, rank in w.local:
-            prefs = self._prefs[self._by_rank[rank]]
+        for t in [self._by_rank[key % self._n] for key in w.local] + [
+                t for t in self._staged if w.name in self._prefs.get(t, ())]:
+            prefs = self._prefs[t]
             del prefs[w.name]
             if not prefs:
-                del self._prefs[self._by_rank[rank]]
+                del self._prefs[t]
         self._ready.banned.pop(w.name, None)
         self._steal.banned.pop(w.name, None)
         self._free.discard(w.name)
@@ -801,85 +825,110 @@ class Scheduler:
         w = self._workers[name] = _Worker(name)
         for t in set(self._ban_index.get(name, ())) | self._retry_index.get(name, set()):
             if self._status[t] == READY:
-                self._ready.ban(self._rank[t], name)
+                if t not in self._staged:  # (a staged task gets its bans when it is queued)
+                    self._ready.ban(self._rank[t], name)
             elif self._status[t] == ASSIGNED and t in self._workers[self._where[t]].stealable:
                 self._steal.ban(self._rank[t], name)
         for t, loc in self._pref_index.get(name, ()):
             if self._status[t] == READY and not self._forbidden(t, name):
                 self._prefs.setdefault(t, {})[name] = loc
-                w.local.add((-loc, self._rank[t]))
+                if t not in self._staged:
+                    w.local.add(self._rank[t] - loc * self._n)
         self._update_free(w)
 
     def _make_ready(self, t: int) -> None:
-        """Queue a task whose dependencies' outputs are all available."""
+        """A task whose dependencies' outputs are all available: queue it, or when it prefers
+        some workers, stage it for the next fill, which places it on one of them if it can (then
+        it never touches the queues) and queues it otherwise."""
         counts, status = self._counts, self._status
         counts[status[t]] -= 1
         counts[READY] += 1
         status[t] = READY
-        rank = self._rank[t]
-        static_banned = t in self._static_banned
-        if static_banned or t in self._retry_banned:
-            self._ready.add(rank, self._banned_live(t))
-        else:
-            self._ready.items.add(rank)
         prefs = None
         static = self._static_prefs.get(t)
         if static:
             prefs = {w: loc for w, loc in static if w in self._workers and not self._forbidden(t, w)}
         if self._data_locality[t] and self._deps[t]:
             holder = self._data_holder(t)
-            if not (static_banned or self._retry_banned) or not self._forbidden(t, holder):
+            if not self._forbidden(t, holder):
                 if prefs is None:
                     prefs = {holder: 1}
                 else:
                     prefs[holder] = prefs.get(holder, 0) + 1
         if prefs:
             self._prefs[t] = prefs
-            workers = self._workers
+            self._staged.add(t)
+        else:
+            self._enqueue(t)
+
+    def _enqueue(self, t: int) -> None:
+        """Put a ready task in the ready queue and in the locality queues of its workers."""
+        rank = self._rank[t]
+        if t in self._static_banned or t in self._retry_banned:
+            self._ready.add(rank, self._banned_live(t))
+        else:
+            self._ready.items.add(rank)
+        prefs = self._prefs.get(t)
+        if prefs:
+            workers, n = self._workers, self._n
             for w, loc in prefs.items():
-                workers[w].local.add((-loc, rank))
-            self._fresh.append(t)
+                workers[w].local.add(rank - loc * n)
 
     def _data_holder(self, t: int) -> WorkerName:
         """The worker holding most bytes of the task's dependency outputs (then most outputs)."""
-        deps, location = self._deps[t], self._location
-        first = location[deps[0]]
+        deps, location, nbytes = self._deps[t], self._location, self._nbytes
         if len(deps) == 1:
-            return first
-        for d in deps:
-            if location[d] != first:
-                break
-        else:
-            return first
-        held: dict[WorkerName, list[int]] = {}
-        nbytes = self._nbytes
-        for d in deps:
-            entry = held.get(location[d])
-            if entry is None:
-                held[location[d]] = [-nbytes[d], -1]
-            else:
-                entry[0] -= nbytes[d]
-                entry[1] -= 1
-        return min((entry[0], entry[1], w) for w, entry in held.items())[2]
+            return location[deps[0]]
+        if len(deps) == 2:
+            a, b = deps
+            wa, wb = location[a], location[b]
+            if wa == wb:
+                return wa
+            if nbytes[a] != nbytes[b]:
+                return wa if nbytes[a] > nbytes[b] else wb
+            return min(wa, wb)
+        where = list(map(location.__getitem__, deps))
+        count = Counter(where)
+        if len(count) == 1:
+            return where[0]
+        held = dict.fromkeys(count, 0)
+        for w, size in zip(where, map(nbytes.__getitem__, deps), strict=True):
+            held[w] += size
+        return min(held, key=lambda w: (-held[w], -count[w], w))
 
     def _dequeue(self, t: int) -> None:
+        """Take a ready task off the queues (or out of the staging set)."""
+        if t in self._staged:
+            self._staged.remove(t)
+            self._prefs.pop(t, None)
+            return
         rank = self._rank[t]
-        if t in self._static_banned or t in self._retry_banned:
-            self._ready.remove(rank, self._banned_live(t))
+        items = self._ready.items
+        if items[0] == rank:
+            items.pop(0)
         else:
-            items = self._ready.items
-            if items[0] == rank:
-                items.pop(0)
-            else:
-                items.remove(rank)
-        if t in self._prefs:
-            workers = self._workers
-            for w, loc in self._prefs.pop(t).items():
-                workers[w].local.remove((-loc, rank))
+            items.remove(rank)
+        self._unqueue(t, rank)
+
+    def _unqueue(self, t: int, rank: int) -> None:
+        """The rest of :meth:`_dequeue` once the rank is off the ready list: bans, locality entries."""
+        if t in self._static_banned or t in self._retry_banned:
+            banned = self._ready.banned
+            for w in self._banned_live(t):
+                banned[w].remove(rank)
+        prefs = self._prefs.pop(t, None)
+        if prefs:
+            workers, n = self._workers, self._n
+            for w, loc in prefs.items():
+                workers[w].local.remove(rank - loc * n)
 
     def _assign(self, t: int, name: WorkerName) -> None:
-        w = self._workers[name]
         self._dequeue(t)
+        self._place(t, name)
+
+    def _place(self, t: int, name: WorkerName) -> None:
+        """Run a task that was just taken off the queues on ``name``."""
+        w = self._workers[name]
         counts, status = self._counts, self._status
         counts[status[t]] -= 1
         counts[ASSIGNED] += 1
@@ -1060,45 +1109,55 @@ class Scheduler:
             self._end(JobDone())
             return
         free = self._free
-        if self._fresh:
-            fresh, self._fresh = self._fresh, []
-            if len(fresh) > 1:
-                fresh = sorted(set(fresh), key=self._rank.__getitem__)
-            for t in fresh:
-                if self._status[t] != READY:
-                    continue
-                prefs = self._prefs[t]
-                if len(prefs) == 1:
-                    (name,) = prefs
-                    if name in free:
-                        self._assign(t, name)
-                    continue
-                for name, _ in sorted(prefs.items(), key=lambda item: (-item[1], item[0])):
-                    if name in free:
-                        self._assign(t, name)
-                        break
-        items = self._ready.items
-        if items and free:  # run slots everywhere first, then prefetch slots
-            names = sorted(free) if len(free) > 1 else list(free)
-            concurrency, cap = self._concurrency, self._cap
-            workers, by_rank, banned = self._workers, self._by_rank, self._ready.banned
-            for limit in ((concurrency,) if concurrency == cap else (concurrency, cap)):
+        staged = self._staged
+        if staged:  # place newly ready tasks on their best free worker, else queue them
+            for t in sorted(staged, key=self._rank.__getitem__) if len(staged) > 1 else list(staged):
+                prefs = self._prefs.get(t)
+                best = None
+                if prefs:
+                    if len(prefs) == 1:
+                        (best,) = prefs
+                        if best not in free:
+                            best = None
+                    else:
+                        for name, _ in sorted(prefs.items(), key=lambda item: (-item[1], item[0])):
+                            if name in free:
+                                best = name
+                                break
+                if best is None:
+                    staged.remove(t)
+                    self._enqueue(t)
+                else:
+                    self._assign(t, best)
+        counts = self._counts
+        if free and counts[READY]:  # run slots everywhere first, then prefetch slots
+            if len(free) == 1:  # (one worker: both passes come down to one)
+                names, limits = list(free), (self._cap,)
+            else:
+                names, limits = sorted(free), sorted({self._concurrency, self._cap})
+            workers, by_rank, n = self._workers, self._by_rank, self._n
+            items, banned = self._ready.items, self._ready.banned
+            prefs_of, static_banned, retry_banned = self._prefs, self._static_banned, self._retry_banned
+            for limit in limits:
                 for name in names:
                     w = workers[name]
                     local, assigned = w.local, w.assigned
                     while len(assigned) < limit:  # (a free worker is not held: no other check)
-                        if local:
-                            t = by_rank[local[0][1]]
-                        elif not items:
+                        if prefs_of and local:
+                            self._assign(by_rank[local[0] % n], name)
+                        elif not counts[READY]:  # (as many as in the ready queue, once staged ones are in)
                             break
                         elif banned.get(name):
                             rank = self._ready.first_for(name)
                             if rank is None:
                                 break
+                            self._assign(by_rank[rank], name)
+                        else:  # the head of the ready queue: pop it
+                            rank = items.pop(0)
                             t = by_rank[rank]
-                        else:
-                            t = by_rank[items[0]]
-                        self._assign(t, name)
+                            if t in prefs_of or t in static_banned or t in retry_banned:
+                                self._unqueue(t, rank)
+                            self._place(t, name)
         hungry = self._hungry
         if hungry:  # take back prefetched tasks for workers with idle run slots
             self._steal_quiet = 0
@@ -1107,6 +1166,8 @@ class Scheduler:
             if self._steal.items:
                 concurrency = self._concurrency
                 for name in sorted(hungry):
+                    if not self._steal.items:
+                        break
                     w = self._workers[name]
                     for _ in range(concurrency - len(w.assigned) - len(w.stealing)):
                         rank = self._steal.first_for(name)
@@ -1116,13 +1177,13 @@ class Scheduler:
         elif self._stealing_on:
             # nobody was hungry for a while: drop the queue (rebuilding it costs no more than that)
             self._steal_quiet += 1
-            if self._steal_quiet > len(self._workers) * self._cap + 16:
+            if self._steal_quiet > len(self._workers) * self._cap + self._STEAL_PATIENCE:
                 self._stop_stealing()
 
     def _next_for(self, w: _Worker) -> int | None:
         """The best ready task ``w`` may run: its own locality queue first, then by priority."""
         if w.local:
-            return self._by_rank[w.local[0][1]]
+            return self._by_rank[w.local[0] % self._n]
         rank = self._ready.first_for(w.name)
         return None if rank is None else self._by_rank[rank]
 

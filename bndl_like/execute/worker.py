@@ -79,7 +79,7 @@ class _Run:
     """One task handed to this worker."""
 
     __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
-                 "started")
+                 "started", "ready", "failure")
 
     def __init__(self, key, attempt, fn, args, kwargs, deps):
         self.key = key
@@ -92,6 +92,8 @@ class _Run:
         self.thread: int | None = None
         self.cancelled = False
         self.started = False
+        self.ready = not deps  # dependency outputs in place in args/kwargs
+        self.failure: tuple | None = None  # the event to report instead of running
 
 
 class _JobState:
@@ -138,13 +140,58 @@ class WorkerService:
     @takes_peer
     def run(self, driver, job_id: int, concurrency: int, tasks: list) -> None:
         """Queue ``tasks``: (key, attempt, fn, args, kwargs, deps) tuples (a notice)."""
+        runs = [_Run(*spec) for spec in tasks]
         with self._cond:
             job = self._job(driver.name, job_id, concurrency)
-            job.queue.extend(_Run(*spec) for spec in tasks)
-            wanted = min(len(job.queue), job.concurrency - len(job.running))
-            if wanted > 0:
-                self._cond.notify(wanted)
-                self._add_threads(wanted)
+        for run in runs:
+            if run.deps:
+                self._prepare(job, run)
+        with self._cond:
+            job.queue.extend(runs)
+            self._wake_runners(job)
+
+    def _wake_runners(self, job: _JobState) -> None:
+        """Notify runners of tasks that may start (under the lock)."""
+        wanted = min(sum(1 for r in job.queue if r.ready), job.concurrency - len(job.running))
+        if wanted > 0:
+            self._cond.notify(wanted)
+            self._add_threads(wanted)
+
+    def _prepare(self, job: _JobState, run: _Run) -> None:
+        """Put dependency outputs in place before a runner takes the task: local ones at
+        once, remote ones fetched on the loop meanwhile (no thread waits on the network)."""
+        local = job.outputs
+        me = self.node.name
+        if all(holder == me and key in local for key, holder in run.deps.items()):
+            self._fill(run, {key: local[key] for key in run.deps})
+            return
+
+        async def fetch():
+            try:
+                outputs = await self._fetch(job, run.deps)
+            except DependenciesFailed as exc:
+                run.failure = (DEPS_FAILED, run.key, run.attempt, exc.failures)
+            except Exception as exc:  # e.g. an output that cannot be unpickled
+                run.failure = (FAILED, run.key, run.attempt, dump_exception(exc))
+            else:
+                self._fill(run, outputs)
+            with self._cond:
+                run.ready = True
+                self._wake_runners(job)
+        task = self.loop.create_task(fetch())
+        self._fetch_tasks.add(task)
+        task.add_done_callback(self._fetch_tasks.discard)
+
+    @staticmethod
+    def _fill(run: _Run, outputs: dict) -> None:
+        try:
+            if has_markers(run.args):
+                run.args = fill_dependencies(run.args, outputs)
+            if has_markers(run.kwargs):
+                run.kwargs = fill_dependencies(run.kwargs, outputs)
+        except Exception as exc:
+            run.failure = (FAILED, run.key, run.attempt, dump_exception(exc))
+        run.ready = True
 
     @takes_peer
     def take_back(self, driver, job_id: int, keys: list) -> list:
@@ -217,11 +264,14 @@ class WorkerService:
                     return None
                 for job in self.jobs.values():
                     if job.queue and len(job.running) < job.concurrency:
-                        run = job.queue.popleft()
-                        run.started = True
-                        job.running[run.key] = run
-                        self._idle -= 1
-                        return job, run
+                        queue = job.queue
+                        for i, run in enumerate(queue):
+                            if run.ready:
+                                del queue[i]
+                                run.started = True
+                                job.running[run.key] = run
+                                self._idle -= 1
+                                return job, run
                 self._cond.wait()
 
     def _runner(self) -> None:
@@ -237,25 +287,14 @@ class WorkerService:
                     del job.running[run.key]
                 self._idle += 1
             self._post(job, event)
+            # an idle runner must not keep its last task's arguments or output alive
+            picked = job = run = event = None
 
     def _execute(self, job: _JobState, run: _Run) -> tuple:
         """Run one task in this thread; the event to report."""
-        args, kwargs = run.args, run.kwargs
-        if run.deps:
-            try:
-                outputs = asyncio.run_coroutine_threadsafe(self._fetch(job, run.deps), self.loop).result()
-            except DependenciesFailed as exc:
-                return DEPS_FAILED, run.key, run.attempt, exc.failures
-            except Exception as exc:  # e.g. an output that cannot be unpickled
-                return FAILED, run.key, run.attempt, dump_exception(exc)
-            try:
-                if has_markers(args):
-                    args = fill_dependencies(args, outputs)
-                if has_markers(kwargs):
-                    kwargs = fill_dependencies(kwargs, outputs)
-            except Exception as exc:
-                return FAILED, run.key, run.attempt, dump_exception(exc)
-        outcome, value = self._call_in_thread(job, run, args, kwargs)
+        if run.failure is not None:
+            return run.failure
+        outcome, value = self._call_in_thread(job, run, run.args, run.kwargs)
         if outcome == SUCCEEDED:
             if not job.released:
                 job.outputs[run.key] = value  # before the driver hears of it: dependents find it

@@ -165,7 +165,7 @@ class Node:
         self._dial_errors: dict[str, str] = {}
         self._self_addresses: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Future | None = None
         self.on_peer_added: list[Callable[[Peer], Any]] = []
         self.on_peer_lost: list[Callable[[Peer], Any]] = []
         self._runner: web.AppRunner | None = None
@@ -200,12 +200,12 @@ class Node:
         if self.running:
             return
         self.loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Future = self.loop.create_future()
         app = web.Application(client_max_size=1 << 16)
         app.router.add_get("/rmi", self._handle_upgrade)
         app.router.add_get("/status", self._handle_status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+                                     shutdown_timeout=0.25)
         await self._runner.setup()
         self._sock = self._bind()
         site = web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context)
@@ -464,8 +464,7 @@ class Node:
                                             "addresses": peer.addresses}
                 self._learned_at[peer.name] = self.loop.time()
                 self._fire(self.on_peer_lost, peer)
-                if self._wake is not None:
-                    self._wake.set()
+                self._wake_discovery()
 
     def _fire(self, listeners: list, peer: Peer) -> None:
         for listener in list(listeners):
@@ -506,8 +505,11 @@ class Node:
             if name not in self._learned:
                 self._learned_at[name] = now
             self._learned[name] = entry
-        if self._wake is not None:
-            self._wake.set()
+        self._wake_discovery()
+
+    def _wake_discovery(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def _own_address(self, addr: str) -> bool:
         return addr in self.addresses or addr in self._self_addresses
@@ -517,7 +519,9 @@ class Node:
 
     async def _discovery_loop(self) -> None:
         """Dial seeds and gossiped peers that are not connected, with back-off."""
-        while True:
+        while not self._stopping:
+            if self._wake.done():  # a wake-up from now on ends the next wait early
+                self._wake = self.loop.create_future()
             now = self.loop.time()
             targets = []
             for seed in self.seeds:
@@ -537,11 +541,9 @@ class Node:
                 if addr in self._dialing or self._next_dial.get(addr, 0) > now:
                     continue
                 self._dial_in_background(addr)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.25)
-            except asyncio.TimeoutError:
-                pass
+            # not wait_for(event.wait()): on 3.10/3.11 it can swallow the cancel of stop()
+            # when the wake-up comes at the same moment (CPython gh-86296)
+            await asyncio.wait((self._wake,), timeout=0.25)
 
     def _dial_in_background(self, addr: str) -> None:
         async def dial():
@@ -563,7 +565,7 @@ class Node:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.heartbeat_interval
-        while True:
+        while not self._stopping:
             await asyncio.sleep(min(interval, self.heartbeat_timeout / 4))
             now = self.loop.time()
             for conn in list(self._connections):

@@ -61,3 +61,9 @@ def who_am_i(_=None):
     from bndl_like import current_worker, task_context
     context = task_context()
     return current_worker().name, context.task_id, context.attempt
+
+
+def allocate(nbytes):
+    """Keep ``nbytes`` of output on the worker (touched, so it is resident)."""
+    import numpy as np
+    return np.ones(nbytes // 8)
