@@ -8,9 +8,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from bndl_like import ExecutionContext, FuncTask, Job
+from bndl_like import FuncTask, Job
 
 from ..execute import helpers
 
@@ -57,14 +55,6 @@ def wait_until(predicate, timeout=15.0, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(0.02)
-
-
-@pytest.fixture
-def seed_ctx():
-    """A driver that is the seed: workers started by the tests join it."""
-    with ExecutionContext(seeds=[], listen="tcp://127.0.0.1:0", secret=SECRET,
-                          heartbeat_timeout=2.0, heartbeat_interval=0.25) as ctx:
-        yield ctx
 
 
 def worker_pids(ctx) -> dict:

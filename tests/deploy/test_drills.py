@@ -15,7 +15,7 @@ from bndl_like import ExecutionContext, FuncTask, Job
 from bndl_like.rmi import HandshakeError, Node
 
 from ..execute import helpers
-from .test_cli import ROOT, SECRET, seed_ctx, start, stop, wait_until  # noqa: F401
+from .test_cli import ROOT, SECRET, start, stop, wait_until
 
 
 def rss(pid: int) -> int:
