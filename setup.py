@@ -27,6 +27,7 @@ setup(
         ],
         "bench": [
             "uvloop>=0.19; platform_system != 'Windows'",
+            "dask[distributed]>=2024.1",
         ],
     },
     entry_points={"console_scripts": ["bndl-like = bndl_like.cli:main"]},
