@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import time
+import threading
+
+from .deploy.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 class LocalWorkers:
-    """``count`` worker processes on 127.0.0.1 that join ``seed``; stopped by pid."""
+    """``count`` worker processes on 127.0.0.1 that join ``seed``.
+
+    Like the ``supervisor`` command, a worker that dies is started again (with
+    back-off, giving up on a crash loop), so a local cluster heals itself the way
+    dask's nanny does; every worker is stopped by pid on :meth:`stop`, and gets
+    SIGTERM if this process dies.
+    """
 
     def __init__(self, count: int, seed: str, secret: bytes, cluster: str = "default",
                  extra_env: dict | None = None):
@@ -21,11 +29,29 @@ class LocalWorkers:
         env.update(extra_env or {})
         env["BNDL_LIKE_SECRET"] = secret.decode() if isinstance(secret, bytes) else secret
         env["BNDL_LIKE_CLUSTER"] = cluster
-        level = os.environ.get("BNDL_LIKE_LOG_LEVEL", "WARNING")
-        cmd = [sys.executable, "-m", "bndl_like.cli", "--log-level", level, "worker",
-               "--listen", "tcp://127.0.0.1:0", "--seeds", seed]
-        self.processes = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-                          for _ in range(count)]
+        env.setdefault("BNDL_LIKE_LOG_LEVEL", "WARNING")
+        for name in ("BNDL_LIKE_SEEDS", "BNDL_LIKE_LISTEN", "BNDL_LIKE_SECRET_FILE", "BNDL_LIKE_NAME"):
+            env.pop(name, None)
+        self.supervisor = Supervisor(count, ["--listen", "tcp://127.0.0.1:0", "--seeds", seed],
+                                     env=env, backoff=0.1, max_backoff=5.0)
+        self.supervisor.start()
+        self.failure: str | None = None  # set when a crash loop made us give up
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="bndl-like-local-workers", daemon=True)
+        self._watcher.start()
+
+    @property
+    def processes(self) -> list:
+        """The worker processes running now."""
+        return [slot.process for slot in self.supervisor.slots if slot.process is not None]
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.05):
+            failure = self.supervisor.poll()
+            if failure:
+                self.failure = failure
+                log.error("local cluster: %s", failure)
+                return
 
     @staticmethod
     def new_secret() -> bytes:
@@ -33,13 +59,7 @@ class LocalWorkers:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every worker, SIGKILL those still alive after ``timeout``; reap all."""
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.processes:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._stopping.set()
+        self._watcher.join()
+        self.supervisor.stop_timeout = timeout
+        self.supervisor.stop()

@@ -81,12 +81,19 @@ class Supervisor:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def poll(self) -> str | None:
+        """Restart workers that exited; a message when a crash loop means giving up."""
+        return self._check()
+
     def run(self) -> int:
         """Supervise until signalled (exit 0) or a crash loop (exit 1)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            for slot in self.slots:
-                self._spawn(slot)
+            self.start()
             while self._stop_signal is None:
                 failure = self._check()
                 if failure:

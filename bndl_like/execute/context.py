@@ -192,10 +192,8 @@ class ExecutionContext:
         return self.worker_count
 
     def _check_local_alive(self) -> None:
-        if self._local is not None and all(p.poll() is not None for p in self._local.processes):
-            codes = [p.returncode for p in self._local.processes]
-            raise RuntimeError(f"every local worker process exited (exit codes {codes}); "
-                               "see their output above")
+        if self._local is not None and self._local.failure:
+            raise RuntimeError(f"the local cluster failed: {self._local.failure}")
 
     # -- executing --------------------------------------------------------------------------------
 
