@@ -879,8 +879,8 @@ def run_all(args, counts: Counts, report: Report, watchdog: Watchdog) -> None:
                 if POOL in sec.rows:
                     sec.notes.append(f"{POOL}: a killed worker breaks the whole pool (BrokenProcessPool)")
                 if BNDL in sec.rows:
-                    sec.notes.append(f"{BNDL}: the local cluster does not restart a worker; "
-                                     "the other one finishes the job")
+                    sec.notes.append(f"{BNDL}: the local cluster starts a new worker process, which "
+                                     "joins the running job")
 
     if "W6" in only:
         for name in names:
