@@ -10,6 +10,14 @@ worker for the ready tasks that prefer it, and a queue of prefetched tasks that 
 may take back. Entries are removed eagerly (as cheap as a lazy pop with SortedList), which
 keeps memory bounded and lets :meth:`Scheduler.validate_state` check the queues exactly.
 
+The hot path (a task starts, succeeds, and its slot goes to the next one) avoids work that
+cannot change a decision: the take-back queue is only kept while some worker is idle and
+dropped after a stretch of fills without one (a rebuild costs O(prefetched tasks · log n),
+paid for by that stretch, so the cost per decision stays O(log n) amortized); a task that
+becomes ready and prefers some workers is staged until the fill, which places it on one of them
+if it can, so that it never enters the queues; filling visits only workers with free slots
+(kept in a set), and the decisions are built without the dataclasses' slow ``__init__``.
+
 (The interface below is the contract between the shell and the core.)
 """
 
@@ -209,9 +217,9 @@ def _maker(cls):
     return make3
 
 
-_run_task = _maker(RunTask)
-_task_done = _maker(TaskDone)
-_take_back = _maker(TakeBack)
+_new_run_task = _maker(RunTask)
+_new_task_done = _maker(TaskDone)
+_new_take_back = _maker(TakeBack)
 
 
 class _Queue:
@@ -534,89 +542,9 @@ class Scheduler:
 
     def validate_state(self) -> None:
         """Assert the invariants (for tests: O(tasks + edges + queue entries))."""
-        status, rank, n = self._status, self._rank, self._n
-        assert [status.count(s) for s in range(len(_STATE_NAMES))] == self._counts, "status counts"
-        assert self._n_succeeded == sum(self._succeeded), "succeeded count"
-        if self._over:
-            assert not any(w.assigned for w in self._workers.values()) and not self._pending
-            return
-        assert self._n_succeeded < n, "every task succeeded but the job is not over"
-        assert not self._staged, "staged tasks left after filling"
-        ready_banned: dict[WorkerName, list[int]] = {}
-        outputs: dict[WorkerName, set[int]] = {}
-        for t in range(n):
-            s = status[t]
-            assert self._missing[t] == sum(status[d] != DONE for d in self._deps[t]), f"missing {t}"
-            assert (self._location[t] is not None) == (s == DONE), f"location {t}"
-            assert s not in (DONE, LOST) or self._succeeded[t], f"done without success {t}"
-            assert s not in (FAILED, CANCELLED), f"{_STATE_NAMES[s]} task in a running job {t}"
-            if s == DONE:
-                outputs.setdefault(self._location[t], set()).add(t)
-            if s in _MUST_RUN:  # every dependency is available or on its way (lineage)
-                assert all(status[d] != LOST for d in self._deps[t]), f"lost dependency not re-run {t}"
-            assert (s == WAITING) == (self._missing[t] > 0 and s in (WAITING, READY)), f"waiting {t}"
-            if s == ASSIGNED:
-                w = self._where[t]
-                assert w in self._workers and t in self._workers[w].assigned, f"assignment {t}"
-                assert not self._forbidden(t, w), f"assigned to a forbidden worker {t}"
-                assert all(self._succeeded[d] for d in self._deps[t]), f"ran before dependencies {t}"
-            else:
-                assert self._where[t] is None and not self._started[t] and t not in self._pending
-            if s == READY:
-                for w in self._banned_live(t):
-                    ready_banned.setdefault(w, []).append(rank[t])
-                prefs = self._prefs.get(t, {})
-                assert all(prefs.get(w, 0) >= loc for w, loc in self._static_prefs.get(t, ())
-                           if w in self._workers and not self._forbidden(t, w)), f"static locality {t}"
-            if s in (WAITING, READY) and any(w in self._workers for w in self._retry_banned.get(t, ())):
-                assert any(not self._forbidden(t, w) for w in self._workers), f"retry bans block {t}"
-            assert (t in self._prefs) <= (s == READY), f"prefs of a task not ready {t}"
-        assert list(self._ready.items) == sorted(rank[t] for t in range(n) if status[t] == READY)
-        assert {w: list(b) for w, b in self._ready.banned.items() if b} == {
-            w: sorted(b) for w, b in ready_banned.items()}, "ready queue bans"
-        local: dict[WorkerName, list] = {}
-        for t, prefs in self._prefs.items():
-            for w, loc in prefs.items():
-                assert loc > 0 and not self._forbidden(t, w), f"locality entry {t} {w}"
-                local.setdefault(w, []).append(rank[t] - loc * n)
-        steal_banned: dict[WorkerName, list[int]] = {}
-        stealable = []
-        for name, w in self._workers.items():
-            assert len(w.assigned) <= self._cap, f"{name} over its slots"
-            assert all(self._where[t] == name for t in w.assigned)
-            assert w.started == sum(self._started[t] for t in w.assigned)
-            assert w.unstarted == {t for t in w.assigned if not self._started[t] and t not in self._pending}
-            spare = len(w.unstarted) - max(0, self._concurrency - w.started)
-            if self._stealing_on:
-                assert w.stealable == (w.unstarted if spare > 0 else set()), f"stealable on {name}"
-            else:
-                assert not w.stealable, f"stealable on {name} while no take-back queue is kept"
-            assert list(w.local) == sorted(local.get(name, ())), f"locality queue of {name}"
-            assert w.outputs == outputs.pop(name, set()), f"outputs on {name}"
-            assert all(self._pending.get(t) == name and self._where[t] != name for t in w.stealing)
-            assert (name in self._free) == (not w.held and len(w.assigned) < self._cap), f"free {name}"
-            hungry = not w.held and len(w.assigned) + len(w.stealing) < self._concurrency
-            assert (name in self._hungry) == hungry, f"hungry {name}"
-            for t in w.stealable:
-                stealable.append(rank[t])
-                for b in self._banned_live(t):
-                    steal_banned.setdefault(b, []).append(rank[t])
-            if name in self._free:  # filling reached a fixed point
-                assert self._next_for(w) is None, f"{name} has a free slot and a ready task"
-                if hungry:  # (then the take-back queue is kept)
-                    assert self._stealing_on and self._steal.first_for(name) is None, \
-                        f"{name} idle while it could take back"
-        assert sum(len(w.assigned) for w in self._workers.values()) == self._counts[ASSIGNED]
-        assert not outputs and set(local) <= set(self._workers) and set(self._free) <= set(self._workers)
-        assert self._hungry <= self._free
-        assert list(self._steal.items) == sorted(stealable), "take-back queue"
-        assert {w: list(b) for w, b in self._steal.banned.items() if b} == {
-            w: sorted(b) for w, b in steal_banned.items()}, "take-back queue bans"
-        for t, thief in self._pending.items():
-            assert thief is None or t in self._workers[thief].stealing
-        for w, tasks in self._retry_index.items():
-            assert all(w in self._retry_banned.get(t, ()) and status[t] in _MUST_RUN for t in tasks)
-        assert sum(map(len, self._retry_index.values())) == sum(map(len, self._retry_banned.values()))
+        from .scheduler_checks import validate_state  # only tests need it
+
+        validate_state(self)
 
     # -- events ---------------------------------------------------------------------------------------
 
@@ -725,7 +653,7 @@ class Scheduler:
         if not self._succeeded[t]:
             self._succeeded[t] = 1
             self._n_succeeded += 1
-        self._out.append(_task_done(event.task_id, name))
+        self._out.append(_new_task_done(event.task_id, name))
         missing = self._missing
         for d in self._dependents[t]:
             missing[d] -= 1
@@ -938,7 +866,7 @@ class Scheduler:
         assigned.add(t)
         w.unstarted.add(t)
         runs = self._runs[t] = self._runs[t] + 1
-        self._out.append(_run_task(self._ids[t], name, runs))
+        self._out.append(_new_run_task(self._ids[t], name, runs))
         if len(assigned) >= self._cap:
             self._free.discard(name)
         if len(assigned) + len(w.stealing) >= self._concurrency:
@@ -985,7 +913,7 @@ class Scheduler:
         if thief is not None:
             self._workers[thief].stealing.add(t)
             self._update_free(self._workers[thief])
-        self._out.append(_take_back(self._ids[t], victim.name))
+        self._out.append(_new_take_back(self._ids[t], victim.name))
         if self._stealing_on:
             self._refresh_stealable(victim)
 

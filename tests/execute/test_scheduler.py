@@ -333,16 +333,14 @@ def test_dependencies_failed_for_an_output_that_is_elsewhere_just_runs_again():
 
 
 def test_dependencies_failed_too_often_fails_the_job():
-    s = Scheduler([T("a", locality={"w1": 1}), T("b", ("a",), data_locality=False)], ["w1", "w2"])
+    specs = [T("a", locality={"w1": 1}), T("b", ("a",), locality={"w2": 1}, data_locality=False)]
+    s = Scheduler(specs, ["w1", "w2"])
     started(s)
-    finish(s, "a", "w1")
-    attempt = 1
-    for _ in range(10):  # the holder named is not where a's output is: nothing is lost
-        decisions = run(s, TaskDependenciesFailed("b", s.assigned("w1") and "w1" or "w2", {"w9": ["a"]}))
-        attempt += 1
-        assert [(type(d), d.attempt) for d in decisions] == [(RunTask, attempt)]
-    worker = "w1" if s.assigned("w1") else "w2"
-    (decision,) = run(s, TaskDependenciesFailed("b", worker, {"w9": ["a"]}))
+    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b", "w2", 1)]
+    for attempt in range(2, 12):  # the holder named is not where a's output is: nothing is lost
+        (decision,) = run(s, TaskDependenciesFailed("b", "w2", {"w9": ["a"]}))
+        assert decision == RunTask("b", "w2", attempt)
+    (decision,) = run(s, TaskDependenciesFailed("b", "w2", {"w9": ["a"]}))
     assert isinstance(decision, JobFailed) and decision.task_id == "b"
     assert "could not fetch" in decision.reason and "['a']" in decision.reason and "w9" in decision.reason
     assert s.counts()["failed_attempts"] == 0
@@ -488,10 +486,11 @@ class Sim:
     """Plays the shell and the workers: applies the decisions, checks each against the rules and
     answers with the events a real cluster could send."""
 
-    def __init__(self, specs, workers, *, concurrency=1, prefetch=0, attempts=1, check=True):
+    def __init__(self, specs, workers, *, concurrency=1, prefetch=0, attempts=1, check=True,
+                 factory=Scheduler):
         self.specs = {spec.task_id: spec for spec in specs}
         self.cap, self.concurrency, self.check = concurrency + prefetch, concurrency, check
-        self.s = Scheduler(specs, workers, concurrency=concurrency, prefetch=prefetch, attempts=attempts)
+        self.s = factory(specs, workers, concurrency=concurrency, prefetch=prefetch, attempts=attempts)
         self.live, self.held = set(workers), set()
         self.on: dict = {}           # task -> worker, as the decisions say
         self.started: set = set()
@@ -733,6 +732,61 @@ def test_random_jobs_always_end(job, seed, steps, attempts):
     sim = Sim(specs, workers, concurrency=concurrency, prefetch=prefetch, attempts=attempts)
     play(sim, random.Random(seed), steps, attempts=attempts, must_finish=False)
     assert sim.outcome in ("done", "failed", "cancelled")
+
+
+# -- the take-back queue is kept only while a worker sits idle ---------------------------------------------
+
+class Lockstep:
+    """Two schedulers fed the same events: one keeps its take-back queue once built, the other drops
+    it at every fill that finds no idle worker (and rebuilds it when one is). They must agree."""
+
+    def __init__(self, *args, **kwargs):
+        self.keeps, self.drops = Scheduler(*args, **kwargs), Scheduler(*args, **kwargs)
+        self.keeps._STEAL_PATIENCE, self.drops._STEAL_PATIENCE = 10**9, -(10**9)
+
+    def start(self) -> list:
+        decisions = self.keeps.start()
+        assert self.drops.start() == decisions
+        return decisions
+
+    def handle(self, *events) -> list:
+        decisions = self.keeps.handle(*events)
+        assert self.drops.handle(*events) == decisions, events
+        self.drops.validate_state()
+        return decisions
+
+    def __getattr__(self, name):
+        return getattr(self.keeps, name)
+
+
+def test_take_back_queue_is_dropped_while_nobody_idles_and_rebuilt_for_an_idle_worker():
+    specs = [T("root")] + [T(i, ("root",), data_locality=False) for i in range(30)]
+    s = Lockstep(specs, ["w1", "w2"], concurrency=1, prefetch=2)
+    s.drops._STEAL_PATIENCE = Scheduler._STEAL_PATIENCE  # the default for this one
+    assert s.start() == [RunTask("root", "w1", 1)]
+    assert s.drops._stealing_on  # w2 sits idle
+    decisions = s.handle(TaskStarted("root", "w1"), TaskSucceeded("root", "w1"))
+    assert decisions == [TaskDone("root", "w1")] + [RunTask(i, w, 1) for i, w in
+                                                     zip(range(6), ["w1", "w2", "w1", "w1", "w2", "w2"],
+                                                         strict=True)]
+    assert s.handle(TaskStarted(1, "w2")) == []  # w2 runs 1 and never finishes; w1 does the rest
+    dropped = taken_back = False
+    while not taken_back:
+        (t, *_) = s.assigned("w1")
+        decisions = s.handle(TaskStarted(t, "w1"), TaskSucceeded(t, "w1"))
+        dropped = dropped or not s.drops._stealing_on
+        taken_back = TakeBack(4, "w2") in decisions
+    assert dropped and s.keeps._stealing_on
+    assert s.assigned("w1") == [] and s.drops._stealing_on  # w1 idle: the queue is back
+    assert s.handle(TaskTakenBack(4, "w2", True)) == [RunTask(4, "w1", 1)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs(), st.integers(0, 2**32), st.integers(0, 400), st.integers(1, 3))
+def test_dropping_the_take_back_queue_changes_no_decision(job, seed, steps, attempts):
+    specs, workers, concurrency, prefetch = job
+    sim = Sim(specs, workers, concurrency=concurrency, prefetch=prefetch, attempts=attempts, factory=Lockstep)
+    play(sim, random.Random(seed), steps, attempts=attempts, must_finish=False)
 
 
 # -- scale ------------------------------------------------------------------------------------------------
