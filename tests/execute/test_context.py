@@ -79,6 +79,17 @@ def _size(path):
     return os.path.getsize(path) if os.path.exists(path) else 0
 
 
+def assert_stops_growing(path, within: float = 5.0) -> None:
+    """A task appending to ``path`` every 10 ms has stopped: no growth in 0.2 s."""
+    deadline = time.monotonic() + within
+    while True:
+        before = _size(path)
+        time.sleep(0.2)
+        if _size(path) == before:
+            return
+        assert time.monotonic() < deadline, "the task kept running after it was cancelled"
+
+
 def test_cancelling_a_running_task_stops_it_on_the_worker(ctx, tmp_path):
     path = str(tmp_path / "ticks")
     job = Job(ctx, [FuncTask(ctx, 0, helpers.tick_forever, (path,))])
@@ -90,14 +101,7 @@ def test_cancelling_a_running_task_stops_it_on_the_worker(ctx, tmp_path):
     threading.Timer(0.1, job.cancel).start()
     with pytest.raises(JobCancelled):
         next(results)
-    # the thread on the worker really stopped: the file stops growing
-    deadline = time.monotonic() + 5
-    while True:
-        before = _size(path)
-        time.sleep(0.2)
-        if _size(path) == before:
-            break
-        assert time.monotonic() < deadline, "the task kept running after cancel"
+    assert_stops_growing(path)  # the thread on the worker really stopped
     assert job.state == "cancelled" and job.tasks[0].cancelled
     assert run(ctx, [FuncTask(ctx, 0, helpers.identity, ("usable",))]) == ["usable"]
 
@@ -112,13 +116,7 @@ def test_closing_the_generator_cancels_the_job(ctx, tmp_path):
     while _size(path) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     results.close()
-    deadline = time.monotonic() + 5
-    while True:
-        before = _size(path)
-        time.sleep(0.2)
-        if _size(path) == before:
-            break
-        assert time.monotonic() < deadline, "the task kept running after close"
+    assert_stops_growing(path)
     assert ctx.jobs[-1].state == "cancelled"
 
 
