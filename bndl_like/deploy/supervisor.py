@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -22,11 +23,16 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+def die_with(parent: int):
+    """A preexec function: SIGTERM this child when ``parent`` dies (Linux)."""
+    def preexec() -> None:  # pragma: no cover - runs in the child, between fork and exec
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
 
 
 def describe_exit(code: int) -> str:
@@ -73,7 +79,7 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.process = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=die_with(os.getpid()))
         slot.started = time.monotonic()
         slot.restart_at = None
         log.info("worker %d started (pid %d)", slot.index, slot.process.pid)

@@ -356,9 +356,7 @@ class WorkerService:
     def _start_fetch(self, job: _JobState, holder: str, keys: list, futures: list) -> None:
         async def fetch():
             try:
-                peer = self.node.peers.get(holder)
-                if peer is None:
-                    raise NotConnected(f"{holder} is not connected")
+                peer = await self.node.peer(holder)  # dials a holder not connected (yet)
                 values = await peer.call("tasks", "get_outputs", job.driver, job.job_id, keys)
             except Exception as exc:
                 for future in futures:

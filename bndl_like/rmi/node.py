@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 NODE_TYPES = ("driver", "worker", "supervisor")
 _node_counter = itertools.count()
 PORT_WALK = 100  # a taken port walks up at most this far
+FORGET_AFTER = 600.0  # a lost peer that was not a seed is redialled this long
+
+
+def _is_local(peer: Peer) -> bool:
+    """Whether ``peer`` is on this host, judged by the address its connection came from."""
+    conn = peer.connection
+    if conn is None:
+        return False
+    host = conn.remote.rsplit(":", 1)[0]
+    try:
+        return parse_address(f"tcp://{host}:0").is_loopback
+    except ValueError:
+        return False
 
 
 class Peer:
@@ -324,6 +337,25 @@ class Node:
     def dial_host_header(self, remote: str) -> str:
         return remote
 
+    async def peer(self, name: str) -> Peer:
+        """The peer called ``name``, dialled at its known addresses if not connected now."""
+        peer = self.peers.get(name)
+        if peer is not None:
+            return peer
+        known = self._known.get(name)
+        addresses = known.addresses if known else self._learned.get(name, {}).get("addresses", [])
+        errors = []
+        for address in addresses:
+            try:
+                peer = await self.connect(address)
+            except (NotConnected, HandshakeError) as exc:
+                errors.append(str(exc))
+                peer = self.peers.get(name)  # e.g. it dialled us meanwhile
+            if peer is not None and peer.name == name:
+                return peer
+        raise NotConnected(f"{name} is not connected and cannot be reached"
+                           + (f": {'; '.join(errors)}" if errors else " (no known address)"))
+
     async def connect(self, address: str) -> Peer:
         """Connect to the node at ``address`` (once, even when called concurrently)."""
         addr = str(parse_address(address))
@@ -460,9 +492,10 @@ class Node:
             if not self._stopping:
                 log.log(logging.INFO if conn.said_goodbye else logging.WARNING,
                         "%s: lost %s: %s", self.name, peer.name, conn.close_reason)
-                self._learned[peer.name] = {"name": peer.name, "node_type": peer.node_type,
-                                            "addresses": peer.addresses}
-                self._learned_at[peer.name] = self.loop.time()
+                if not conn.said_goodbye:  # a peer that stopped on purpose is not redialled
+                    self._learned[peer.name] = {"name": peer.name, "node_type": peer.node_type,
+                                                "addresses": peer.addresses}
+                    self._learned_at[peer.name] = self.loop.time()
                 self._fire(self.on_peer_lost, peer)
                 self._wake_discovery()
 
@@ -477,24 +510,31 @@ class Node:
 
     # -- discovery --------------------------------------------------------------------------------
 
-    def _entry(self, peer: Peer) -> dict:
-        return {"name": peer.name, "node_type": peer.node_type, "addresses": peer.addresses}
-
     def _gossip_about(self, new: Peer) -> None:
         """Tell the new peer whom we know, and everyone else about the new peer."""
-        known = [self._entry(p) for p in self.peers.values() if p is not new]
+        known = [e for p in self.peers.values() if p is not new and (e := self._entry(p, new))]
         try:
             if known:
                 new.notify("_rmi", "gossip", known)
         except NotConnected:
             pass
-        entry = [self._entry(new)]
         for peer in list(self.peers.values()):
-            if peer is not new and peer.connected:
+            entry = self._entry(new, peer) if peer is not new else None
+            if entry and peer.connected:
                 try:
-                    peer.notify("_rmi", "gossip", entry)
+                    peer.notify("_rmi", "gossip", [entry])
                 except NotConnected:
                     pass
+
+    @staticmethod
+    def _entry(about: Peer, to: Peer) -> dict | None:
+        """What ``to`` may dial of ``about``: loopback addresses only if ``to`` is local."""
+        addresses = about.addresses
+        if not _is_local(to):
+            addresses = [a for a in addresses if not parse_address(a).is_loopback]
+        if not addresses:
+            return None  # ``about`` dials out itself (e.g. a driver listening on loopback)
+        return {"name": about.name, "node_type": about.node_type, "addresses": addresses}
 
     def _learn(self, entries: list) -> None:
         now = self.loop.time()
@@ -532,8 +572,13 @@ class Node:
                 if name in self.peers:
                     self._learned.pop(name, None)
                     continue
-                # the smaller name dials first; the other waits a little to avoid crossing dials
-                if name < self.name and now - self._learned_at.get(name, now) < 1.0:
+                learned_at = self._learned_at.get(name, now)
+                if now - learned_at > FORGET_AFTER:
+                    self._learned.pop(name, None)  # gone for long: only seeds are tried
+                    continue
+                # between workers the smaller name dials first and the other waits a little,
+                # which avoids most crossing dials; a driver never waits
+                if name < self.name and self.node_type != "driver" and now - learned_at < 0.5:
                     continue
                 for addr in entry.get("addresses", ())[:1]:
                     targets.append(addr)

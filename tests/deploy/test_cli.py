@@ -148,13 +148,17 @@ def test_supervisor_gives_up_on_a_crash_loop():
 
 
 def test_killing_the_supervisor_leaves_no_worker():
-    sup = start("supervisor", "--workers", "2")
+    # not start(): its pipes would stay open in the workers while they stop
+    sup = subprocess.Popen([sys.executable, "-m", "bndl_like.cli", "supervisor", "--workers", "2"],
+                           cwd=ROOT, env={**os.environ, "BNDL_LIKE_SECRET": SECRET},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: _children(sup.pid) and len(_children(sup.pid)) == 2, message="workers start")
         children = _children(sup.pid)
     finally:
-        stop(sup, signal.SIGKILL)
-    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10,
+        sup.kill()
+        sup.wait()
+    wait_until(lambda: not any(alive(pid) for pid in children), timeout=20,
                message="workers follow their supervisor")
 
 
