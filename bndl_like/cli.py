@@ -87,9 +87,11 @@ async def _run_worker(args) -> None:
     await node.start()
     log.info("worker %s ready on %s, seeds %s", node.name, ", ".join(node.addresses),
              ", ".join(map(str, node.seeds)) or "none")
+    watcher = asyncio.ensure_future(_watch_parent(stop))
     try:
         await stop.wait()
     finally:
+        watcher.cancel()
         log.info("%s stopping", node.name)
         # if stopping hangs, show where before a supervisor's SIGKILL comes
         faulthandler.dump_traceback_later(4, exit=False)
@@ -99,6 +101,19 @@ async def _run_worker(args) -> None:
         except asyncio.TimeoutError:
             log.warning("%s: node did not stop within 5s", node.name)
         functions.close()
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the supervisor that started us is gone (PDEATHSIG's safety net)."""
+    parent = os.environ.get("BNDL_LIKE_PARENT_PID")
+    if not parent:
+        return
+    while not stop.is_set():
+        if os.getppid() != int(parent):
+            log.warning("the supervisor (pid %s) is gone, stopping", parent)
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
 
 
 def _worker_argv(args) -> list[str]:

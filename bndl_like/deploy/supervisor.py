@@ -78,7 +78,9 @@ class Supervisor:
         return [s.process.pid for s in self.slots if s.process is not None and s.process.poll() is None]
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
+        # the worker also watches that its parent is still this process (see cli._watch_parent)
+        env = {**(self.env if self.env is not None else os.environ), "BNDL_LIKE_PARENT_PID": str(os.getpid())}
+        slot.process = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with(os.getpid()))
         slot.started = time.monotonic()
         slot.restart_at = None
