@@ -24,6 +24,8 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.80",
             "ruff>=0.4",
+            "nbclient>=0.7",
+            "ipykernel>=6.0",
         ],
         "bench": [
             "uvloop>=0.19; platform_system != 'Windows'",

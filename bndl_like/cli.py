@@ -70,6 +70,7 @@ def _seeds(args) -> list[str]:
 async def _run_worker(args) -> None:
     from .deploy import logs
     from .execute.worker import FunctionService, WorkerService
+    from .profile.service import ProfilingService
     from .rmi import Node
 
     node = Node(args.name, "worker", listen=args.listen, seeds=_seeds(args), cluster=args.cluster,
@@ -80,6 +81,7 @@ async def _run_worker(args) -> None:
     tasks = WorkerService(node, max_threads=max(64, args.concurrency))
     node.add_service("functions", functions)
     node.add_service("tasks", tasks)
+    node.add_service("profiling", ProfilingService(node))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,7 +181,7 @@ def _shell(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(workers=args.workers, progress=not args.no_progress)
+    run_demo(workers=args.workers, progress=not args.no_progress, profile=args.profile)
     return 0
 
 
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None,
                       help="local worker processes (default: the number of CPUs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                      help="profile the workers (yappi) and print the top 15 functions (the default; "
+                           "--no-profile to skip)")
     return parser
 
 

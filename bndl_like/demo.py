@@ -40,7 +40,9 @@ def top_words(n: int, *partitions: dict) -> list:
 
 
 def run_demo(workers: int | None = None, chunks: int = 64, words_per_chunk: int = 20_000,
-             partitions: int = 8, progress: bool = True, out=sys.stdout) -> list:
+             partitions: int = 8, progress: bool = True, out=sys.stdout, profile: bool = False) -> list:
+    """Run the word count on a local cluster and print the most frequent words; with
+    ``profile``, also the top 15 functions of the workers' CPU profile."""
     from tqdm.auto import tqdm
 
     from . import ExecutionContext, FuncTask, Job
@@ -56,12 +58,16 @@ def run_demo(workers: int | None = None, chunks: int = 64, words_per_chunk: int 
         final = FuncTask(ctx, ("top",), top_words, (10, *reduced))
         job = Job(ctx, [*mapped, *reduced, final], name="word-count",
                   desc=f"word count over {chunks * words_per_chunk:,} generated words")
+        if profile:
+            ctx.cpu_profiling.start()
         t0 = time.perf_counter()
         with tqdm(total=len(job.tasks), desc=job.name, unit="task", file=out,
                   disable=not progress) as bar:
             for _ in ctx.execute(job, order_results=False):
                 bar.update()
         took = time.perf_counter() - t0
+        if profile:
+            ctx.cpu_profiling.stop()
         top = final.result()
         total_words = sum(sum(r.result().values()) for r in reduced)
         print(f"{job.desc}: {len(job.tasks)} tasks in {took:.2f}s on "
@@ -70,4 +76,7 @@ def run_demo(workers: int | None = None, chunks: int = 64, words_per_chunk: int 
         for word, n in top:
             print(f"  {word:<10} {n:>9,}", file=out)
         assert total_words == chunks * words_per_chunk, "word count lost words"
+        if profile:
+            print(file=out)
+            ctx.cpu_profiling.print_stats(max_rows=15, file=out)
         return top

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import config
 from ..local import LocalWorkers
@@ -23,6 +23,9 @@ from ..rmi import Node, takes_peer
 from .errors import JobCancelled
 from .run import END, JobRun, _Failure
 from .tasks import Job
+
+if TYPE_CHECKING:
+    from ..profile import CpuProfiling, MemoryProfiling
 
 log = logging.getLogger(__name__)
 _open_contexts: weakref.WeakSet = weakref.WeakSet()
@@ -254,6 +257,24 @@ class ExecutionContext:
 
     def cancel(self, job: Job) -> None:
         job.cancel()
+
+    # -- profiling (bndl_like.profile) ----------------------------------------------------------
+
+    @property
+    def cpu_profiling(self) -> CpuProfiling:
+        """CPU profiling (yappi) of every worker, printed here; created on first use."""
+        if self.__dict__.get("_cpu_profiling") is None:
+            from ..profile import CpuProfiling
+            self._cpu_profiling = CpuProfiling(self)
+        return self._cpu_profiling
+
+    @property
+    def memory_profiling(self) -> MemoryProfiling:
+        """Memory profiling (tracemalloc) of every worker, printed here; created on first use."""
+        if self.__dict__.get("_memory_profiling") is None:
+            from ..profile import MemoryProfiling
+            self._memory_profiling = MemoryProfiling(self)
+        return self._memory_profiling
 
     # -- closing ----------------------------------------------------------------------------------
 

@@ -63,7 +63,17 @@ def _raise_in_thread(ident: int, exc_type) -> bool:
 
 
 def _clear_async_exc(ident: int) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+    """Let a TaskCancelled sent to this (the calling) thread too late fire here, and swallow it.
+
+    Not ``PyThreadState_SetAsyncExc(ident, NULL)``: on CPython 3.11 that leaves the
+    interpreter's "async exception pending" flag set for good, and a profiler (yappi,
+    cProfile) or tracer then spins forever at the next function entry.
+    """
+    try:
+        for _ in range(2):  # a backward jump checks for pending asynchronous exceptions
+            pass
+    except TaskCancelled:
+        pass
 
 
 def nbytes_of(value) -> int:
