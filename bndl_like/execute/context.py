@@ -287,6 +287,12 @@ class ExecutionContext:
         if self._closed:
             return
         self._closed = True
+        for profiler in (self.__dict__.get("_cpu_profiling"), self.__dict__.get("_memory_profiling")):
+            if profiler is not None and profiler.running:
+                try:
+                    profiler.stop()  # the driver's own hooks too, when include_driver=True
+                except Exception:
+                    log.warning("could not stop %s", type(profiler).__name__, exc_info=True)
         for run in list(self._runs.values()):
             try:
                 self._io.call(run.cancel, timeout=5)
