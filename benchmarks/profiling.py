@@ -29,18 +29,12 @@ for _path in (ROOT, HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from execute import prepare_environment  # noqa: E402
 from execute_tasks import noop  # noqa: E402
 
 MODES = ("off", "cpu", "memory")
 
 
-def prepare_environment() -> None:
-    """Workers inherit the environment: make execute_tasks importable there."""
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    for d in (ROOT, HERE):
-        if d not in parts:
-            parts.insert(0, d)
-    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
 
 
 def w1(ctx, n: int) -> float:

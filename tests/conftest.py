@@ -27,6 +27,15 @@ async def wait_for_condition(predicate, timeout: float = 10.0, interval: float =
         await asyncio.sleep(interval)
 
 
+def wait_until(predicate, timeout: float = 15.0, message: str = "condition") -> None:
+    """Poll ``predicate()`` until true; fail the test after ``timeout`` seconds (sync code)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.02)
+
+
 class PeerProcess:
     """A node in a child process running tests/rmi/peer_process.py."""
 

@@ -10,6 +10,7 @@ import time
 
 from bndl_like import FuncTask, Job
 
+from ..conftest import wait_until
 from ..execute import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,12 +50,6 @@ def alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_until(predicate, timeout=15.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.02)
 
 
 def worker_pids(ctx) -> dict:

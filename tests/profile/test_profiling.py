@@ -6,12 +6,12 @@ import io
 import os
 import re
 import signal
-import time
 
 import pytest
 
 from bndl_like import ExecutionContext, FuncTask, Job
 
+from ..conftest import wait_until
 from . import helpers
 
 MiB = 1 << 20
@@ -42,12 +42,6 @@ def rows(text: str) -> list[str]:
             and not line.startswith(("CPU profile", "--- ", "... ", "worker "))]
 
 
-def wait_until(predicate, timeout=20.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.02)
 
 
 def profilers_state(_=None):
@@ -214,11 +208,11 @@ def test_a_worker_lost_while_profiling_is_reported_and_its_replacement_profiled(
         os.kill(victim.pid, signal.SIGKILL)
         got += list(results)
         assert len(got) == 60
-        wait_until(lambda: ctx.worker_count == 2, message="a replacement worker")
+        wait_until(lambda: ctx.worker_count == 2, timeout=20, message="a replacement worker")
         [joined] = {w.name for w in ctx.workers} - before
         # the replacement joined while profiling was on: it is profiled too
         wait_until(lambda: run(ctx, profilers_state, [()], workers=[joined])[0][1:] == (True, True),
-                   message="profiling on the new worker")
+                   timeout=20, message="profiling on the new worker")
         run(ctx, helpers.some_fn, [(100,)] * 10, workers=[joined])
         ctx.cpu_profiling.stop()
         text = printed(ctx.cpu_profiling.print_stats, per_worker=True, include=("tests",))
