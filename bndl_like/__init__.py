@@ -1,5 +1,6 @@
 """bndl_like: run DAG jobs of interdependent tasks on a cluster of worker processes."""
 
+from .execute.command import CommandFailed, CommandResult, CommandTask, CommandTimeout
 from .execute.context import ExecutionContext
 from .execute.errors import DependenciesFailed, FailedDependency, JobCancelled, TaskCancelled, WorkersLost
 from .execute.tasks import FuncTask, Job, RmiTask, Task
@@ -11,5 +12,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
     "TaskCancelled", "DependenciesFailed", "FailedDependency", "JobCancelled", "WorkersLost",
+    "CommandTask", "CommandResult", "CommandFailed", "CommandTimeout",
     "NotConnected", "RemoteError", "current_worker", "task_context", "__version__",
 ]

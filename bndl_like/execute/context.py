@@ -21,6 +21,7 @@ from .. import config
 from ..local import LocalWorkers
 from ..rmi import Node, takes_peer
 from .errors import JobCancelled
+from .executor import ExecutorMixin
 from .run import END, JobRun, _Failure
 from .tasks import Job
 
@@ -89,7 +90,7 @@ class _DriverService:
             run.on_task_events(worker.name, events)
 
 
-class ExecutionContext:
+class ExecutionContext(ExecutorMixin):
     """The driver's handle on a cluster of workers.
 
     ``ExecutionContext()`` starts a local cluster of ``os.cpu_count()`` worker
@@ -208,6 +209,11 @@ class ExecutionContext:
         every worker. A task that fails ``attempts`` times stops the job: its
         exception is raised here, with the remote traceback.
         """
+        return self._iterate(self._start_job(job, workers, order_results, concurrency, attempts))
+
+    def _start_job(self, job: Job, workers, order_results: bool, concurrency: int | None,
+                   attempts: int | None) -> JobRun:
+        """Check the arguments, start the job on the loop; the run whose queue yields results."""
         self._check_open()
         if not isinstance(job, Job):
             raise TypeError(f"execute() takes a Job, not {type(job).__name__}")
@@ -223,7 +229,7 @@ class ExecutionContext:
         run.prepare()
         self._loop.call_soon_threadsafe(run.start)
         self.jobs.append(job)
-        return self._iterate(run)
+        return run
 
     def _iterate(self, run: JobRun) -> Iterator:
         results = run.results

@@ -67,3 +67,24 @@ def allocate(nbytes):
     """Keep ``nbytes`` of output on the worker (touched, so it is resident)."""
     import numpy as np
     return np.ones(nbytes // 8)
+
+
+def square(x):
+    return x * x
+
+
+def fail_on(bad, x):
+    """``x``, or TaskError when ``x == bad``."""
+    if x == bad:
+        raise TaskError(f"bad item {x}")
+    return x
+
+
+def host_and_pid(_=None):
+    import socket
+    return socket.gethostname(), os.getpid()
+
+
+def scaled(x, *, factor=1, fn=None):
+    """Keyword arguments named like the functions service's own parameters still arrive."""
+    return (x * factor, fn)

@@ -1,0 +1,335 @@
+"""Executor conveniences on an ExecutionContext, and its asynchronous twin.
+
+``ExecutorMixin`` gives the context ``run_function``, ``run_each_worker``,
+``run_each_host`` and ``map``. Calls to single workers go to the workers'
+``functions`` service (a thread pool there); ``map`` runs chunks as one Job.
+
+``AsyncExecutionContext`` (``ctx.ensure_async()``) has the same methods as
+coroutines, for code already inside an event loop (``asyncio.run``, a notebook
+cell): the work runs on the driver's own loop thread and is awaited from the
+caller's loop through a wrapped future, so the caller's loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import queue
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..rmi.errors import RemoteError
+from .errors import WorkersLost
+from .run import END, _Failure
+from .tasks import FuncTask, Job
+
+if TYPE_CHECKING:
+    from .context import ExecutionContext
+
+MAP_CHUNKS_PER_WORKER = 8
+MAP_MAX_CHUNKSIZE = 10_000
+
+
+def _map_chunk(fn: Callable, items: list) -> list:
+    """Run on a worker: ``fn`` over one chunk of ``map``'s items."""
+    return [fn(x) for x in items]
+
+
+def _check_fn(fn: Any, method: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a callable as its first argument, not {type(fn).__name__}")
+
+
+def _unwrap_remote(exc: BaseException) -> BaseException:
+    """A RemoteError's original exception (with ``remote_traceback``), like ``execute`` raises."""
+    if isinstance(exc, RemoteError) and isinstance(exc.__cause__, Exception):
+        original = exc.__cause__
+        original.remote_traceback = exc.remote_traceback  # type: ignore[attr-defined]
+        if hasattr(original, "add_note"):
+            original.add_note(f"(raised on worker {exc.peer})")
+        return original
+    return exc
+
+
+def default_chunksize(item_count: int, worker_count: int) -> int:
+    """``map``'s default chunk size: about 8 chunks per worker, within [1, 10 000].
+
+    ``ceil(item_count / (worker_count * 8))`` bounded to ``[1, MAP_MAX_CHUNKSIZE]``:
+    enough chunks to balance the load over the workers, few enough that each
+    round trip carries many items.
+    """
+    chunks = max(1, worker_count) * MAP_CHUNKS_PER_WORKER
+    return min(MAP_MAX_CHUNKSIZE, max(1, math.ceil(item_count / chunks)))
+
+
+class ExecutorMixin:
+    """``run_function``, ``run_each_worker``, ``run_each_host`` and ``map`` for ExecutionContext."""
+
+    # -- picking workers and calling them (on the driver's loop) ------------------------------------
+
+    def _fn_inflight(self) -> dict[str, int]:
+        inflight = self.__dict__.get("_fn_calls_inflight")
+        if inflight is None:
+            inflight = self.__dict__["_fn_calls_inflight"] = {}
+        return inflight
+
+    def _workers_now(self: ExecutionContext) -> list:
+        workers = self.workers
+        if not workers:
+            self.await_workers()
+            workers = self.workers
+        if not workers:
+            raise WorkersLost("no workers are connected; start some or wait with ctx.await_workers()")
+        return workers
+
+    def _least_loaded(self, workers: list) -> Any:
+        """The worker with the fewest function calls in flight; ties go round-robin."""
+        inflight = self._fn_inflight()
+        turn = self.__dict__.get("_fn_turn", 0)
+        self.__dict__["_fn_turn"] = turn + 1
+        n = len(workers)
+        order = [workers[(turn + i) % n] for i in range(n)]
+        return min(order, key=lambda w: inflight.get(w.name, 0))
+
+    async def _call_on(self, worker, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run ``fn(*args, **kwargs)`` on ``worker``'s ``functions`` service (on the loop thread)."""
+        inflight = self._fn_inflight()
+        inflight[worker.name] = inflight.get(worker.name, 0) + 1
+        try:
+            # one picklable callable: user kwargs cannot collide with the service's own parameters
+            return await worker.call("functions", "call", functools.partial(fn, *args, **kwargs))
+        except RemoteError as exc:
+            error = _unwrap_remote(exc)
+            if error is exc:
+                raise
+        finally:
+            left = inflight.get(worker.name, 1) - 1
+            if left > 0:
+                inflight[worker.name] = left
+            else:
+                inflight.pop(worker.name, None)
+        raise error  # outside the except block: the original exception keeps its own chain
+
+    async def _call_all(self, workers: list, keys: list, fn: Callable, args: tuple, kwargs: dict) -> dict:
+        """Call ``fn`` on every worker at once; all calls finish before the first error is raised."""
+        results = await asyncio.gather(*(self._call_on(w, fn, args, kwargs) for w in workers),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return dict(zip(keys, results, strict=True))
+
+    def _prepare_run_function(self: ExecutionContext, fn, args, kwargs) -> Coroutine:
+        self._check_open()
+        _check_fn(fn, "run_function")
+        workers = self._workers_now()
+
+        async def on_loop():
+            return await self._call_on(self._least_loaded(workers), fn, args, kwargs)
+        return on_loop()
+
+    def _prepare_run_each_worker(self: ExecutionContext, fn, args, kwargs) -> Coroutine:
+        self._check_open()
+        _check_fn(fn, "run_each_worker")
+        workers = self._workers_now()
+        return self._call_all(workers, [w.name for w in workers], fn, args, kwargs)
+
+    def _prepare_run_each_host(self: ExecutionContext, fn, args, kwargs) -> Coroutine:
+        self._check_open()
+        _check_fn(fn, "run_each_host")
+        by_host: dict[str, list] = {}
+        for worker in self._workers_now():
+            by_host.setdefault(worker.host, []).append(worker)
+
+        async def on_loop():
+            hosts = list(by_host)
+            chosen = [self._least_loaded(by_host[h]) for h in hosts]
+            return await self._call_all(chosen, hosts, fn, args, kwargs)
+        return on_loop()
+
+    def _map_job(self: ExecutionContext, fn, iterable, chunksize: int | None) -> Job | None:
+        """The Job running ``fn`` over chunks of ``iterable``; None when there are no items."""
+        self._check_open()
+        _check_fn(fn, "map")
+        if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool)
+                                      or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
+        items = list(iterable)
+        if not items:
+            return None
+        if chunksize is None:
+            chunksize = default_chunksize(len(items), len(self._workers_now()))
+        tasks = [FuncTask(self, i, _map_chunk, (fn, items[start:start + chunksize]))
+                 for i, start in enumerate(range(0, len(items), chunksize))]
+        name = getattr(fn, "__name__", type(fn).__name__)
+        return Job(self, tasks, name=f"map-{name}", desc=f"map {name} over {len(items)} items")
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def run_function(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on one worker (the least busy) and return its result.
+
+        An exception raised by ``fn`` is raised here as its own type, with the
+        remote traceback in ``remote_traceback``.
+        """
+        return self._io.run(self._prepare_run_function(fn, args, kwargs))
+
+    def run_each_worker(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run ``fn(*args, **kwargs)`` on every worker at once; return ``{worker name: result}``."""
+        return self._io.run(self._prepare_run_each_worker(fn, args, kwargs))
+
+    def run_each_host(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run ``fn(*args, **kwargs)`` once per host (on one of its workers); return ``{host: result}``."""
+        return self._io.run(self._prepare_run_each_host(fn, args, kwargs))
+
+    def map(self: ExecutionContext, fn: Callable, iterable: Iterable, *,
+            chunksize: int | None = None) -> list:
+        """``[fn(x) for x in iterable]`` computed on the workers, in input order.
+
+        Items travel in chunks of ``chunksize``, one task per chunk, all in one
+        Job. The default is ``ceil(len(items) / (worker_count * 8))`` bounded to
+        ``[1, 10_000]`` (see ``default_chunksize``). The first failing item stops
+        the job; its exception is raised here with the remote traceback.
+        """
+        job = self._map_job(fn, iterable, chunksize)
+        if job is None:
+            return []
+        out: list = []
+        for chunk in self.execute(job):
+            out.extend(chunk)
+        return out
+
+    def ensure_sync(self: ExecutionContext) -> ExecutionContext:
+        """This context (it is the synchronous one)."""
+        return self
+
+    def ensure_async(self: ExecutionContext) -> AsyncExecutionContext:
+        """The asynchronous twin of this context (one per context)."""
+        actx = self.__dict__.get("_async_twin")
+        if actx is None:
+            actx = self.__dict__["_async_twin"] = AsyncExecutionContext(self)
+        return actx
+
+
+def _take_batches(results: queue.SimpleQueue, timeout: float) -> list | None:
+    """One batch of results (plus any already waiting), or None after ``timeout``."""
+    try:
+        batch = list(results.get(timeout=timeout))
+    except queue.Empty:
+        return None
+    while True:
+        try:
+            batch.extend(results.get_nowait())
+        except queue.Empty:
+            return batch
+
+
+class AsyncExecutionContext:
+    """The coroutine API of an ExecutionContext, for code inside an event loop.
+
+    Made by ``ctx.ensure_async()``; ``ensure_sync()`` gives the context back.
+    """
+
+    def __init__(self, ctx: ExecutionContext):
+        self._ctx = ctx
+
+    async def _on_driver(self, coro: Coroutine) -> Any:
+        """Await ``coro`` run on the driver's loop, without blocking the caller's loop."""
+        loop = self._ctx._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    @property
+    def workers(self) -> list:
+        """The connected worker peers."""
+        return self._ctx.workers
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers are connected."""
+        return self._ctx.worker_count
+
+    def ensure_sync(self) -> ExecutionContext:
+        """The synchronous ExecutionContext."""
+        return self._ctx
+
+    def ensure_async(self) -> AsyncExecutionContext:
+        """This (already asynchronous) context."""
+        return self
+
+    async def await_workers(self, worker_count: int | None = None, connect_timeout: float = 5,
+                            stable_timeout: float = 60) -> int:
+        """``ExecutionContext.await_workers`` in a thread; return how many workers are connected."""
+        return await asyncio.to_thread(self._ctx.await_workers, worker_count, connect_timeout,
+                                       stable_timeout)
+
+    async def run_function(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on one worker; see ``ExecutionContext.run_function``."""
+        coro = await asyncio.to_thread(self._ctx._prepare_run_function, fn, args, kwargs)
+        return await self._on_driver(coro)
+
+    async def run_each_worker(self, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run ``fn`` on every worker; return ``{worker name: result}``."""
+        coro = await asyncio.to_thread(self._ctx._prepare_run_each_worker, fn, args, kwargs)
+        return await self._on_driver(coro)
+
+    async def run_each_host(self, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run ``fn`` once per host; return ``{host: result}``."""
+        coro = await asyncio.to_thread(self._ctx._prepare_run_each_host, fn, args, kwargs)
+        return await self._on_driver(coro)
+
+    async def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None) -> list:
+        """``[fn(x) for x in iterable]`` on the workers, in input order; see ``ExecutionContext.map``."""
+        job = await asyncio.to_thread(self._ctx._map_job, fn, iterable, chunksize)
+        if job is None:
+            return []
+        out: list = []
+        results = self.execute(job)
+        try:
+            async for chunk in results:
+                out.extend(chunk)
+        finally:
+            await results.aclose()
+        return out
+
+    async def execute(self, job: Job, workers=None, order_results: bool = True,
+                      concurrency: int | None = None, attempts: int | None = None) -> AsyncIterator:
+        """Run ``job``; ``async for`` over the result of each task, as ``ExecutionContext.execute``.
+
+        Leaving the loop early (break, an exception, cancellation) cancels the
+        job once the generator is closed: use ``contextlib.aclosing`` to close it
+        right away, otherwise the event loop closes it when it is collected.
+        """
+        ctx = self._ctx
+        # validates and starts the job; its results are read here from the run's queue, in
+        # batches, off the caller's loop
+        run = await asyncio.to_thread(ctx._start_job, job, workers, order_results, concurrency, attempts)
+        finished = False
+        try:
+            while not finished:
+                batch = await asyncio.to_thread(_take_batches, run.results, 0.25)
+                if batch is None:
+                    continue
+                for item in batch:
+                    if item is END:
+                        finished = True
+                        break
+                    if type(item) is _Failure:
+                        finished = True
+                        raise item.error
+                    yield item
+        finally:
+            if not finished:
+                await asyncio.shield(asyncio.to_thread(ctx._cancel_run, run))
+
+    def __repr__(self) -> str:
+        return f"<AsyncExecutionContext of {self._ctx!r}>"
+
+
+__all__ = ["AsyncExecutionContext", "ExecutorMixin", "default_chunksize"]
