@@ -69,6 +69,7 @@ def _seeds(args) -> list[str]:
 
 async def _run_worker(args) -> None:
     from .deploy import logs
+    from .execute.scatter import ScatterService
     from .execute.worker import FunctionService, WorkerService
     from .profile.service import ProfilingService
     from .rmi import Node
@@ -82,6 +83,7 @@ async def _run_worker(args) -> None:
     node.add_service("functions", functions)
     node.add_service("tasks", tasks)
     node.add_service("profiling", ProfilingService(node))
+    node.add_service("scatter", ScatterService(node))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,6 +22,7 @@ from ..local import LocalWorkers
 from ..rmi import Node, takes_peer
 from .errors import JobCancelled
 from .executor import ExecutorMixin
+from .hooks import HookRunner, Hooks
 from .run import END, JobRun, _Failure
 from .tasks import Job
 
@@ -119,6 +120,9 @@ class ExecutionContext(ExecutorMixin):
         self._node.add_service("driver", _DriverService(self))
         self._runs: dict[int, JobRun] = {}
         self.jobs: list[Job] = []
+        self._hooks = Hooks()
+        self._hook_runner = HookRunner()
+        self._held: set[str] = set()  # held worker names (changed on the loop thread only)
         self._local: LocalWorkers | None = None
         self._closed = False
         try:
@@ -144,12 +148,87 @@ class ExecutionContext(ExecutorMixin):
         self._node.on_peer_lost.append(self._on_peer_lost)
 
     def _on_peer_added(self, peer) -> None:
+        if peer.node_type == "worker":
+            self._hook_runner.fire("worker_joined", peer.name, self._hooks)
+            if peer.name in self._held:
+                self._tell_held(peer.name, True)
         for run in list(self._runs.values()):
             run.worker_added(peer)
 
     def _on_peer_lost(self, peer) -> None:
+        if peer.node_type == "worker":
+            self._hook_runner.fire("worker_lost", peer.name, self._hooks)
         for run in list(self._runs.values()):
             run.worker_lost(peer)
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def add_hook(self, event: str, fn) -> None:
+        """Call ``fn(arg)`` on ``event`` of every job (see :mod:`bndl_like.execute.hooks`).
+
+        Hooks run in order in one thread of their own, never on the driver's event loop;
+        one that raises is logged. Unknown event names raise ValueError.
+        """
+        self._hooks.add(event, fn)
+
+    # -- holding and draining workers -------------------------------------------------------------
+
+    def _worker_name(self, worker) -> str:
+        name = getattr(worker, "name", worker)
+        if not isinstance(name, str):
+            raise TypeError(f"a worker or a worker name, not {type(worker).__name__}")
+        if name not in self._held and name not in {w.name for w in self.workers}:
+            raise ValueError(f"unknown worker {name!r}")
+        return name
+
+    def hold(self, worker) -> None:
+        """No new tasks go to ``worker`` (a worker or its name), in running and later jobs;
+        what runs there finishes, what it was handed ahead is taken back."""
+        self._check_open()
+        self._io.call(self._set_held, self._worker_name(worker), True)
+
+    def release_worker(self, worker) -> None:
+        """Undo :meth:`hold` (or :meth:`drain`): ``worker`` gets tasks again."""
+        self._check_open()
+        self._io.call(self._set_held, self._worker_name(worker), False)
+
+    def drain(self, worker, timeout: float | None = None) -> None:
+        """Hold ``worker`` and return once it can be stopped with nothing lost.
+
+        That is when no task of a running job is assigned to it and the outputs it holds
+        that running jobs still need were computed again on other workers. When a job has
+        no other usable worker, the drain waits for that job to end. TimeoutError after
+        ``timeout`` s (the worker stays held).
+        """
+        name = self._worker_name(worker)
+        self.hold(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._io.call(self._drain_step, name):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"worker {name} did not drain within {timeout} s")
+            time.sleep(0.01)
+
+    def _drain_step(self, name: str) -> bool:
+        return all([run.drain_step(name) for run in list(self._runs.values())])
+
+    def _set_held(self, name: str, held: bool) -> None:
+        """On the loop: remember the state, tell every running job and the worker itself."""
+        if held:
+            self._held.add(name)
+        else:
+            self._held.discard(name)
+        for run in list(self._runs.values()):
+            run.set_held(name, held)
+        self._tell_held(name, held)
+
+    def _tell_held(self, name: str, held: bool) -> None:
+        """Let the worker show it in its status (``bndl-like status``); best effort."""
+        peer = self._node.peers.get(name)
+        if peer is not None:
+            try:
+                peer.notify("tasks", "set_held", held)
+            except Exception:
+                log.debug("could not tell %s it is held=%s", name, held, exc_info=True)
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -312,6 +391,8 @@ class ExecutionContext(ExecutorMixin):
         if getattr(self, "_local", None) is not None:
             self._local.stop()
         self._io.stop()
+        if getattr(self, "_hook_runner", None) is not None:
+            self._hook_runner.close()
         _open_contexts.discard(self)
 
     def __enter__(self) -> ExecutionContext:

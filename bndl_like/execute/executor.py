@@ -31,8 +31,10 @@ MAP_CHUNKS_PER_WORKER = 8
 MAP_MAX_CHUNKSIZE = 10_000
 
 
-def _map_chunk(fn: Callable, items: list) -> list:
-    """Run on a worker: ``fn`` over one chunk of ``map``'s items."""
+def _map_chunk(fn: Callable, items: list, *args: Any) -> list:
+    """Run on a worker: ``fn`` over one chunk of ``map``'s items (each followed by ``args``)."""
+    if args:
+        return [fn(x, *args) for x in items]
     return [fn(x) for x in items]
 
 
@@ -148,7 +150,7 @@ class ExecutorMixin:
             return await self._call_all(chosen, hosts, fn, args, kwargs)
         return on_loop()
 
-    def _map_job(self: ExecutionContext, fn, iterable, chunksize: int | None) -> Job | None:
+    def _map_job(self: ExecutionContext, fn, iterable, chunksize: int | None, args: tuple = ()) -> Job | None:
         """The Job running ``fn`` over chunks of ``iterable``; None when there are no items."""
         self._check_open()
         _check_fn(fn, "map")
@@ -160,7 +162,7 @@ class ExecutorMixin:
             return None
         if chunksize is None:
             chunksize = default_chunksize(len(items), len(self._workers_now()))
-        tasks = [FuncTask(self, i, _map_chunk, (fn, items[start:start + chunksize]))
+        tasks = [FuncTask(self, i, _map_chunk, (fn, items[start:start + chunksize], *args))
                  for i, start in enumerate(range(0, len(items), chunksize))]
         name = getattr(fn, "__name__", type(fn).__name__)
         return Job(self, tasks, name=f"map-{name}", desc=f"map {name} over {len(items)} items")
@@ -183,22 +185,62 @@ class ExecutorMixin:
         """Run ``fn(*args, **kwargs)`` once per host (on one of its workers); return ``{host: result}``."""
         return self._io.run(self._prepare_run_each_host(fn, args, kwargs))
 
-    def map(self: ExecutionContext, fn: Callable, iterable: Iterable, *,
+    def map(self: ExecutionContext, fn: Callable, iterable: Iterable, /, *args: Any,
             chunksize: int | None = None) -> list:
-        """``[fn(x) for x in iterable]`` computed on the workers, in input order.
+        """``[fn(x, *args) for x in iterable]`` computed on the workers, in input order.
+
+        ``args`` (the same for every item) may hold scatter handles and tasks' outputs.
 
         Items travel in chunks of ``chunksize``, one task per chunk, all in one
         Job. The default is ``ceil(len(items) / (worker_count * 8))`` bounded to
         ``[1, 10_000]`` (see ``default_chunksize``). The first failing item stops
         the job; its exception is raised here with the remote traceback.
         """
-        job = self._map_job(fn, iterable, chunksize)
+        job = self._map_job(fn, iterable, chunksize, args)
         if job is None:
             return []
         out: list = []
         for chunk in self.execute(job):
             out.extend(chunk)
         return out
+
+    # -- scatter ------------------------------------------------------------------------------------
+
+    def _scatter_registry(self: ExecutionContext):
+        self._check_open()
+        registry = self.__dict__.get("_scatter")
+        if registry is None:
+            from .scatter import ScatterRegistry
+            registry = self.__dict__["_scatter"] = self._io.call(ScatterRegistry, self)
+        return registry
+
+    def scatter(self: ExecutionContext, obj: Any):
+        """Ship ``obj`` once to every worker (and to workers joining later); return its handle.
+
+        The handle, as an argument of a FuncTask, ``map``, ``run_function`` or
+        ``run_each_worker`` (also nested in lists, tuples, dicts), arrives as the
+        object kept on the worker. ``release(handle)`` drops it everywhere.
+        """
+        registry = self._scatter_registry()
+        if not self.workers:
+            self._workers_now()
+        return self._io.run(registry.scatter(obj))
+
+    def scatter_update(self: ExecutionContext, handle, obj: Any):
+        """Replace the object of ``handle`` on every worker holding it; return the handle."""
+        return self._io.run(self._scatter_registry().update(handle, obj))
+
+    def scatter_update_patch(self: ExecutionContext, handle, patch: Any):
+        """Call ``obj.patch(patch)`` on every worker holding the object (and on the driver's copy).
+
+        An exception raised by ``patch`` is raised here as its own type, with the
+        remote traceback in ``remote_traceback``.
+        """
+        return self._io.run(self._scatter_registry().update_patch(handle, patch))
+
+    def release(self: ExecutionContext, handle) -> None:
+        """Drop the object of ``handle`` from every worker; tasks using it afterwards fail."""
+        self._io.run(self._scatter_registry().release(handle))
 
     def ensure_sync(self: ExecutionContext) -> ExecutionContext:
         """This context (it is the synchronous one)."""
@@ -284,9 +326,10 @@ class AsyncExecutionContext:
         coro = await asyncio.to_thread(self._ctx._prepare_run_each_host, fn, args, kwargs)
         return await self._on_driver(coro)
 
-    async def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None) -> list:
-        """``[fn(x) for x in iterable]`` on the workers, in input order; see ``ExecutionContext.map``."""
-        job = await asyncio.to_thread(self._ctx._map_job, fn, iterable, chunksize)
+    async def map(self, fn: Callable, iterable: Iterable, /, *args: Any,
+                  chunksize: int | None = None) -> list:
+        """``[fn(x, *args) for x in iterable]`` on the workers, in order; see ``ExecutionContext.map``."""
+        job = await asyncio.to_thread(self._ctx._map_job, fn, iterable, chunksize, args)
         if job is None:
             return []
         out: list = []
@@ -297,6 +340,28 @@ class AsyncExecutionContext:
         finally:
             await results.aclose()
         return out
+
+    async def scatter(self, obj: Any):
+        """Ship ``obj`` once to every worker; return its handle (see ``ExecutionContext.scatter``)."""
+        registry = await asyncio.to_thread(self._ctx._scatter_registry)
+        if not self._ctx.workers:
+            await asyncio.to_thread(self._ctx._workers_now)
+        return await self._on_driver(registry.scatter(obj))
+
+    async def scatter_update(self, handle, obj: Any):
+        """Replace the object of ``handle`` on every worker holding it."""
+        registry = await asyncio.to_thread(self._ctx._scatter_registry)
+        return await self._on_driver(registry.update(handle, obj))
+
+    async def scatter_update_patch(self, handle, patch: Any):
+        """Call ``obj.patch(patch)`` on every worker holding the object of ``handle``."""
+        registry = await asyncio.to_thread(self._ctx._scatter_registry)
+        return await self._on_driver(registry.update_patch(handle, patch))
+
+    async def release(self, handle) -> None:
+        """Drop the object of ``handle`` from every worker."""
+        registry = await asyncio.to_thread(self._ctx._scatter_registry)
+        await self._on_driver(registry.release(handle))
 
     async def execute(self, job: Job, workers=None, order_results: bool = True,
                       concurrency: int | None = None, attempts: int | None = None) -> AsyncIterator:

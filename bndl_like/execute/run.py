@@ -58,6 +58,7 @@ class JobRun:
         self.finished = False
         self.generic: set = set()        # asyncio tasks of non-RMI tasks
         self.result_batch: list | None = None
+        self.drained: dict[str, list] = {}  # drained worker -> ids of the outputs it held
 
     # -- life cycle (on the loop) -----------------------------------------------------------------
 
@@ -103,10 +104,10 @@ class JobRun:
             # workers lost or joined since prepare()
             live = {p.name for p in self.ctx._node.peers.values() if p.node_type == "worker"}
             stimuli = [S.WorkerLost(w) for w in self.scheduler.workers if w not in live]
-            decisions = self.scheduler.start()
-            if stimuli:
-                decisions += self.scheduler.handle(*stimuli)
-            self.apply(decisions)
+            # workers held in the context get no task of this job (before the first fill)
+            stimuli += [S.WorkerHeld(w) for w in self.scheduler.workers
+                        if w in self.ctx._held and w in live]
+            self.apply(self.scheduler.handle(*stimuli) if stimuli else self.scheduler.start())
             if job._cancel_requested:
                 job._cancel_requested = False
                 self.cancel()
@@ -124,11 +125,62 @@ class JobRun:
     def worker_added(self, peer) -> None:
         if not self.finished and peer.node_type == "worker" and (
                 self.restricted is None or peer.name in self.restricted):
-            self.apply(self.scheduler.handle(S.WorkerAdded(peer.name)))
+            self._fire("worker_joined", peer.name, ctx_too=False)
+            events = [S.WorkerAdded(peer.name)]
+            if peer.name in self.ctx._held:
+                events.append(S.WorkerHeld(peer.name))
+            self.apply(self.scheduler.handle(*events))
 
     def worker_lost(self, peer) -> None:
         if not self.finished and peer.name in self.scheduler.workers:
+            self._fire("worker_lost", peer.name, ctx_too=False)
             self.apply(self.scheduler.handle(S.WorkerLost(peer.name)))
+
+    def set_held(self, worker: str, held: bool) -> None:
+        """The context held or released ``worker``: tell the scheduler (a drained worker that
+        this job let go of joins it again on release)."""
+        if self.finished:
+            return
+        if held:
+            if worker in self.scheduler.workers:
+                self.apply(self.scheduler.handle(S.WorkerHeld(worker)))
+        elif worker in self.scheduler.workers:
+            self.apply(self.scheduler.handle(S.WorkerReleased(worker)))
+        elif worker in self.drained and worker in self.ctx._node.peers:
+            del self.drained[worker]
+            self.apply(self.scheduler.handle(S.WorkerAdded(worker)))
+
+    def drain_step(self, worker: str) -> bool:
+        """One check of a drain (on the loop): True when ``worker`` runs no task of this job and
+        the outputs it held that are still needed were computed again elsewhere.
+
+        Once nothing of the job runs on the held worker, the job lets go of it (``WorkerLost``
+        for this job only), so that the scheduler re-runs the lost outputs still needed. With
+        no other usable worker the outputs stay where they are and the drain waits for the
+        job to end.
+        """
+        if self.finished:
+            return True
+        sched = self.scheduler
+        if worker in self.drained:
+            return all(sched.state(t) in ("done", "lost") for t in self.drained[worker])
+        if worker not in sched.workers:
+            return True
+        if sched.assigned(worker):
+            return False
+        outputs = sched.outputs(worker)
+        if not outputs:
+            return True
+        if not any(w != worker and w not in self.ctx._held for w in sched.workers):
+            return False
+        self.drained[worker] = outputs
+        self.apply(sched.handle(S.WorkerLost(worker)))
+        return self.drain_step(worker)
+
+    def _fire(self, event: str, arg, ctx_too: bool = True) -> None:
+        """Queue the hooks of ``event`` (the job's, and the context's unless ``ctx_too`` is false)."""
+        ctx = self.ctx
+        ctx._hook_runner.fire(event, arg, ctx._hooks if ctx_too else None, self.job._hooks)
 
     # -- events from workers ----------------------------------------------------------------------
 
@@ -162,10 +214,12 @@ class JobRun:
             kind = type(decision)
             if kind is S.RunTask:
                 self._run_task(decision)
+                self._fire("task_started", job.task(decision.task_id))
             elif kind is S.TaskDone:
                 task = job.task(decision.task_id)
                 task.mark_done(self.task_results.get(decision.task_id, task._result))
                 self._emit(task)
+                self._fire("task_done", task)
             elif kind is S.TakeBack:
                 self._take_back(decision)
             elif kind is S.CancelTask:
@@ -174,7 +228,9 @@ class JobRun:
                 job.retried += 1
                 log.info("job %s: task %r failed on %s, retrying: %s", job.name, decision.task_id,
                          decision.worker, decision.error)
-                job.task(decision.task_id).mark_pending()
+                task = job.task(decision.task_id)
+                task.mark_pending()
+                self._fire("task_retried", task)
             elif kind is S.DependencyLost:
                 job.task(decision.task_id).mark_failed(FailedDependency(decision.worker))
             elif kind is S.JobDone:
@@ -184,6 +240,7 @@ class JobRun:
                 if decision.task_id is not None:
                     task = job.task(decision.task_id)
                     task.mark_failed(error)
+                    self._fire("task_failed", task)
                 if error is None:
                     error = WorkersLost(decision.reason)
                 self._finish("failed", error)
@@ -314,6 +371,8 @@ class JobRun:
         for task in job.tasks:
             if not task.done:
                 task.cancel()
+                self._fire("task_cancelled", task)
+        self._fire("job_done" if state == "done" else "job_failed", job)
         for runner in list(self.generic):
             runner.cancel()
         for worker in self.used_workers:

@@ -527,6 +527,11 @@ class Scheduler:
         w = self._workers.get(worker)
         return [self._ids[t] for t in sorted(w.assigned, key=self._rank.__getitem__)] if w else []
 
+    def outputs(self, worker: WorkerName) -> list[TaskId]:
+        """Tasks whose output ``worker`` holds (as far as this job knows), by priority."""
+        w = self._workers.get(worker)
+        return [self._ids[t] for t in sorted(w.outputs, key=self._rank.__getitem__)] if w else []
+
     def location(self, task_id: TaskId) -> WorkerName | None:
         """The worker holding the task's output, if it is available."""
         return self._location[self._task(task_id)]

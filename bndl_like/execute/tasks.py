@@ -8,6 +8,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from .errors import JobCancelled, TaskCancelled
+from .hooks import Hooks
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
 _job_ids = itertools.count(1)
@@ -326,6 +327,7 @@ class Job:
         self.retried = 0
         self._run = None  # the JobRun while executing
         self._cancel_requested = False
+        self._hooks = Hooks()
         by_id: dict = {}
         for task in self.tasks:
             if not isinstance(task, Task):
@@ -349,6 +351,10 @@ class Job:
 
     def task(self, task_id) -> Task:
         return self._by_id[task_id]
+
+    def add_hook(self, event: str, fn: Callable) -> None:
+        """Call ``fn(arg)`` on ``event`` of this job (see :mod:`bndl_like.execute.hooks`)."""
+        self._hooks.add(event, fn)
 
     def cancel(self) -> None:
         """Cancel the job on every worker; ``execute`` raises JobCancelled."""

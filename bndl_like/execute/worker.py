@@ -22,6 +22,7 @@ from typing import Any
 
 from ..rmi import NotConnected, RemoteError, SerializationError, takes_peer
 from ..rmi.serialize import dump_exception
+from . import scatter
 from .errors import DependenciesFailed, TaskCancelled
 from .tasks import fill_dependencies, has_markers
 
@@ -139,6 +140,7 @@ class WorkerService:
         self._fetch_tasks: set[asyncio.Task] = set()
         self._completed: deque = deque()  # (job, event) posted by runner threads
         self._wakeup_pending = False
+        self._held_by: set[str] = set()  # drivers that hold this worker (shown by status)
         node.on_peer_lost.append(self._on_peer_lost)
 
     @property
@@ -151,6 +153,11 @@ class WorkerService:
     def run(self, driver, job_id: int, concurrency: int, tasks: list) -> None:
         """Queue ``tasks``: (key, attempt, fn, args, kwargs, deps) tuples (a notice)."""
         runs = [_Run(*spec) for spec in tasks]
+        if scatter._missing_made and scatter.take_missing_count():
+            for run in runs:  # a scattered object this worker does not hold: fail before running
+                missing = scatter.find_missing((run.args, run.kwargs))
+                if missing is not None:
+                    run.failure = (FAILED, run.key, run.attempt, dump_exception(missing.error()))
         with self._cond:
             job = self._job(driver.name, job_id, concurrency)
         for run in runs:
@@ -239,8 +246,16 @@ class WorkerService:
             raise KeyError(f"outputs of tasks {missing} not on {self.node.name}")
         return [job.outputs[k] for k in keys]
 
+    @takes_peer
+    def set_held(self, driver, held: bool) -> None:
+        """A driver holds this worker (no new tasks from it) or released it (a notice)."""
+        if held:
+            self._held_by.add(driver.name)
+        else:
+            self._held_by.discard(driver.name)
+
     def status(self) -> dict:
-        return {"jobs": len(self.jobs),
+        return {"jobs": len(self.jobs), "held": bool(self._held_by),
                 "running": sum(len(j.running) for j in self.jobs.values()),
                 "queued": sum(len(j.queue) for j in self.jobs.values()),
                 "threads": len(self._threads),
@@ -467,6 +482,7 @@ class WorkerService:
         """A driver gone: cancel its jobs and free their outputs."""
         if peer.node_type != "driver":
             return
+        self._held_by.discard(peer.name)
         for driver, job_id in [k for k in self.jobs if k[0] == peer.name]:
             log.info("%s: driver %s lost, cancelling its job %s", self.node.name, driver, job_id)
             self._drop(driver, job_id)
@@ -493,6 +509,10 @@ class FunctionService:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="bndl-like-fn")
 
     async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        if scatter._missing_made and scatter.take_missing_count():
+            missing = scatter.find_missing((fn, args, kwargs))
+            if missing is not None:
+                raise missing.error()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 

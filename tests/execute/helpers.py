@@ -88,3 +88,37 @@ def host_and_pid(_=None):
 def scaled(x, *, factor=1, fn=None):
     """Keyword arguments named like the functions service's own parameters still arrive."""
     return (x * factor, fn)
+
+
+class Patchable:
+    """A scattered object whose ``patch`` adds to its value (and fails on a negative patch)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def patch(self, delta):
+        if delta < 0:
+            raise TaskError(f"negative patch {delta}")
+        self.value += delta
+
+
+def value_of(obj, _=None):
+    return obj.value
+
+
+def array_total(arr, _=None):
+    return float(arr.sum())
+
+
+def scatter_puts(handle_id):
+    """How many times this worker received the scattered object ``handle_id``."""
+    from bndl_like.execute import scatter
+    return scatter._service.put_count(handle_id)
+
+
+def add_to(x, obj):
+    return x + obj
+
+
+def item_plus_total(x, arr):
+    return x + float(arr.sum())

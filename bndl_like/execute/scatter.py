@@ -1,0 +1,259 @@
+"""Scatter: ship an object once to every worker and refer to it by a small handle.
+
+``ctx.scatter(obj)`` pushes ``obj`` to every worker's ``scatter`` service (and to
+workers that join later) and returns a :class:`ScatterHandle`. A handle among a
+task's arguments (at any depth) or a ``run_function``/``run_each_worker``
+argument is unpickled on the worker as the object kept there: its ``__reduce__``
+names :func:`_resolve`, which reads this worker's :class:`ScatterService`.
+
+When a worker does not hold the object (it was released, or never sent there),
+the handle unpickles as a :class:`_Missing` placeholder and the task (or
+function call) fails with :class:`ScatterError` naming the handle before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from typing import Any
+
+from ..rmi.errors import RemoteError
+
+
+class ScatterError(LookupError):
+    """A scattered object is not on the worker that needs it (e.g. it was released)."""
+
+
+class ScatterHandle:
+    """A reference to an object scattered to the workers: an id and a version."""
+
+    __slots__ = ("id", "version")
+
+    def __init__(self, handle_id: str, version: int = 1):
+        self.id = handle_id
+        self.version = version
+
+    def __reduce__(self):
+        return _resolve, (self.id, self.version)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ScatterHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<ScatterHandle {self.id} v{self.version}>"
+
+
+class _Missing:
+    """What a handle unpickles as where its object is not held."""
+
+    __slots__ = ("id", "version", "where")
+
+    def __init__(self, handle_id: str, version: int, where: str):
+        self.id = handle_id
+        self.version = version
+        self.where = where
+
+    def error(self) -> ScatterError:
+        return ScatterError(f"scattered object {self.id} (v{self.version}) is not on {self.where}: "
+                            "it was released with ctx.release(), or never sent to this worker")
+
+    def __reduce__(self):
+        return _resolve, (self.id, self.version)
+
+    def __repr__(self) -> str:
+        return f"<missing scattered object {self.id}>"
+
+
+# the ScatterService of this process (a worker), read when a handle is unpickled
+_service: ScatterService | None = None
+# placeholders made since the last check: lets the worker skip the scan of arguments otherwise
+_missing_made = 0
+
+
+def _resolve(handle_id: str, version: int = 1) -> Any:
+    """Unpickle a handle: the object kept by this worker, or a ``_Missing`` placeholder."""
+    global _missing_made
+    service = _service
+    if service is None:  # not a worker (e.g. a handle in a result back on the driver)
+        return ScatterHandle(handle_id, version)
+    entry = service.store.get(handle_id)
+    if entry is not None:
+        return entry[1]
+    _missing_made += 1
+    return _Missing(handle_id, version, service.node.name)
+
+
+def find_missing(value, depth: int = 0) -> _Missing | None:
+    """The first placeholder in ``value`` (lists, tuples, dicts, partials), if any."""
+    if depth > 50:
+        return None
+    cls = type(value)
+    if cls is _Missing:
+        return value
+    if cls is list or cls is tuple:
+        for v in value:
+            found = find_missing(v, depth + 1)
+            if found is not None:
+                return found
+    elif cls is dict:
+        for v in value.values():
+            found = find_missing(v, depth + 1)
+            if found is not None:
+                return found
+    else:
+        args = getattr(value, "args", None)
+        keywords = getattr(value, "keywords", None)
+        if type(args) is tuple and type(keywords) is dict:  # functools.partial
+            return find_missing(args, depth + 1) or find_missing(keywords, depth + 1)
+    return None
+
+
+def take_missing_count() -> int:
+    """Placeholders made since the last call (read and reset on the worker's loop)."""
+    global _missing_made
+    count, _missing_made = _missing_made, 0
+    return count
+
+
+class ScatterService:
+    """The ``scatter`` service of a worker: handle id -> (version, object)."""
+
+    def __init__(self, node):
+        global _service
+        self.node = node
+        self.store: dict[str, tuple[int, Any]] = {}
+        self.puts: dict[str, int] = {}  # handle id -> times its object was received (put)
+        self._lock = threading.Lock()
+        _service = self
+
+    def put(self, handle_id: str, version: int, obj: Any) -> None:
+        with self._lock:
+            self.store[handle_id] = (version, obj)
+            self.puts[handle_id] = self.puts.get(handle_id, 0) + 1
+
+    def get(self, handle_id: str) -> Any:
+        entry = self.store.get(handle_id)
+        if entry is None:
+            raise ScatterError(f"scattered object {handle_id} is not on {self.node.name}")
+        return entry[1]
+
+    async def update_patch(self, handle_id: str, version: int, patch: Any) -> None:
+        entry = self.store.get(handle_id)
+        if entry is None:
+            raise ScatterError(f"scattered object {handle_id} is not on {self.node.name}")
+        # in a thread: a patch may take a while, the loop stays free
+        await asyncio.get_running_loop().run_in_executor(None, entry[1].patch, patch)
+        with self._lock:
+            self.store[handle_id] = (version, entry[1])
+
+    def release(self, handle_id: str) -> bool:
+        with self._lock:
+            return self.store.pop(handle_id, None) is not None
+
+    def held(self) -> dict:
+        """``{handle id: version}`` of the objects kept here."""
+        return {key: version for key, (version, _) in self.store.items()}
+
+    def put_count(self, handle_id: str) -> int:
+        return self.puts.get(handle_id, 0)
+
+
+# -- driver side -------------------------------------------------------------------------------------
+
+def _unwrap(exc: BaseException) -> BaseException:
+    from .executor import _unwrap_remote
+    return _unwrap_remote(exc) if isinstance(exc, RemoteError) else exc
+
+
+class ScatterRegistry:
+    """What the driver scattered: handle id -> (version, object), and which workers hold it."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.objects: dict[str, tuple[int, Any]] = {}
+        self.holders: dict[str, set[str]] = {}
+        ctx._node.on_peer_added.append(self._on_peer_added)
+        ctx._node.on_peer_lost.append(self._on_peer_lost)
+
+    # on the driver's loop
+    def _on_peer_added(self, peer) -> None:
+        if getattr(peer, "node_type", None) != "worker":
+            return
+        for handle_id, (version, obj) in list(self.objects.items()):
+            try:
+                # pickled and queued right here: ahead of any task sent to this worker
+                future = peer.call("scatter", "put", handle_id, version, obj)
+            except Exception:  # pragma: no cover - not connected any more
+                continue
+            self.holders.setdefault(handle_id, set()).add(peer.name)
+            asyncio.ensure_future(future).add_done_callback(_quiet)
+
+    def _on_peer_lost(self, peer) -> None:
+        for holders in self.holders.values():
+            holders.discard(peer.name)
+
+    async def _each(self, peers: list, method: str, *args) -> list:
+        results = await asyncio.gather(*(p.call("scatter", method, *args) for p in peers),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _unwrap(result)
+        return results
+
+    async def scatter(self, obj: Any) -> ScatterHandle:
+        handle = ScatterHandle(uuid.uuid4().hex, 1)
+        self.objects[handle.id] = (handle.version, obj)
+        peers = [w for w in self.ctx.workers if w.connected]
+        self.holders[handle.id] = {p.name for p in peers}
+        await self._each(peers, "put", handle.id, handle.version, obj)
+        return handle
+
+    def _known(self, handle: ScatterHandle) -> None:
+        if not isinstance(handle, ScatterHandle):
+            raise TypeError(f"a ScatterHandle is needed, not {type(handle).__name__}")
+        if handle.id not in self.objects:
+            raise ScatterError(f"scattered object {handle.id} is not known here (released?)")
+
+    def _holder_peers(self, handle_id: str) -> list:
+        names = self.holders.get(handle_id, set())
+        return [w for w in self.ctx.workers if w.name in names and w.connected]
+
+    async def update(self, handle: ScatterHandle, obj: Any) -> ScatterHandle:
+        self._known(handle)
+        version = self.objects[handle.id][0] + 1
+        self.objects[handle.id] = (version, obj)
+        handle.version = version
+        await self._each(self._holder_peers(handle.id), "put", handle.id, version, obj)
+        return handle
+
+    async def update_patch(self, handle: ScatterHandle, patch: Any) -> ScatterHandle:
+        self._known(handle)
+        version, obj = self.objects[handle.id]
+        version += 1
+        handle.version = version
+        peers = self._holder_peers(handle.id)
+        await self._each(peers, "update_patch", handle.id, version, patch)
+        # the driver's copy follows, so that workers joining later get the patched object
+        obj.patch(patch)
+        self.objects[handle.id] = (version, obj)
+        return handle
+
+    async def release(self, handle: ScatterHandle) -> None:
+        if not isinstance(handle, ScatterHandle):
+            raise TypeError(f"a ScatterHandle is needed, not {type(handle).__name__}")
+        self.objects.pop(handle.id, None)
+        peers = self._holder_peers(handle.id)
+        self.holders.pop(handle.id, None)
+        await self._each(peers, "release", handle.id)
+
+
+def _quiet(future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+__all__ = ["ScatterHandle", "ScatterService", "ScatterError", "ScatterRegistry", "find_missing"]
