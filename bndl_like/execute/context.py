@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -180,6 +181,30 @@ class ExecutionContext(ExecutorMixin):
         if name not in self._held and name not in {w.name for w in self.workers}:
             raise ValueError(f"unknown worker {name!r}")
         return name
+
+    def stop_task(self, task) -> bool:
+        """Suspend a running command task (SIGSTOP to its process group); True when sent.
+
+        Not SIGTSTP: the command runs in a session of its own, an orphaned process
+        group for which the kernel discards SIGTSTP.
+        """
+        return self._signal_task(task, signal.SIGSTOP)
+
+    def continue_task(self, task) -> bool:
+        """Resume a command task suspended by :meth:`stop_task` (SIGCONT); True when sent."""
+        return self._signal_task(task, signal.SIGCONT)
+
+    def _signal_task(self, task, signum: int) -> bool:
+        self._check_open()
+        run = next((r for r in list(self._runs.values()) if r.job._by_id.get(task.id) is task), None)
+        if run is None or not task.running:
+            raise RuntimeError(f"task {task.id!r} is not running")
+        worker = self._node.peers.get(task.executed_on_last())
+        if worker is None:
+            return False
+        job_id = run.job.id
+        return self._io.run(lambda: worker.call("tasks", "signal_task", job_id, task.id, int(signum)),
+                            timeout=30)
 
     def hold(self, worker) -> None:
         """No new tasks go to ``worker`` (a worker or its name), in running and later jobs;

@@ -247,6 +247,12 @@ class WorkerService:
         return [job.outputs[k] for k in keys]
 
     @takes_peer
+    def signal_task(self, driver, job_id: int, key, signum: int) -> bool:
+        """Send ``signum`` to the process group of a command task running here."""
+        from .command import signal_command
+        return signal_command((driver.name, job_id, key), signum)
+
+    @takes_peer
     def set_held(self, driver, held: bool) -> None:
         """A driver holds this worker (no new tasks from it) or released it (a notice)."""
         if held:

@@ -201,3 +201,40 @@ def test_failure_pickles_and_invalid_commands_are_refused(ctx):
         CommandTask(ctx, 0, ["true"], timeout=0)
     with pytest.raises(FileNotFoundError):
         run(ctx, [CommandTask(ctx, 0, ["/no/such/program"])])
+
+
+def test_stop_and_continue_a_command_task(ctx, tmp_path):
+    ticks = tmp_path / "ticks"
+    script = f"while true; do echo x >> {ticks}; sleep 0.02; done"
+    task = CommandTask(ctx, "ticker", script)
+    job = Job(ctx, [task])
+    results = ctx.execute(job)
+
+    def size() -> int:
+        return os.path.getsize(ticks) if os.path.exists(ticks) else 0
+
+    def grows(within: float = 5.0) -> bool:
+        before, deadline = size(), time.monotonic() + within
+        while time.monotonic() < deadline:
+            if size() > before:
+                return True
+            time.sleep(0.02)
+        return False
+
+    assert grows(10), "the command did not start"
+    assert ctx.stop_task(task) is True
+    # stopped: after a moment to settle, the file no longer grows
+    deadline = time.monotonic() + 5
+    while True:
+        before = size()
+        time.sleep(0.2)
+        if size() == before:
+            break
+        assert time.monotonic() < deadline, "the command kept running after stop_task"
+    assert ctx.continue_task(task) is True
+    assert grows(), "the command did not resume after continue_task"
+    threading.Timer(0.05, job.cancel).start()
+    with pytest.raises(JobCancelled):
+        list(results)
+    with pytest.raises(RuntimeError, match="not running"):
+        ctx.stop_task(task)
