@@ -2,7 +2,14 @@
 
 from .execute.command import CommandFailed, CommandResult, CommandTask, CommandTimeout
 from .execute.context import ExecutionContext
-from .execute.errors import DependenciesFailed, FailedDependency, JobCancelled, TaskCancelled, WorkersLost
+from .execute.errors import (
+                               DependenciesFailed,
+                               FailedDependency,
+                               JobCancelled,
+                               TaskCancelled,
+                               TaskTimeout,
+                               WorkersLost,
+)
 from .execute.tasks import FuncTask, Job, RmiTask, Task
 from .execute.worker import current_worker, task_context
 from .rmi.errors import NotConnected, RemoteError
@@ -11,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
-    "TaskCancelled", "DependenciesFailed", "FailedDependency", "JobCancelled", "WorkersLost",
+    "TaskCancelled", "TaskTimeout", "DependenciesFailed", "FailedDependency", "JobCancelled", "WorkersLost",
     "CommandTask", "CommandResult", "CommandFailed", "CommandTimeout",
     "NotConnected", "RemoteError", "current_worker", "task_context", "__version__",
 ]

@@ -397,7 +397,7 @@ class CommandTask(RmiTask):
     with :class:`CommandFailed`.
     """
 
-    __slots__ = ("cmd", "env", "cwd", "timeout")
+    __slots__ = ("cmd", "env", "cwd")
 
     def __init__(self, ctx, task_id: Hashable, cmd: str | Sequence[str], env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike | None = None, timeout: float | None = None, *,
@@ -424,6 +424,11 @@ class CommandTask(RmiTask):
         self.env = env
         self.cwd = cwd
         self.timeout = timeout
+
+    @property
+    def thread_timeout(self) -> None:
+        """None: run_command enforces ``timeout`` itself, terminating the process group."""
+        return None
 
     @property
     def name(self) -> str:

@@ -10,6 +10,10 @@ class TaskCancelled(BaseException):
     """
 
 
+class TaskTimeout(TimeoutError):
+    """A task ran longer than its ``timeout=``; it was interrupted and failed."""
+
+
 class DependenciesFailed(Exception):
     """A task could not get the outputs of some dependencies.
 

@@ -255,7 +255,7 @@ class JobRun:
             location = self.scheduler.location
             deps = {d.id: location(d.id) for d in task.dependencies}
             self.outbox.setdefault(decision.worker, []).append(
-                (task.id, decision.attempt, task.method, task.args, task.kwargs, deps))
+                (task.id, decision.attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout))
             if self.flush_handle is None:
                 self.flush_handle = self.loop.call_soon(self._flush)
         else:

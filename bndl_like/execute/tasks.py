@@ -243,10 +243,13 @@ _NO_KWARGS: dict = {}  # shared by tasks without keyword arguments; never mutate
 class RmiTask(Task):
     """Runs the callable ``method(*args, **kwargs)`` on a worker."""
 
-    __slots__ = ("method", "args", "kwargs")
+    __slots__ = ("method", "args", "kwargs", "timeout")
 
     def __init__(self, ctx, task_id, method: Callable, args=(), kwargs=None, *, priority=None,
-                 name=None, desc=None, group=None):
+                 name=None, desc=None, group=None, timeout: float | None = None):
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"task {task_id!r}: timeout must be a positive number of seconds, "
+                             f"not {timeout!r}")
         if not callable(method):
             raise TypeError(f"task {task_id!r}: method must be callable, not {type(method).__name__}")
         if not isinstance(args, (tuple, list)):
@@ -257,6 +260,12 @@ class RmiTask(Task):
         self.method = method
         self.args = tuple(args)
         self.kwargs = kwargs or _NO_KWARGS
+        self.timeout = timeout  # seconds a run may take; then it is cancelled and fails (TimeoutError)
+
+    @property
+    def thread_timeout(self) -> float | None:
+        """Seconds after which the worker interrupts the running task (TaskTimeout)."""
+        return self.timeout
 
     @property
     def name(self) -> str:

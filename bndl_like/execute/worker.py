@@ -23,7 +23,7 @@ from typing import Any
 from ..rmi import NotConnected, RemoteError, SerializationError, takes_peer
 from ..rmi.serialize import dump_exception
 from . import scatter
-from .errors import DependenciesFailed, TaskCancelled
+from .errors import DependenciesFailed, TaskCancelled, TaskTimeout
 from .tasks import fill_dependencies, has_markers
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _clear_async_exc(ident: int) -> None:
     try:
         for _ in range(2):  # a backward jump checks for pending asynchronous exceptions
             pass
-    except TaskCancelled:
+    except (TaskCancelled, TaskTimeout):
         pass
 
 
@@ -90,9 +90,9 @@ class _Run:
     """One task handed to this worker."""
 
     __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
-                 "started", "ready", "failure")
+                 "started", "ready", "failure", "timeout")
 
-    def __init__(self, key, attempt, fn, args, kwargs, deps):
+    def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None):
         self.key = key
         self.attempt = attempt
         self.fn = fn
@@ -102,6 +102,7 @@ class _Run:
         self.lock = threading.Lock()
         self.thread: int | None = None
         self.cancelled = False
+        self.timeout = timeout
         self.started = False
         self.ready = not deps  # dependency outputs in place in args/kwargs
         self.failure: tuple | None = None  # the event to report instead of running
@@ -404,16 +405,23 @@ class WorkerService:
 
     def _call_in_thread(self, job: _JobState, run: _Run, args, kwargs):
         ident = threading.get_ident()
+        timer = None
         try:
             try:
                 with run.lock:
                     if run.cancelled:
                         raise TaskCancelled(f"task {run.key!r} was cancelled")
                     run.thread = ident
+                if run.timeout:
+                    timer = threading.Timer(run.timeout, self._time_out, (run,))
+                    timer.daemon = True
+                    timer.start()
                 _local.worker = self.node
                 _local.context = TaskContext(run.key, job.job_id, run.attempt, self.node.name, job.driver)
                 return SUCCEEDED, run.fn(*args, **kwargs)
             finally:
+                if timer is not None:
+                    timer.cancel()
                 _local.worker = _local.context = None
                 with run.lock:
                     run.thread = None
@@ -421,8 +429,18 @@ class WorkerService:
         except TaskCancelled as exc:
             _clear_async_exc(ident)
             return CANCELLED, exc
+        except TaskTimeout:
+            _clear_async_exc(ident)
+            return FAILED, TaskTimeout(f"task {run.key!r} timed out after {run.timeout}s")
         except BaseException as exc:
             return FAILED, exc
+
+    @staticmethod
+    def _time_out(run: _Run) -> None:
+        """Interrupt a task that ran past its timeout (it then fails with TaskTimeout)."""
+        with run.lock:
+            if run.thread is not None:
+                _raise_in_thread(run.thread, TaskTimeout)
 
     def _cancel(self, job: _JobState, keys: set | None, report: bool = True) -> None:
         with self._cond:

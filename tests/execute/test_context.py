@@ -266,3 +266,20 @@ def test_job_fails_clearly_when_every_worker_is_lost():
         ctx._local.stop()  # no replacement: the only worker is gone for good
         with pytest.raises(WorkersLost, match="worker"):
             list(results)
+
+
+def test_a_function_task_that_runs_past_its_timeout_fails(ctx, tmp_path):
+    from bndl_like import TaskTimeout
+
+    path = str(tmp_path / "ticks")
+    task = FuncTask(ctx, "slow", helpers.tick_forever, (path,), timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="timed out after 0.5s") as info:
+        run(ctx, [task])
+    assert isinstance(info.value, TaskTimeout)
+    assert time.monotonic() - started < 10
+    assert_stops_growing(path)
+    quick = FuncTask(ctx, "quick", helpers.add, (1, 2), timeout=5)
+    assert run(ctx, [quick]) == [3]
+    with pytest.raises(ValueError, match="timeout"):
+        FuncTask(ctx, "bad", helpers.add, (1, 2), timeout=-1)
