@@ -363,6 +363,34 @@ class AsyncExecutionContext:
         registry = await asyncio.to_thread(self._ctx._scatter_registry)
         await self._on_driver(registry.release(handle))
 
+    def add_hook(self, event: str, fn: Callable) -> None:
+        """As ``ExecutionContext.add_hook`` (hooks run on the context's hook thread)."""
+        self._ctx.add_hook(event, fn)
+
+    async def hold(self, worker) -> None:
+        """As ``ExecutionContext.hold``."""
+        await asyncio.to_thread(self._ctx.hold, worker)
+
+    async def release_worker(self, worker) -> None:
+        """As ``ExecutionContext.release_worker``."""
+        await asyncio.to_thread(self._ctx.release_worker, worker)
+
+    async def drain(self, worker, timeout: float | None = None) -> None:
+        """As ``ExecutionContext.drain``, without blocking the caller's loop."""
+        await asyncio.to_thread(self._ctx.drain, worker, timeout)
+
+    async def stop_task(self, task) -> bool:
+        """As ``ExecutionContext.stop_task``."""
+        return await asyncio.to_thread(self._ctx.stop_task, task)
+
+    async def continue_task(self, task) -> bool:
+        """As ``ExecutionContext.continue_task``."""
+        return await asyncio.to_thread(self._ctx.continue_task, task)
+
+    def cancel(self, job: Job) -> None:
+        """Cancel ``job`` on every worker."""
+        job.cancel()
+
     async def execute(self, job: Job, workers=None, order_results: bool = True,
                       concurrency: int | None = None, attempts: int | None = None) -> AsyncIterator:
         """Run ``job``; ``async for`` over the result of each task, as ``ExecutionContext.execute``.

@@ -6,12 +6,12 @@ import logging
 import os
 import signal
 import threading
-import time
 
 import pytest
 
 from bndl_like import ExecutionContext, FuncTask, Job, JobCancelled
 
+from ..conftest import wait_until
 from . import helpers
 
 
@@ -37,13 +37,6 @@ class Recorder:
 
     def events(self, arg=None) -> list[str]:
         return [e for e, a, _ in self.calls if arg is None or a is arg]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def squeeze(events: list[str]) -> list[str]:
@@ -242,3 +235,26 @@ def test_drain_recomputes_needed_outputs_elsewhere(ctx):
         assert list(results) == list(range(6)) + [100, 115]
     finally:
         ctx.release_worker(drained)
+
+
+def test_drain_mid_job_then_sigkill_loses_nothing():
+    """Drained, a worker can die: the job completes and nothing re-runs because of it."""
+    with ExecutionContext.local(workers=2) as own:
+        assert own.await_workers() == 2
+        drained, other = sorted(w.name for w in own.workers)
+        victim = next(w for w in own.workers if w.name == drained)
+        first = [FuncTask(own, ("a", i), helpers.identity, (i,), locality={drained: 1}) for i in range(8)]
+        slow = FuncTask(own, "slow", helpers.sleep_then, (2.0, 100), locality={drained: -1})
+        total = FuncTask(own, "total", helpers.total, (first + [slow],))
+        job = Job(own, first + [slow, total])
+        results = own.execute(job, concurrency=2)
+        wait_until(lambda: all(t.succeeded for t in first))
+        own.drain(drained, timeout=20)
+        runs_before = {t.id: len(t.executed_on) for t in job.tasks}
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: drained not in {w.name for w in own.workers}, message="the loss is seen")
+        assert list(results) == list(range(8)) + [100, 128]
+        # nothing ran again because of the killed worker
+        assert {t.id: len(t.executed_on) for t in job.tasks if t is not total} == \
+            {k: v for k, v in runs_before.items() if k != "total"}
+        assert total.executed_on_last() == other
