@@ -24,7 +24,7 @@ from ..rmi import Node, takes_peer
 from .errors import JobCancelled
 from .executor import ExecutorMixin
 from .hooks import HookRunner, Hooks
-from .run import END, JobRun, _Failure
+from .run import JobRun, split_batch
 from .tasks import Job
 
 if TYPE_CHECKING:
@@ -344,14 +344,13 @@ class ExecutionContext(ExecutorMixin):
                     batch = results.get(timeout=0.5)
                 except Exception:  # queue.Empty
                     continue
-                for item in batch:
-                    if item is END:
-                        finished = True
-                        return
-                    if type(item) is _Failure:
-                        finished = True
-                        raise item.error
-                    yield item
+                items, ended, error = split_batch(batch)
+                yield from items
+                if ended:
+                    finished = True
+                    if error is not None:
+                        raise error
+                    return
         finally:
             if not finished:
                 self._cancel_run(run)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..rmi.errors import RemoteError
 from .errors import WorkersLost
-from .run import END, _Failure
+from .run import split_batch
 from .tasks import FuncTask, Job
 
 if TYPE_CHECKING:
@@ -409,14 +409,13 @@ class AsyncExecutionContext:
                 batch = await asyncio.to_thread(_take_batches, run.results, 0.25)
                 if batch is None:
                     continue
-                for item in batch:
-                    if item is END:
-                        finished = True
-                        break
-                    if type(item) is _Failure:
-                        finished = True
-                        raise item.error
+                items, ended, error = split_batch(batch)
+                for item in items:
                     yield item
+                if ended:
+                    finished = True
+                    if error is not None:
+                        raise error
         finally:
             if not finished:
                 await asyncio.shield(asyncio.to_thread(ctx._cancel_run, run))

@@ -389,6 +389,16 @@ class JobRun:
         self._put(END)
 
 
+def split_batch(batch: list) -> tuple[list, bool, BaseException | None]:
+    """A hand-over batch as (results, whether the job ended, the error it ended with)."""
+    for i, item in enumerate(batch):
+        if item is END:
+            return batch[:i], True, None
+        if type(item) is _Failure:
+            return batch[:i], True, item.error
+    return batch, False, None
+
+
 class _Failure:
     __slots__ = ("error",)
 

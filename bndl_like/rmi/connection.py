@@ -110,7 +110,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.role == "client":
-            host = self.node.dial_host_header(self.remote)
+            host = self.remote
             transport.write(
                 f"GET /rmi HTTP/1.1\r\nHost: {host}\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
                 f"Connection: Upgrade\r\nContent-Length: 0\r\n\r\n".encode())
@@ -178,13 +178,6 @@ class Connection(asyncio.BufferedProtocol):
                 waiter.set_result(None)
         self._drain_waiters.clear()
 
-    async def drain(self) -> None:
-        if self._paused and not self.is_closed:
-            waiter = self.loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
-        if self.is_closed:
-            raise NotConnected(self._lost_message())
 
     # -- handshake ----------------------------------------------------------------------
 

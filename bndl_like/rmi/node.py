@@ -334,9 +334,6 @@ class Node:
 
     # -- client side ---------------------------------------------------------------------------
 
-    def dial_host_header(self, remote: str) -> str:
-        return remote
-
     async def peer(self, name: str) -> Peer:
         """The peer called ``name``, dialled at its known addresses if not connected now."""
         peer = self.peers.get(name)
@@ -629,16 +626,6 @@ class Node:
                         pass
 
     # -- waiting and status -------------------------------------------------------------------
-
-    async def wait_for_peers(self, count: int, timeout: float, node_type: str | None = None) -> int:
-        """Wait until ``count`` peers (of ``node_type``) are connected; return how many are."""
-        def current():
-            return sum(1 for p in self.peers.values()
-                       if node_type is None or p.node_type == node_type)
-        deadline = self.loop.time() + timeout
-        while current() < count and self.loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        return current()
 
     def status(self) -> dict:
         return {

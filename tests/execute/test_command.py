@@ -16,7 +16,6 @@ from bndl_like import (
     CommandResult,
     CommandTask,
     CommandTimeout,
-    ExecutionContext,
     Job,
     JobCancelled,
 )
@@ -25,11 +24,6 @@ from bndl_like.execute import command
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    with ExecutionContext.local(workers=2) as ctx:
-        assert ctx.await_workers() == 2
-        yield ctx
 
 
 def run(ctx, tasks, **kw):

@@ -15,13 +15,6 @@ from bndl_like import ExecutionContext, FuncTask, Job, JobCancelled, RemoteError
 from . import helpers
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    with ExecutionContext.local(workers=2) as ctx:
-        assert ctx.await_workers() == 2
-        yield ctx
-
-
 def run(ctx, tasks, **kw):
     return list(ctx.execute(Job(ctx, tasks), **kw))
 

@@ -17,11 +17,6 @@ from . import helpers
 
 _FAIL_ON_SEVEN = functools.partial(helpers.fail_on, 7)
 
-@pytest.fixture(scope="module")
-def ctx():
-    with ExecutionContext.local(workers=2) as ctx:
-        assert ctx.await_workers() == 2
-        yield ctx
 
 
 def _size(path) -> int:

@@ -15,13 +15,6 @@ from ..conftest import wait_until
 from . import helpers
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    with ExecutionContext.local(workers=2) as ctx:
-        assert ctx.await_workers() == 2
-        yield ctx
-
-
 class Recorder:
     """Hooks that record (event, argument, thread) for some events."""
 

@@ -16,13 +16,6 @@ from bndl_like.execute.scatter import ScatterError, ScatterHandle
 from . import helpers
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    with ExecutionContext.local(workers=2) as ctx:
-        assert ctx.await_workers() == 2
-        yield ctx
-
-
 def test_a_handle_is_small_and_picklable(ctx):
     handle = ctx.scatter(3)
     assert isinstance(handle, ScatterHandle) and handle.version == 1

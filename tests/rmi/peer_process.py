@@ -49,7 +49,9 @@ class TestService:
         await asyncio.sleep(seconds)
         return seconds
 
-    def block(self, seconds):
+    def block(self, seconds, started_path=None):
+        if started_path:
+            open(started_path, "w").close()
         time.sleep(seconds)
         return seconds
 

@@ -75,7 +75,10 @@ async def test_one_connection_when_both_dial_at_once(make_node):
 
 async def test_duplicate_connection_keeps_calls_in_flight(make_node):
     class Slow:
+        started = 0
+
         async def wait(self, t):
+            Slow.started += 1
             await asyncio.sleep(t)
             return t
 
@@ -86,7 +89,7 @@ async def test_duplicate_connection_keeps_calls_in_flight(make_node):
     await b.connect(a.addresses[0])  # b is the client: key ("b", ...)
     calls = [asyncio.ensure_future(a.peers["b"].call("slow", "wait", 0.3)) for _ in range(10)]
     calls += [asyncio.ensure_future(b.peers["a"].call("slow", "wait", 0.3)) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await wait_for_condition(lambda: Slow.started == 20, message="calls in flight")
     await a.connect(b.addresses[0])  # a dials too: ("a", ...) wins, the first is retired
     assert await asyncio.gather(*calls) == [0.3] * 20
     await wait_for_condition(lambda: len(a.peers["b"].connections) == 1

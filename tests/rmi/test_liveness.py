@@ -29,7 +29,8 @@ async def driver_and_worker(make_node, spawn_peer):
 
 async def _calls_fail_after(peer, action) -> float:
     calls = [asyncio.ensure_future(peer.call("test", "sleep", 30)) for _ in range(20)]
-    await asyncio.sleep(0.1)
+    # in flight once the worker answers a call sent after them (one connection, in order)
+    assert await peer.call("test", "noop") is None
     assert not any(c.done() for c in calls)
     started = time.monotonic()
     action()
@@ -63,10 +64,11 @@ async def test_sigstop_is_declared_lost_within_the_heartbeat_timeout(driver_and_
     assert await driver.peers["worker-1"].call("test", "echo", 5) == 5
 
 
-async def test_late_response_after_loss_is_ignored(driver_and_worker):
+async def test_late_response_after_loss_is_ignored(driver_and_worker, tmp_path):
     driver, peer, worker = driver_and_worker
-    call = asyncio.ensure_future(peer.call("test", "block", 1.0))  # blocks the worker's loop
-    await asyncio.sleep(0.1)
+    started = tmp_path / "started"
+    call = asyncio.ensure_future(peer.call("test", "block", 1.0, str(started)))  # blocks the worker's loop
+    await wait_for_condition(started.exists, message="the worker runs the call")
     peer.connection.close("test declares it lost", abort=False)
     with pytest.raises(NotConnected):
         await call
