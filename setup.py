@@ -25,8 +25,12 @@ setup(
             "hypothesis>=6.80",
             "ruff>=0.4",
             "nbclient>=0.7",
+            "nbformat>=5.1",
             "ipykernel>=6.0",
+            "ipywidgets>=8.0",
         ],
+        # progress bars as widgets in Jupyter (without it tqdm falls back to text)
+        "notebook": ["ipykernel>=6.0", "ipywidgets>=8.0"],
         "bench": [
             "uvloop>=0.19; platform_system != 'Windows'",
             "dask[distributed]>=2024.1",

@@ -37,6 +37,20 @@ def _non_negative_int(value) -> int:
     return value
 
 
+def _auto_bool(value) -> bool | str:
+    """True, False or "auto" (also from the environment: 1/0, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true, false or auto")
+
+
 def _str(value) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
@@ -71,6 +85,8 @@ OPTIONS = {o.name: o for o in [
     Option("execute.prefetch", 16, _non_negative_int,
            "tasks handed to a worker ahead of its free slots"),
     Option("execute.attempts", 1, _positive_int, "maximum attempts per task"),
+    Option("execute.progress", "auto", _auto_bool,
+           "progress bars for jobs: true, false or auto (on in an interactive session)"),
 ]}
 
 

@@ -43,8 +43,6 @@ def run_demo(workers: int | None = None, chunks: int = 64, words_per_chunk: int 
              partitions: int = 8, progress: bool = True, out=sys.stdout, profile: bool = False) -> list:
     """Run the word count on a local cluster and print the most frequent words; with
     ``profile``, also the top 15 functions of the workers' CPU profile."""
-    from tqdm.auto import tqdm
-
     from . import ExecutionContext, FuncTask, Job
 
     started = time.perf_counter()
@@ -61,10 +59,8 @@ def run_demo(workers: int | None = None, chunks: int = 64, words_per_chunk: int 
         if profile:
             ctx.cpu_profiling.start()
         t0 = time.perf_counter()
-        with tqdm(total=len(job.tasks), desc=job.name, unit="task", file=out,
-                  disable=not progress) as bar:
-            for _ in ctx.execute(job, order_results=False):
-                bar.update()
+        for _ in ctx.execute(job, order_results=False, progress=progress):
+            pass
         took = time.perf_counter() - t0
         if profile:
             ctx.cpu_profiling.stop()

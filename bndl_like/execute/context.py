@@ -24,6 +24,8 @@ from ..rmi import Node, takes_peer
 from .errors import JobCancelled
 from .executor import ExecutorMixin
 from .hooks import HookRunner, Hooks
+from .progress import JobProgress
+from .progress import wanted as progress_wanted
 from .run import JobRun, split_batch
 from .tasks import Job
 
@@ -58,11 +60,22 @@ class _LoopThread:
             async def on_loop():
                 return await make()
             coro = on_loop()
+        __tracebackhide__ = True  # noqa: F841
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
-        except BaseException:
+        except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button: cancel the work on the loop
             future.cancel()
+            raise KeyboardInterrupt("interrupted; the call was cancelled") from None
+        except BaseException as exc:
+            future.cancel()
+            if not future.cancelled() and future.done() and future.exception() is exc:
+                # raised by the coroutine: its traceback without concurrent.futures' frames
+                tb = exc.__traceback__
+                while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(
+                        ("concurrent.", "bndl_like.execute.context")):
+                    tb = tb.tb_next
+                raise exc.with_traceback(tb)
             raise
 
     def call(self, fn, *args, timeout: float | None = None) -> Any:
@@ -102,7 +115,7 @@ class ExecutionContext(ExecutorMixin):
 
     def __init__(self, seeds: Iterable[str] | None = None, secret: str | bytes | None = None, *,
                  listen: str | None = None, workers: int | None = None, cluster: str | None = None,
-                 **node_options):
+                 progress: bool | None = None, **node_options):
         if seeds is None and not os.environ.get(config.env_name("seeds")):
             local_workers = workers if workers is not None else (os.cpu_count() or 1)
             if not isinstance(local_workers, int) or isinstance(local_workers, bool) or local_workers < 1:
@@ -126,6 +139,8 @@ class ExecutionContext(ExecutorMixin):
         self._held: set[str] = set()  # held worker names (changed on the loop thread only)
         self._local: LocalWorkers | None = None
         self._closed = False
+        progress_wanted(progress, None)  # a wrong value fails here, not at the first job
+        self.progress = progress  # None: the execute.progress option (auto: on when interactive)
         try:
             self._io.run(self._start())
             if local_workers:
@@ -306,14 +321,20 @@ class ExecutionContext(ExecutorMixin):
     # -- executing --------------------------------------------------------------------------------
 
     def execute(self, job: Job, workers=None, order_results: bool = True, concurrency: int | None = None,
-                attempts: int | None = None) -> Iterator:
+                attempts: int | None = None, progress: bool | None = None) -> Iterator:
         """Run ``job``; yield the result of each task (in task order when ``order_results``).
 
-        Closing the generator early, ``job.cancel()`` or Ctrl-C cancels the job on
-        every worker. A task that fails ``attempts`` times stops the job: its
-        exception is raised here, with the remote traceback.
+        Closing the generator early, ``job.cancel()`` or Ctrl-C (Jupyter's stop button)
+        cancels the job on every worker. A task that fails ``attempts`` times stops the
+        job: its exception is raised here, with the remote traceback. ``progress`` shows
+        a progress bar (default: ``ctx.progress``, else on in an interactive session).
         """
-        return self._iterate(self._start_job(job, workers, order_results, concurrency, attempts))
+        show = progress_wanted(progress, self.progress)
+        run = self._start_job(job, workers, order_results, concurrency, attempts)
+        results = self._iterate(run, show)
+        # a generator dropped before its first next() never runs its finally: cancel then too
+        weakref.finalize(results, _cancel_unfinished, run)
+        return results
 
     def _start_job(self, job: Job, workers, order_results: bool, concurrency: int | None,
                    attempts: int | None) -> JobRun:
@@ -335,25 +356,40 @@ class ExecutionContext(ExecutorMixin):
         self.jobs.append(job)
         return run
 
-    def _iterate(self, run: JobRun) -> Iterator:
+    def _iterate(self, run: JobRun, progress: bool = False) -> Iterator:
+        __tracebackhide__ = True  # IPython and pytest fold this frame  # noqa: F841
         results = run.results
         finished = False
+        bar = None
         try:
+            if progress:  # shown once results are awaited: an interrupt from here on cancels
+                bar = JobProgress(run.job)
+            wait = 0.5 if bar is None else bar.min_interval
             while True:
                 try:
-                    batch = results.get(timeout=0.5)
+                    batch = results.get(timeout=wait)
                 except Exception:  # queue.Empty
+                    if bar is not None:
+                        bar.update()
                     continue
                 items, ended, error = split_batch(batch)
+                if bar is not None:
+                    bar.update(force=ended)
                 yield from items
                 if ended:
                     finished = True
                     if error is not None:
                         raise error
                     return
+        except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button
+            finished = True
+            self._cancel_run(run)
+            raise KeyboardInterrupt(f"interrupted; job {run.job.name} was cancelled") from None
         finally:
             if not finished:
                 self._cancel_run(run)
+            if bar is not None:
+                bar.close()
 
     def _cancel_run(self, run: JobRun) -> None:
         """Cancel and wait (bounded) until the workers were told."""
@@ -426,8 +462,29 @@ class ExecutionContext(ExecutorMixin):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.worker_count} workers"
-        return f"<ExecutionContext {self._node.name} {state}>"
+        """Name, open/closed, workers, hosts, tasks assigned to the workers, jobs run; never
+        waits more than ~2 s for the loop (load '?' then), never raises."""
+        from ..display import context_repr
+        try:
+            return context_repr(self)
+        except Exception:
+            return f"<ExecutionContext at {id(self):#x}>"
+
+    def _repr_html_(self) -> str:
+        from ..display import context_html
+        try:
+            return context_html(self)
+        except Exception:
+            from ..display import esc
+            return f"<div><b>{esc(repr(self))}</b></div>"
+
+
+def _cancel_unfinished(run: JobRun) -> None:
+    if not run.finished and not run.loop.is_closed():
+        try:
+            run.cancel_threadsafe()
+        except RuntimeError:  # the loop closed meanwhile
+            pass
 
 
 @atexit.register

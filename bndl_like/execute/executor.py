@@ -19,9 +19,12 @@ import queue
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..rmi.errors import RemoteError
+from ..rmi.errors import RemoteError, SerializationError
+from ..rmi.pickle_check import unpicklable_error
 from .errors import WorkersLost
-from .run import split_batch
+from .progress import JobProgress
+from .progress import wanted as progress_wanted
+from .run import remote_note, split_batch
 from .tasks import FuncTask, Job
 
 if TYPE_CHECKING:
@@ -49,7 +52,7 @@ def _unwrap_remote(exc: BaseException) -> BaseException:
         original = exc.__cause__
         original.remote_traceback = exc.remote_traceback  # type: ignore[attr-defined]
         if hasattr(original, "add_note"):
-            original.add_note(f"(raised on worker {exc.peer})")
+            original.add_note(remote_note(f"raised on worker {exc.peer}", original))
         return original
     return exc
 
@@ -105,6 +108,11 @@ class ExecutorMixin:
             error = _unwrap_remote(exc)
             if error is exc:
                 raise
+        except SerializationError as exc:  # raised by worker.call: the call does not pickle
+            name = getattr(fn, "__name__", None) or type(fn).__name__
+            error = unpicklable_error(f"the call of {name} cannot be sent to a worker",
+                                      [("fn", fn), ("args", args), ("kwargs", kwargs)],
+                                      "create it inside the function, or pass something picklable", exc)
         finally:
             left = inflight.get(worker.name, 1) - 1
             if left > 0:
@@ -175,18 +183,21 @@ class ExecutorMixin:
         An exception raised by ``fn`` is raised here as its own type, with the
         remote traceback in ``remote_traceback``.
         """
+        __tracebackhide__ = True  # noqa: F841
         return self._io.run(self._prepare_run_function(fn, args, kwargs))
 
     def run_each_worker(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(*args, **kwargs)`` on every worker at once; return ``{worker name: result}``."""
+        __tracebackhide__ = True  # noqa: F841
         return self._io.run(self._prepare_run_each_worker(fn, args, kwargs))
 
     def run_each_host(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(*args, **kwargs)`` once per host (on one of its workers); return ``{host: result}``."""
+        __tracebackhide__ = True  # noqa: F841
         return self._io.run(self._prepare_run_each_host(fn, args, kwargs))
 
     def map(self: ExecutionContext, fn: Callable, iterable: Iterable, /, *args: Any,
-            chunksize: int | None = None) -> list:
+            chunksize: int | None = None, progress: bool | None = None) -> list:
         """``[fn(x, *args) for x in iterable]`` computed on the workers, in input order.
 
         ``args`` (the same for every item) may hold scatter handles and tasks' outputs.
@@ -194,13 +205,15 @@ class ExecutorMixin:
         Items travel in chunks of ``chunksize``, one task per chunk, all in one
         Job. The default is ``ceil(len(items) / (worker_count * 8))`` bounded to
         ``[1, 10_000]`` (see ``default_chunksize``). The first failing item stops
-        the job; its exception is raised here with the remote traceback.
+        the job; its exception is raised here with the remote traceback. ``progress``
+        shows a bar over the chunks (default as for ``execute``).
         """
+        __tracebackhide__ = True  # noqa: F841
         job = self._map_job(fn, iterable, chunksize, args)
         if job is None:
             return []
         out: list = []
-        for chunk in self.execute(job):
+        for chunk in self.execute(job, progress=progress):
             out.extend(chunk)
         return out
 
@@ -327,13 +340,13 @@ class AsyncExecutionContext:
         return await self._on_driver(coro)
 
     async def map(self, fn: Callable, iterable: Iterable, /, *args: Any,
-                  chunksize: int | None = None) -> list:
+                  chunksize: int | None = None, progress: bool | None = None) -> list:
         """``[fn(x, *args) for x in iterable]`` on the workers, in order; see ``ExecutionContext.map``."""
         job = await asyncio.to_thread(self._ctx._map_job, fn, iterable, chunksize, args)
         if job is None:
             return []
         out: list = []
-        results = self.execute(job)
+        results = self.execute(job, progress=progress)
         try:
             async for chunk in results:
                 out.extend(chunk)
@@ -392,7 +405,8 @@ class AsyncExecutionContext:
         job.cancel()
 
     async def execute(self, job: Job, workers=None, order_results: bool = True,
-                      concurrency: int | None = None, attempts: int | None = None) -> AsyncIterator:
+                      concurrency: int | None = None, attempts: int | None = None,
+                      progress: bool | None = None) -> AsyncIterator:
         """Run ``job``; ``async for`` over the result of each task, as ``ExecutionContext.execute``.
 
         Leaving the loop early (break, an exception, cancellation) cancels the
@@ -400,16 +414,25 @@ class AsyncExecutionContext:
         right away, otherwise the event loop closes it when it is collected.
         """
         ctx = self._ctx
+        show = progress_wanted(progress, ctx.progress)
         # validates and starts the job; its results are read here from the run's queue, in
         # batches, off the caller's loop
         run = await asyncio.to_thread(ctx._start_job, job, workers, order_results, concurrency, attempts)
+        bar = None
         finished = False
         try:
+            if show:
+                bar = JobProgress(job)
             while not finished:
-                batch = await asyncio.to_thread(_take_batches, run.results, 0.25)
+                batch = await asyncio.to_thread(_take_batches, run.results,
+                                                0.25 if bar is None else bar.min_interval)
                 if batch is None:
+                    if bar is not None:
+                        bar.update()
                     continue
                 items, ended, error = split_batch(batch)
+                if bar is not None:
+                    bar.update(force=ended)
                 for item in items:
                     yield item
                 if ended:
@@ -419,6 +442,8 @@ class AsyncExecutionContext:
         finally:
             if not finished:
                 await asyncio.shield(asyncio.to_thread(ctx._cancel_run, run))
+            if bar is not None:
+                bar.close()
 
     def __repr__(self) -> str:
         return f"<AsyncExecutionContext of {self._ctx!r}>"

@@ -13,7 +13,8 @@ import time
 
 from .. import config
 from ..rmi import NotConnected
-from ..rmi.errors import RemoteError
+from ..rmi.errors import RemoteError, SerializationError
+from ..rmi.pickle_check import unpicklable_error
 from ..rmi.serialize import load_exception
 from . import scheduler as S
 from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkersLost
@@ -34,8 +35,18 @@ def _remote_exception(info, worker: str, task) -> BaseException:
     else:
         exc.remote_traceback = tb_text  # type: ignore[attr-defined]
         if hasattr(exc, "add_note"):
-            exc.add_note(f"(raised by task {task.id!r} on worker {worker})")
+            exc.add_note(remote_note(f"task {task.id!r} failed on worker {worker}, "
+                                     f"attempt {max(task.attempts, 1)}", exc))
     return exc
+
+
+def remote_note(where: str, exc: BaseException) -> str:
+    """The note under a re-raised remote exception: where it was raised, what was folded."""
+    folded = getattr(exc, "remote_frames_folded", 0)
+    if folded:
+        frames = "frame" if folded == 1 else "frames"
+        return f"({where}; {folded} bndl_like {frames} folded, all in exc.remote_traceback)"
+    return f"({where})"
 
 
 class JobRun:
@@ -91,7 +102,7 @@ class JobRun:
         job.state = "running"
         job.started_at = time.time()
         job.stopped_at = None
-        job.retried = 0
+        job.retried = job.done_count = job.failed_count = 0
         for task in job.tasks:
             task.state = "pending"
         job._run = self
@@ -217,6 +228,8 @@ class JobRun:
                 self._fire("task_started", job.task(decision.task_id))
             elif kind is S.TaskDone:
                 task = job.task(decision.task_id)
+                if task.state != "done":
+                    job.done_count += 1
                 task.mark_done(self.task_results.get(decision.task_id, task._result))
                 self._emit(task)
                 self._fire("task_done", task)
@@ -232,7 +245,11 @@ class JobRun:
                 task.mark_pending()
                 self._fire("task_retried", task)
             elif kind is S.DependencyLost:
-                job.task(decision.task_id).mark_failed(FailedDependency(decision.worker))
+                task = job.task(decision.task_id)
+                if task.state == "done":
+                    job.done_count -= 1
+                job.retried += 1
+                task.mark_failed(FailedDependency(decision.worker))
             elif kind is S.JobDone:
                 self._finish("done")
             elif kind is S.JobFailed:
@@ -240,6 +257,7 @@ class JobRun:
                 if decision.task_id is not None:
                     task = job.task(decision.task_id)
                     task.mark_failed(error)
+                    job.failed_count += 1
                     self._fire("task_failed", task)
                 if error is None:
                     error = WorkersLost(decision.reason)
@@ -299,12 +317,47 @@ class JobRun:
         for spec in batch:
             try:
                 self.ctx._node.peers[worker].notify("tasks", "run", self.job.id, self.concurrency, [spec])
+            except SerializationError as one:
+                # one line naming the part that cannot be pickled (searched for the first few tasks)
+                error = self._unsendable_error(spec, one, detailed=len(stimuli) < 10)
+                # an argument that cannot be pickled fails on every attempt: do not retry it
+                stimuli.append(S.TaskFailed(spec[0], worker, error, retry=False))
             except Exception as one:
                 error = type(one)(f"task {spec[0]!r} cannot be sent to a worker: {one}")
-                # an argument that cannot be pickled fails on every attempt: do not retry it
                 stimuli.append(S.TaskFailed(spec[0], worker, error, retry=False))
         if stimuli and not self.finished:
             self.apply(self.scheduler.handle(*stimuli))
+
+    def _unsendable_error(self, spec: tuple, exc: Exception, detailed: bool = True) -> Exception:
+        """A task's ``(task_id, attempt, method, args, kwargs, ...)`` that does not pickle, as an
+        UnpicklableError naming the part (of ``fn``/``args``/``kwargs``; of a ``map``, its
+        ``fn``/item/extra ``args``). Raised without the pickling chain (``cause`` keeps it)."""
+        from .executor import _map_chunk  # executor imports this module
+        task_id, method, args, kwargs = spec[0], spec[2], spec[3], spec[4]
+        job = self.job
+        if method is _map_chunk and len(args) >= 2:
+            fn, items = args[0], args[1]
+            start = 0  # the chunk's first item: map's tasks hold consecutive chunks, in order
+            for task in job.tasks:
+                if task.id == task_id:
+                    break
+                start += len(task.args[1])
+
+            def show_path(path: str) -> str:
+                if not path.startswith("items["):
+                    return path
+                index, _, rest = path[len("items["):].partition("]")
+                return f"item {start + int(index)}" + (f", at {rest}" if rest else "")
+            name = getattr(fn, "__name__", None) or type(fn).__name__
+            what = f"map({name}) cannot be sent to the workers"
+            parts = [("fn", fn), ("items", items), ("args", tuple(args[2:]))]
+            advice = "create it inside the function, or pass something picklable"
+        else:
+            show_path = None
+            what = f"task {task_id!r} of job {job.name} cannot be sent to a worker"
+            parts = [("fn", method), ("args", args), ("kwargs", kwargs)]
+            advice = "create it inside the task, or pass something picklable"
+        return unpicklable_error(what, parts if detailed else [], advice, exc, show_path)
 
     def _take_back(self, decision) -> None:
         peer = self.ctx._node.peers.get(decision.worker)

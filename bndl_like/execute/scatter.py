@@ -18,7 +18,8 @@ import threading
 import uuid
 from typing import Any
 
-from ..rmi.errors import RemoteError
+from ..rmi.errors import RemoteError, SerializationError
+from ..rmi.pickle_check import unpicklable_error
 
 
 class ScatterError(LookupError):
@@ -209,7 +210,17 @@ class ScatterRegistry:
         self.objects[handle.id] = (handle.version, obj)
         peers = [w for w in self.ctx.workers if w.connected]
         self.holders[handle.id] = {p.name for p in peers}
-        await self._each(peers, "put", handle.id, handle.version, obj)
+        try:
+            await self._each(peers, "put", handle.id, handle.version, obj)
+        except SerializationError as exc:
+            if getattr(exc, "remote_traceback", None) is not None:
+                raise  # raised on a worker
+            # ``obj`` does not pickle (nothing was sent): forget it, raise one line naming the part
+            self.objects.pop(handle.id, None)
+            self.holders.pop(handle.id, None)
+            raise unpicklable_error("the object to scatter cannot be sent to the workers", [("obj", obj)],
+                                    "scatter something picklable, or create it on each worker "
+                                    "(e.g. with run_each_worker)", exc) from None
         return handle
 
     def _known(self, handle: ScatterHandle) -> None:

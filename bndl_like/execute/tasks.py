@@ -180,8 +180,12 @@ class Task:
                     pair[which](self)
 
     def __repr__(self) -> str:
-        where = f" on {self.executed_on[-1]}" if self.executed_on else ""
-        return f"<{type(self).__name__} {self.id!r} {self.state}{where}>"
+        from ..display import task_repr
+        return task_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ..display import task_html
+        return task_html(self)
 
 
 class _Dependency:
@@ -333,7 +337,9 @@ class Job:
         self.state = "created"
         self.started_at: float | None = None
         self.stopped_at: float | None = None
-        self.retried = 0
+        self.retried = 0       # retries after failures and re-runs of lost outputs
+        self.done_count = 0    # tasks done (kept up to date while running, for progress)
+        self.failed_count = 0  # tasks that failed for good
         self._run = None  # the JobRun while executing
         self._cancel_requested = False
         self._hooks = Hooks()
@@ -395,9 +401,12 @@ class Job:
         return len(self.tasks)
 
     def __repr__(self) -> str:
-        c = self.counts
-        return (f"<Job {self.name} {self.state} {c[DONE]}/{c['total']} done"
-                f"{', %d failed' % c[FAILED] if c[FAILED] else ''}>")
+        from ..display import job_repr
+        return job_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ..display import job_html
+        return job_html(self)
 
 
 __all__ = ["Task", "RmiTask", "FuncTask", "Job", "JobCancelled", "TaskCancelled"]

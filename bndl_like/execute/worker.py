@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..rmi import NotConnected, RemoteError, SerializationError, takes_peer
+from ..rmi.pickle_check import unpicklable_error
 from ..rmi.serialize import dump_exception
 from . import scatter
 from .errors import DependenciesFailed, TaskCancelled, TaskTimeout
@@ -497,6 +498,9 @@ class WorkerService:
             try:
                 peer.notify("driver", "task_events", job_id, [event])
             except SerializationError as exc:
+                if event[0] == SUCCEEDED:  # the task's result does not pickle: one line naming the part
+                    exc = unpicklable_error(f"the result of task {event[1]!r} cannot be sent to the driver",
+                                            [("result", event[3])], "return something picklable", exc)
                 failure = (FAILED, event[1], event[2], dump_exception(exc))
                 peer.notify("driver", "task_events", job_id, [failure])
             except NotConnected:

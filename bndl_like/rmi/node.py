@@ -87,8 +87,12 @@ class Peer:
         return ServiceProxy(self, name)
 
     def __repr__(self) -> str:
-        state = "connected" if self.connected else "lost"
-        return f"<Peer {self.name} {self.node_type} {state}>"
+        from ..display import peer_repr
+        return peer_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ..display import peer_html
+        return peer_html(self)
 
 
 class ServiceProxy:
