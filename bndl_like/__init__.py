@@ -13,6 +13,7 @@ from .execute.errors import (
 from .execute.tasks import FuncTask, Job, RmiTask, Task
 from .execute.worker import current_worker, task_context
 from .rmi.errors import NotConnected, RemoteError
+from .rmi.pickle_check import UnpicklableError
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,5 @@ __all__ = [
     "ExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
     "TaskCancelled", "TaskTimeout", "DependenciesFailed", "FailedDependency", "JobCancelled", "WorkersLost",
     "CommandTask", "CommandResult", "CommandFailed", "CommandTimeout",
-    "NotConnected", "RemoteError", "current_worker", "task_context", "__version__",
+    "NotConnected", "RemoteError", "UnpicklableError", "current_worker", "task_context", "__version__",
 ]

@@ -18,8 +18,9 @@ import threading
 import uuid
 from typing import Any
 
+from ..rmi import serialize
 from ..rmi.errors import RemoteError, SerializationError
-from ..rmi.pickle_check import unpicklable_error
+from ..rmi.pickle_check import UnpicklableError, unpicklable_error
 
 
 class ScatterError(LookupError):
@@ -205,22 +206,32 @@ class ScatterRegistry:
                 raise _unwrap(result)
         return results
 
+    async def _put(self, peers: list, handle_id: str, version: int, obj: Any, what: str) -> None:
+        """Send version ``version`` of ``obj`` to ``peers``; an object that does not pickle is a
+        one-line UnpicklableError naming the part (checked even with no peer to send to, as
+        workers joining later would fail to get it)."""
+        try:
+            if not peers:
+                serialize.dumps(obj)
+            await self._each(peers, "put", handle_id, version, obj)
+        except SerializationError as exc:
+            if getattr(exc, "remote_traceback", None) is not None:
+                raise  # raised on a worker
+            raise unpicklable_error(f"{what} cannot be sent to the workers", [("obj", obj)],
+                                    "scatter something picklable, or create it on each worker "
+                                    "(e.g. with run_each_worker)", exc) from None
+
     async def scatter(self, obj: Any) -> ScatterHandle:
         handle = ScatterHandle(uuid.uuid4().hex, 1)
         self.objects[handle.id] = (handle.version, obj)
         peers = [w for w in self.ctx.workers if w.connected]
         self.holders[handle.id] = {p.name for p in peers}
         try:
-            await self._each(peers, "put", handle.id, handle.version, obj)
-        except SerializationError as exc:
-            if getattr(exc, "remote_traceback", None) is not None:
-                raise  # raised on a worker
-            # ``obj`` does not pickle (nothing was sent): forget it, raise one line naming the part
-            self.objects.pop(handle.id, None)
+            await self._put(peers, handle.id, handle.version, obj, "the object to scatter")
+        except UnpicklableError:
+            self.objects.pop(handle.id, None)  # nothing was sent: forget it
             self.holders.pop(handle.id, None)
-            raise unpicklable_error("the object to scatter cannot be sent to the workers", [("obj", obj)],
-                                    "scatter something picklable, or create it on each worker "
-                                    "(e.g. with run_each_worker)", exc) from None
+            raise
         return handle
 
     def _known(self, handle: ScatterHandle) -> None:
@@ -235,10 +246,16 @@ class ScatterRegistry:
 
     async def update(self, handle: ScatterHandle, obj: Any) -> ScatterHandle:
         self._known(handle)
-        version = self.objects[handle.id][0] + 1
+        previous = self.objects[handle.id]
+        version = previous[0] + 1
         self.objects[handle.id] = (version, obj)
         handle.version = version
-        await self._each(self._holder_peers(handle.id), "put", handle.id, version, obj)
+        try:
+            await self._put(self._holder_peers(handle.id), handle.id, version, obj, "the new object")
+        except UnpicklableError:
+            self.objects[handle.id] = previous  # nothing was sent: the old version stays
+            handle.version = previous[0]
+            raise
         return handle
 
     async def update_patch(self, handle: ScatterHandle, patch: Any) -> ScatterHandle:

@@ -11,6 +11,8 @@ from .errors import (
                      SerializationError,
 )
 from .node import Node, Peer
+from .pickle_check import UnpicklableError
 
 __all__ = ["Address", "parse_address", "takes_peer", "HandshakeError", "MessageTooLarge",
-           "NotConnected", "ProtocolError", "RemoteError", "SerializationError", "Node", "Peer"]
+           "NotConnected", "ProtocolError", "RemoteError", "SerializationError", "UnpicklableError",
+           "Node", "Peer"]

@@ -314,7 +314,13 @@ class Connection(asyncio.BufferedProtocol):
             return
         try:
             self._send_message((RESPONSE, request_id, serialize.wrap_large(result)))
-        except (SerializationError, MessageTooLarge) as exc:
+        except SerializationError as exc:
+            from .pickle_check import unpicklable_error
+            self._respond_failure(request_id, unpicklable_error(
+                "the result of the function cannot be sent back" if service == "functions"
+                else f"the result of {service}.{method} cannot be sent back", [("result", result)],
+                "return something picklable", exc), service, method)
+        except MessageTooLarge as exc:
             self._respond_failure(request_id, exc, service, method)
 
     def _respond_failure(self, request_id, exc: BaseException, service, method) -> None:

@@ -289,3 +289,29 @@ def test_result_that_cannot_be_pickled(ctx):
         list(ctx.execute(job))
     check_one_line(info.value, "result is a generator", "return something picklable")
     assert ctx.map(helpers.square, [5]) == [25]
+
+
+def test_scatter_update_with_an_unpicklable_object_keeps_the_old_version(ctx):
+    handle = ctx.scatter(7)
+    try:
+        with pytest.raises(TypeError) as info:
+            ctx.scatter_update(handle, Holder())
+        check_one_line(info.value, "the new object cannot be sent to the workers",
+                       "obj.lock is a _thread.lock", "scatter something picklable")
+        assert handle.version == 1
+        assert ctx.map(helpers.add_to, [1], handle) == [8]
+    finally:
+        ctx.release(handle)
+
+
+def make_generator():
+    return (i for i in range(3))
+
+
+def test_run_function_result_that_cannot_be_pickled(ctx):
+    with pytest.raises(TypeError) as info:
+        ctx.run_function(make_generator)
+    check_one_line(info.value, "the result of the function cannot be sent back",
+                   "result is a generator", "return something picklable")
+    assert isinstance(info.value, UnpicklableError)
+    assert ctx.run_function(len, [1, 2]) == 2
