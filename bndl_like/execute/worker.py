@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..rmi import NotConnected, RemoteError, SerializationError, takes_peer
+from ..rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
 from ..rmi.pickle_check import unpicklable_error
 from ..rmi.serialize import dump_exception
 from . import scatter
@@ -488,7 +488,7 @@ class WorkerService:
                 continue
             try:
                 peer.notify("driver", "task_events", job_id, events)
-            except SerializationError:
+            except (SerializationError, MessageTooLarge):
                 self._send_one_by_one(peer, job_id, events)
             except NotConnected:
                 pass
@@ -497,8 +497,9 @@ class WorkerService:
         for event in events:
             try:
                 peer.notify("driver", "task_events", job_id, [event])
-            except SerializationError as exc:
-                if event[0] == SUCCEEDED:  # the task's result does not pickle: one line naming the part
+            except (SerializationError, MessageTooLarge) as exc:
+                if event[0] == SUCCEEDED and isinstance(exc, SerializationError):
+                    # the task's result does not pickle: one line naming the part
                     exc = unpicklable_error(f"the result of task {event[1]!r} cannot be sent to the driver",
                                             [("result", event[3])], "return something picklable", exc)
                 failure = (FAILED, event[1], event[2], dump_exception(exc))

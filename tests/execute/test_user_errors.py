@@ -315,3 +315,16 @@ def test_run_function_result_that_cannot_be_pickled(ctx):
                    "result is a generator", "return something picklable")
     assert isinstance(info.value, UnpicklableError)
     assert ctx.run_function(len, [1, 2]) == 2
+
+
+def test_a_result_over_the_message_size_limit_fails_the_task_without_a_hang(monkeypatch):
+    from bndl_like import ExecutionContext
+
+    monkeypatch.setenv("BNDL_LIKE_MAX_MESSAGE_SIZE", str(1 << 20))  # the driver's and its workers'
+    with ExecutionContext.local(workers=1) as small:
+        small.await_workers()
+        job = Job(small, [FuncTask(small, "big", helpers.allocate, (2 << 20,))])
+        with pytest.raises(ValueError, match="exceeds the maximum message size"):
+            list(small.execute(job))
+        assert job.state == "failed"
+        assert list(small.execute(Job(small, [FuncTask(small, 0, helpers.identity, (1,))]))) == [1]
