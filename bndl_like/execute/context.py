@@ -341,11 +341,12 @@ class ExecutionContext(ExecutorMixin):
         """Check the arguments, start the job on the loop; the run whose queue yields results."""
         self._check_open()
         if not isinstance(job, Job):
-            raise TypeError(f"execute() takes a Job, not {type(job).__name__}")
+            raise TypeError(f"execute() takes a Job, not {type(job).__name__}; "
+                            "wrap the tasks: ctx.execute(Job(ctx, tasks))")
         if job.ctx is not self:
-            raise ValueError(f"job {job.name} belongs to another ExecutionContext")
+            raise ValueError(f"job {job.name} belongs to another ExecutionContext; execute it there")
         if job._run is not None:
-            raise RuntimeError(f"job {job.name} is already executing")
+            raise RuntimeError(f"job {job.name} is already executing; read its results, or job.cancel() it")
         if workers is not None and not isinstance(workers, (list, tuple, set, frozenset)):
             raise TypeError("workers must be a sequence of workers or worker names")
         if self.worker_count == 0:
@@ -425,7 +426,7 @@ class ExecutionContext(ExecutorMixin):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this ExecutionContext is closed")
+            raise RuntimeError("this ExecutionContext is closed; make a new one")
 
     def close(self) -> None:
         """Stop the local workers this context started, the driver node and its loop. Idempotent."""

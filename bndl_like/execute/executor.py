@@ -165,7 +165,13 @@ class ExecutorMixin:
         if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool)
                                       or chunksize < 1):
             raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
-        items = list(iterable)
+        try:
+            items = list(iterable)
+        except TypeError:
+            if hasattr(iterable, "__iter__"):
+                raise  # raised while iterating: the iterable's own error
+            raise TypeError(f"map() takes an iterable of items as its second argument, "
+                            f"not {type(iterable).__name__}") from None
         if not items:
             return None
         if chunksize is None:

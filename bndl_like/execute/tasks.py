@@ -257,7 +257,8 @@ class RmiTask(Task):
         if not callable(method):
             raise TypeError(f"task {task_id!r}: method must be callable, not {type(method).__name__}")
         if not isinstance(args, (tuple, list)):
-            raise TypeError(f"task {task_id!r}: args must be a tuple or list, not {type(args).__name__}")
+            raise TypeError(f"task {task_id!r}: args must be a tuple or list, not {type(args).__name__} "
+                            "(one argument x is args=(x,))")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"task {task_id!r}: kwargs must be a dict, not {type(kwargs).__name__}")
         super().__init__(ctx, task_id, priority=priority, name=name, desc=desc, group=group)

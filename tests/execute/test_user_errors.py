@@ -328,3 +328,37 @@ def test_a_result_over_the_message_size_limit_fails_the_task_without_a_hang(monk
             list(small.execute(job))
         assert job.state == "failed"
         assert list(small.execute(Job(small, [FuncTask(small, 0, helpers.identity, (1,))]))) == [1]
+
+
+WRONG_CALLS = [
+    (lambda c: c.execute([FuncTask(c, 0, helpers.identity, (1,))]), TypeError,
+     "execute() takes a Job, not list; wrap the tasks: ctx.execute(Job(ctx, tasks))"),
+    (lambda c: c.map(helpers.identity, 5), TypeError,
+     "map() takes an iterable of items as its second argument, not int"),
+    (lambda c: c.map(5, [1]), TypeError, "map() needs a callable as its first argument, not int"),
+    (lambda c: FuncTask(c, "t", helpers.identity, 5), TypeError,
+     "task 't': args must be a tuple or list, not int (one argument x is args=(x,))"),
+    (lambda c: c.execute(Job(c, [FuncTask(c, 0, helpers.identity, (1,))]), concurrency=0), ValueError,
+     "invalid value for execute.concurrency (argument): 0: must be >= 1"),
+    (lambda c: c.execute(Job(c, [FuncTask(c, 0, helpers.identity, (1,))]), workers=["nobody"]), ValueError,
+     "unknown or disconnected workers: nobody"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", WRONG_CALLS)
+def test_a_wrong_argument_is_one_line_that_says_what_to_do(ctx, call, error, message):
+    with pytest.raises(error) as info:
+        call(ctx)
+    assert str(info.value) == message
+    exc = info.value
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
+    assert ctx.map(helpers.identity, [1, 2]) == [1, 2]  # nothing was broken
+
+
+def test_a_job_cannot_run_twice_at_once(ctx, tmp_path):
+    job = Job(ctx, [FuncTask(ctx, 0, helpers.sleep_then, (0.3, 1))], name="twice")
+    results = ctx.execute(job)
+    with pytest.raises(RuntimeError, match=r"^job twice is already executing; read its results, or "
+                                           r"job.cancel\(\) it$"):
+        ctx.execute(job)
+    assert list(results) == [1]
