@@ -353,8 +353,8 @@ class ExecutionContext(ExecutorMixin):
             self.await_workers()
         run = JobRun(self, job, workers, order_results, concurrency, attempts)
         run.prepare()
-        self._loop.call_soon_threadsafe(run.start)
         self.jobs.append(job)
+        self._loop.call_soon_threadsafe(run.start)
         return run
 
     def _iterate(self, run: JobRun, progress: bool = False) -> Iterator:
