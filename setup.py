@@ -14,7 +14,6 @@ setup(
         "sortedcontainers>=2.4",
         "yappi>=1.4",
         "numpy>=1.22",
-        "tblib>=3.0",
         "tqdm>=4.60",
     ],
     extras_require={

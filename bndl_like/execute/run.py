@@ -28,8 +28,8 @@ END = object()
 
 def _remote_exception(info, worker: str, task) -> BaseException:
     """The task's own exception (with the remote frames) or a RemoteError."""
-    payload, exc_type, text, tb_text, tb_dict = info
-    exc = load_exception(payload, tb_dict)
+    payload, exc_type, text, tb_text, frames = info
+    exc = load_exception(payload, frames)
     if exc is None:
         exc = RemoteError(f"{exc_type}: {text}", exc_type, tb_text, worker)
     else:

@@ -337,9 +337,9 @@ class Connection(asyncio.BufferedProtocol):
             self._send_message((FAILURE, request_id, (None, *info[1:4], None)))
 
     def _remote_error(self, info) -> RemoteError:
-        payload, exc_type, text, tb_text, tb_dict = info
+        payload, exc_type, text, tb_text, frames = info
         error = RemoteError(f"{exc_type}: {text}", exc_type, tb_text, self.peer_name)
-        cause = serialize.load_exception(payload, tb_dict)
+        cause = serialize.load_exception(payload, frames)
         if cause is not None:
             error.__cause__ = cause
         return error

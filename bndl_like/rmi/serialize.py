@@ -15,8 +15,8 @@ import pickle
 import traceback
 
 import cloudpickle
-import tblib
 
+from . import remote_tb
 from .errors import SerializationError
 
 # buffers smaller than this are cheaper to keep in the pickle stream
@@ -111,7 +111,7 @@ def _describe(obj) -> str:
 def dump_exception(exc: BaseException) -> tuple:
     """Everything the caller needs to re-raise ``exc``: (exc or None, type, text, tb text, tb)."""
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    tb_dict = tblib.Traceback(exc.__traceback__).to_dict() if exc.__traceback__ else None
+    frames = remote_tb.extract(exc.__traceback__)
     exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         # check the exception survives a round trip before trusting it
@@ -120,61 +120,20 @@ def dump_exception(exc: BaseException) -> tuple:
         payload = exc
     except Exception:
         payload = None
-    return payload, exc_type, str(exc), tb_text, tb_dict
+    return payload, exc_type, str(exc), tb_text, frames
 
 
-# packages whose frames run a remote call before the user's code is reached
-_PLUMBING = frozenset(("threading", "concurrent", "asyncio", "functools", "runpy"))
-
-
-def _module_of(frame: dict) -> str:
-    return frame["tb_frame"].get("f_globals", {}).get("__name__") or ""
-
-
-def _is_framework(module: str) -> bool:
-    return module == "bndl_like" or module.startswith("bndl_like.")
-
-
-def fold_traceback(tb_dict: dict | None) -> tuple[dict | None, int]:
-    """The remote traceback without the framework's frames, and how many were folded.
-
-    Drops bndl_like's own frames and the thread/asyncio plumbing before the first
-    frame of the user's code, so a failed task reads as the user's code failing.
-    When every frame is the framework's (the error is ours), nothing is folded.
-    """
-    frames = []
-    while tb_dict is not None:
-        frames.append(tb_dict)
-        tb_dict = tb_dict.get("tb_next")
-    kept, reached_user = [], False
-    for frame in frames:
-        module = _module_of(frame)
-        if _is_framework(module):
-            continue
-        if not reached_user and module.split(".")[0] in _PLUMBING:
-            continue
-        reached_user = True
-        kept.append(frame)
-    if not kept:
-        kept = frames
-    folded = len(frames) - len(kept)
-    chain = None
-    for frame in reversed(kept):
-        chain = {**frame, "tb_next": chain}
-    return chain, folded
-
-
-def load_exception(payload, tb_dict, fold: bool = True):
+def load_exception(payload, frames, fold: bool = True):
     """``payload`` (an exception) with the remote traceback; framework frames folded.
 
     Sets ``remote_frames_folded`` on it to the number of frames left out.
     """
-    if payload is not None and tb_dict is not None:
+    if payload is not None and frames:
         try:
             folded = 0
             if fold:
-                tb_dict, folded = fold_traceback(tb_dict)
-            payload = payload.with_traceback(tblib.Traceback.from_dict(tb_dict).as_traceback())
+                frames, folded = remote_tb.fold(frames)
+            payload = payload.with_traceback(remote_tb.rebuild(frames))
             payload.remote_frames_folded = folded
         except Exception:
             pass

@@ -8,37 +8,27 @@ import traceback
 import pytest
 
 from bndl_like.execute.tasks import FuncTask, Job
-from bndl_like.rmi.serialize import fold_traceback
+from bndl_like.rmi.remote_tb import fold
 
 from . import helpers
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def chain(*modules: str) -> dict | None:
-    """A tblib traceback dict with one frame per module, outermost first."""
-    tb = None
-    for i, module in reversed(list(enumerate(modules))):
-        tb = {"tb_frame": {"f_globals": {"__name__": module, "__file__": f"/{module}.py"},
-                           "f_locals": {}, "f_code": {"co_filename": f"/{module}.py", "co_name": f"f{i}"},
-                           "f_lineno": i + 1},
-              "tb_lineno": i + 1, "tb_next": tb}
-    return tb
+def chain(*modules: str) -> list:
+    """Remote frames, one per module, outermost first."""
+    return [(module, f"/{module}.py", f"f{i}", f"f{i}", 1, i + 1) for i, module in enumerate(modules)]
 
 
-def modules_of(tb: dict | None) -> list[str]:
-    out = []
-    while tb is not None:
-        out.append(tb["tb_frame"]["f_globals"]["__name__"])
-        tb = tb["tb_next"]
-    return out
+def modules_of(frames: list) -> list[str]:
+    return [frame[0] for frame in frames]
 
 
 def test_fold_drops_framework_and_plumbing_before_the_users_code():
     tb = chain("threading", "concurrent.futures.thread", "bndl_like.execute.worker",
                "bndl_like.execute.executor", "mymodule", "bndl_like.execute.scatter", "json.decoder",
                "threading")
-    folded, count = fold_traceback(tb)
+    folded, count = fold(tb)
     # plumbing after the user's first frame is the user's business (e.g. code they called)
     assert modules_of(folded) == ["mymodule", "json.decoder", "threading"]
     assert count == 5
@@ -47,9 +37,9 @@ def test_fold_drops_framework_and_plumbing_before_the_users_code():
 
 def test_an_error_of_the_framework_itself_is_not_folded():
     tb = chain("threading", "bndl_like.execute.worker", "bndl_like.rmi.serialize")
-    folded, count = fold_traceback(tb)
+    folded, count = fold(tb)
     assert count == 0 and modules_of(folded) == modules_of(tb)
-    assert fold_traceback(None) == (None, 0)
+    assert fold([]) == ([], 0)
 
 
 def parse_json(text):

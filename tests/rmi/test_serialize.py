@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -73,10 +75,21 @@ def test_exception_round_trip_with_traceback():
         fail()
     except ValueError as exc:
         info = serialize.dump_exception(exc)
-    payload, exc_type, text, tb_text, tb_dict = info
+    payload, exc_type, text, tb_text, frames = info
     assert exc_type == "builtins.ValueError" and text == "bad value"
     assert "in fail" in tb_text
     data, buffers = serialize.dumps(info)
-    payload, *_, tb_dict = serialize.loads(data, buffers)
-    error = serialize.load_exception(payload, tb_dict)
+    payload, *_, frames = serialize.loads(data, buffers)
+    error = serialize.load_exception(payload, frames)
     assert isinstance(error, ValueError) and error.__traceback__ is not None
+    # the stand-in frames carry the remote function's name, line and first line
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    assert code.co_name == "fail" and code.co_filename == __file__
+    first = fail.__code__.co_firstlineno
+    assert tb.tb_lineno == first + 1 and code.co_firstlineno == first
+    if sys.version_info >= (3, 11):
+        assert code.co_qualname == fail.__qualname__
+    assert 'raise ValueError("bad value")' in "".join(traceback.format_tb(error.__traceback__))

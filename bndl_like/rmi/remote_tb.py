@@ -1,0 +1,86 @@
+"""Tracebacks that cross the wire: frames as plain tuples, rebuilt as real tracebacks.
+
+A remote exception is raised on the caller with a traceback made of stand-in
+frames (one tiny code object per remote frame, with the remote file, line,
+function name, qualified name and first line), so that ``traceback``, IPython
+and debuggers show the remote code where it failed. The framework's own frames
+can be folded away so a failed task reads as the user's code failing.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+# (module, filename, name, qualname, first line of the function, line)
+Frame = tuple[str, str, str, str, int, int]
+
+# packages whose frames run a remote call before the user's code is reached
+_PLUMBING = frozenset(("threading", "concurrent", "asyncio", "functools", "runpy"))
+
+
+def extract(tb: TracebackType | None) -> list[Frame]:
+    """The frames of ``tb``, outermost first, as picklable tuples."""
+    frames = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        module = tb.tb_frame.f_globals.get("__name__")
+        frames.append((module if isinstance(module, str) else "", code.co_filename, code.co_name,
+                       getattr(code, "co_qualname", code.co_name), code.co_firstlineno, tb.tb_lineno or 0))
+        tb = tb.tb_next
+    return frames
+
+
+def _is_framework(module: str) -> bool:
+    return module == "bndl_like" or module.startswith("bndl_like.")
+
+
+def fold(frames: list[Frame]) -> tuple[list[Frame], int]:
+    """``frames`` without the framework's, and how many were folded.
+
+    Drops bndl_like's own frames and the thread/asyncio plumbing before the first
+    frame of the user's code. When every frame is the framework's (the error is
+    ours), nothing is folded.
+    """
+    kept, reached_user = [], False
+    for frame in frames:
+        module = frame[0]
+        if _is_framework(module):
+            continue
+        if not reached_user and module.split(".")[0] in _PLUMBING:
+            continue
+        reached_user = True
+        kept.append(frame)
+    if not kept:
+        return list(frames), 0
+    return kept, len(frames) - len(kept)
+
+
+class _Raise(Exception):
+    pass
+
+
+def rebuild(frames: list[Frame]) -> TracebackType | None:
+    """A real traceback whose frames stand for ``frames`` (outermost first)."""
+    top = last = None
+    for module, filename, name, qualname, first, line in frames:
+        first = min(first, line) if first > 0 else line
+        # the raise sits on ``line`` of a code object starting at ``first``, as the remote one did
+        code = compile("\n" * max(line - first, 0) + "raise __raise__", filename, "exec")
+        fields = {"co_firstlineno": max(first, 1), "co_name": name}
+        if sys.version_info >= (3, 11):
+            fields["co_qualname"] = qualname
+        code = code.replace(**fields)
+        try:
+            exec(code, {"__raise__": _Raise, "__name__": module, "__file__": filename})
+        except _Raise:
+            tb = sys.exc_info()[2].tb_next  # the stand-in frame, without this one
+        if top is None:
+            top = tb
+        else:
+            last.tb_next = tb
+        last = tb
+    return top
+
+
+__all__ = ["Frame", "extract", "fold", "rebuild"]
