@@ -269,14 +269,14 @@ def context_snapshot(ctx) -> dict:
 
 
 def context_repr(ctx, snap: dict | None = None) -> str:
-    """``<ExecutionContext driver-name open: 2 workers on 1 host, 5 tasks running, 3 jobs run>``."""
+    """``<ExecutionContext driver-name open: 2 workers on 1 host, 5 tasks assigned, 3 jobs run>``."""
     snap = snap or context_snapshot(ctx)
     jobs = f"{plural(snap['jobs'], 'job')} run"
     if snap["closed"]:
         return f"<ExecutionContext {snap['name']} closed, {jobs}>"
     workers = snap["workers"]
     load = "?" if snap["load"] is None else snap["load"]
-    running = f"{load} task{'' if load == 1 else 's'} running"
+    running = f"{load} task{'' if load == 1 else 's'} assigned"
     held = f", {snap['held']} held" if snap["held"] else ""
     return (f"<ExecutionContext {snap['name']} open: {plural(len(workers), 'worker')} on "
             f"{plural(snap['hosts'], 'host')}, {running}{held}, {jobs}>")
@@ -291,7 +291,7 @@ def context_html(ctx, max_workers: int = MAX_WORKERS) -> str:
     workers = snap["workers"]
     load = "?" if snap["load"] is None else snap["load"]
     summary = html_kv([("state", "open"), ("workers", len(workers)), ("hosts", snap["hosts"]),
-                       ("tasks running", load), ("held", snap["held"] or None),
+                       ("tasks assigned", load), ("held", snap["held"] or None),
                        ("jobs run", snap["jobs"])])
     rows = [(name, host, "?" if w_load is None else w_load, state)
             for name, host, w_load, state in workers[:max_workers]]

@@ -142,7 +142,7 @@ def worker_rows(page: str) -> dict:
 def test_context_shows_the_load_of_a_running_job(ctx, tmp_path):
     names = [w.name for w in ctx.workers]
     assert re.fullmatch(rf"<ExecutionContext {re.escape(ctx._node.name)} open: 2 workers on 1 host, "
-                        r"0 tasks running, \d+ jobs? run>", repr(ctx))
+                        r"0 tasks assigned, \d+ jobs? run>", repr(ctx))
     release = tmp_path / "release"
     task = FuncTask(ctx, "blocked", wait_for_file, (str(release), 7))
     job = Job(ctx, [task], name="blocking")
@@ -153,7 +153,7 @@ def test_context_shows_the_load_of_a_running_job(ctx, tmp_path):
         wait_until(lambda: task.running and job in ctx.jobs, message="the task to run")
         worker = task.executed_on[-1]
         text = repr(ctx)
-        assert ", 1 task running, " in text and f"{jobs_before + 1} job" in text
+        assert ", 1 task assigned, " in text and f"{jobs_before + 1} job" in text
         assert re.fullmatch(r"<Job blocking running 0/1 done, 1 running, 0 failed, 0 retried, "
                             r"\d.*>", repr(job))
         assert re.fullmatch(rf"<FuncTask 'blocked' running on {re.escape(worker)}, .*>", repr(task))
@@ -161,13 +161,13 @@ def test_context_shows_the_load_of_a_running_job(ctx, tmp_path):
         assert set(rows) == set(names)
         assert rows[worker] == ("127.0.0.1", "1", "connected")
         assert [rows[n][1] for n in names if n != worker] == ["0"]
-        assert re.search(r"<th[^>]*>tasks running</th><td[^>]*>1</td>", ctx._repr_html_())
+        assert re.search(r"<th[^>]*>tasks assigned</th><td[^>]*>1</td>", ctx._repr_html_())
     finally:
         release.touch()
         thread.join(20)
     assert out == {"results": [7]}
     assert re.fullmatch(rf"<Job blocking done 1/1 done, 0 failed, 0 retried, {DURATION}>", repr(job))
-    wait_until(lambda: ", 0 tasks running, " in repr(ctx), message="no load after the job")
+    wait_until(lambda: ", 0 tasks assigned, " in repr(ctx), message="no load after the job")
     assert {load for _, load, _ in worker_rows(ctx._repr_html_()).values()} == {"0"}
 
 
@@ -204,7 +204,7 @@ def test_closed_context_and_unresponsive_loop(monkeypatch):
     try:
         assert other.await_workers() == 1
         name = other._node.name
-        assert repr(other) == (f"<ExecutionContext {name} open: 1 worker on 1 host, 0 tasks running, "
+        assert repr(other) == (f"<ExecutionContext {name} open: 1 worker on 1 host, 0 tasks assigned, "
                                "0 jobs run>")
         peer = other.workers[0]
 
@@ -219,7 +219,7 @@ def test_closed_context_and_unresponsive_loop(monkeypatch):
         assert busy.wait(5)
         try:
             start = time.monotonic()
-            assert repr(other) == (f"<ExecutionContext {name} open: 1 worker on 1 host, ? tasks running, "
+            assert repr(other) == (f"<ExecutionContext {name} open: 1 worker on 1 host, ? tasks assigned, "
                                    "0 jobs run>")
             assert worker_rows(other._repr_html_())[peer.name][1] == "?"
             assert time.monotonic() - start < 2
@@ -243,7 +243,7 @@ def test_context_html_caps_the_workers():
     fake = SimpleNamespace(_closed=False, _node=SimpleNamespace(name="<drv>"), jobs=[], workers=peers,
                            _held={"w01"})
     assert display.context_repr(fake) == \
-        "<ExecutionContext <drv> open: 60 workers on 3 hosts, ? tasks running, 1 held, 0 jobs run>"
+        "<ExecutionContext <drv> open: 60 workers on 3 hosts, ? tasks assigned, 1 held, 0 jobs run>"
     page = display.context_html(fake)
     rows = worker_rows(page)
     assert len(rows) == 50 and "w49" in rows and "w50" not in rows
