@@ -49,7 +49,7 @@ def any_output(out) -> bool:
     return True
 
 
-def run(nb, ready=any_output, timeout: float = 120):
+def run(nb, ready=any_output, timeout: float = 55):
     """Execute ``nb`` cell by cell on a fresh kernel; interrupt the cells tagged ``interrupt``
     once they show output ``ready`` accepts. Returns the interrupters by cell index."""
     nbclient = pytest.importorskip("nbclient", reason="pip install -e .[test] brings nbclient")

@@ -10,7 +10,7 @@ import pytest
 
 from . import runner
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(60)  # a notebook stays under a minute on 2 cores, kernel start included
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -54,7 +54,7 @@ def test_failures_and_recovery_with_the_stop_button():
     stop_index = next(i for i, cell in enumerate(nb.cells) if "interrupt" in cell.metadata.get("tags", []))
     nbformat = pytest.importorskip("nbformat")
     # checks the reader does not need: nothing of the interrupted job still runs on a worker
-    nb.cells.insert(stop_index + 1, nbformat.v4.new_code_cell(WORKERS_IDLE))
+    nb.cells.insert(stop_index + 1, nbformat.v4.new_code_cell(WAIT_IDLE))
     interrupters = runner.run(nb)
 
     failing = plain(runner.outputs_text(runner.cell_with(nb, 'lines = ["a=1"')))
@@ -77,15 +77,16 @@ def test_failures_and_recovery_with_the_stop_button():
     assert after.startswith("cancelled") and "'done': 0" in after and "[1, 2, 3]" in after
 
 
-WORKERS_IDLE = '''
+# kernel code: wait (bounded) until no worker runs or queues a task of this driver's jobs
+WAIT_IDLE = '''
 import time as _time
-def _running():
+def _busy():
     answers = [ctx._io.run(lambda w=w: w.call("tasks", "status"), timeout=10) for w in ctx.workers]
     return sum(a["running"] + a["queued"] for a in answers)
 _deadline = _time.monotonic() + 10
-while _running() and _time.monotonic() < _deadline:
+while _busy() and _time.monotonic() < _deadline:
     _time.sleep(0.05)
-print("IDLE" if not _running() else "STILL RUNNING")
+print("IDLE" if not _busy() else "STILL RUNNING")
 '''
 
 
@@ -109,20 +110,11 @@ def work(seconds):
         time.sleep(0.01)
     return seconds
 
-def running():
-    answers = [ctx._io.run(lambda w=w: w.call("tasks", "status"), timeout=10) for w in ctx.workers]
-    return sum(a["running"] + a["queued"] for a in answers)
-
 ctx = ExecutionContext.local(workers=2)
 ctx.await_workers()
 ''',
     ("interrupt", "ctx.map(work, [5] * 8)"),  # interrupted once its progress bar shows
-    '''
-deadline = time.monotonic() + 10
-while running() and time.monotonic() < deadline:
-    time.sleep(0.05)
-print("MAP", ctx.jobs[-1].state, running(), ctx.map(abs, [-1, -2], progress=False))
-''',
+    WAIT_IDLE + "print('MAP', ctx.jobs[-1].state, ctx.map(abs, [-1, -2], progress=False))",
     '''
 pids = ctx.run_each_worker(os.getpid)
 ctx.cpu_profiling.start()
@@ -160,6 +152,6 @@ def test_the_stop_button_during_map_and_a_profiler_call():
     assert all(i.interrupted_at is not None for i in interrupters.values())
     for index in (1, 4):
         assert "KeyboardInterrupt" in runner.outputs_text(nb.cells[index]), index
-    assert "MAP cancelled 0 [1, 2]" in runner.outputs_text(nb.cells[2])
+    assert "IDLE\nMAP cancelled [1, 2]" in runner.outputs_text(nb.cells[2])
     text = runner.outputs_text(nb.cells[5])
     assert "PROFILED [5] True" in text and "CPU profile" in text
