@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 _open_contexts: weakref.WeakSet = weakref.WeakSet()
 
 
+def _plumbing(frame) -> bool:
+    """A frame of concurrent.futures or of this module's wrappers around a coroutine."""
+    return frame.f_globals.get("__name__", "").startswith(("concurrent.", __name__))
+
+
 class _LoopThread:
     """An event loop in a daemon thread, and a way to run coroutines on it."""
 
@@ -72,8 +77,7 @@ class _LoopThread:
             if not future.cancelled() and future.done() and future.exception() is exc:
                 # raised by the coroutine: its traceback without concurrent.futures' frames
                 tb = exc.__traceback__
-                while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(
-                        ("concurrent.", "bndl_like.execute.context")):
+                while tb is not None and tb.tb_next is not None and _plumbing(tb.tb_frame):
                     tb = tb.tb_next
                 raise exc.with_traceback(tb)
             raise
