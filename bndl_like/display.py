@@ -8,7 +8,6 @@ comes from users (names, task ids, error messages) is escaped in the HTML.
 from __future__ import annotations
 
 import html
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -216,31 +215,6 @@ def peer_html(peer) -> str:
 # -- execution contexts ------------------------------------------------------------------------
 
 
-def _context_load(ctx, names: list[str]) -> dict[str, int] | None:
-    """Tasks assigned to each worker by the context's running jobs; None when the loop does not
-    answer. Scheduler state belongs to the loop thread: computed there."""
-
-    def compute() -> dict[str, int]:
-        load = dict.fromkeys(names, 0)
-        for run in list(ctx._runs.values()):
-            scheduler = getattr(run, "scheduler", None)
-            if scheduler is None or getattr(run, "finished", False):
-                continue
-            for name in names:
-                load[name] += len(scheduler.assigned(name))
-        return load
-
-    try:
-        io = ctx._io
-        if threading.current_thread() is io.thread:
-            return compute()
-        if io.loop.is_closed() or not io.loop.is_running() or not io.thread.is_alive():
-            return None
-        return io.call(compute, timeout=LOAD_TIMEOUT)
-    except Exception:
-        return None
-
-
 def context_snapshot(ctx) -> dict:
     """What the repr and HTML of an ExecutionContext show; never raises."""
     node = getattr(ctx, "_node", None)
@@ -257,7 +231,10 @@ def context_snapshot(ctx) -> dict:
         workers = list(ctx.workers)
     except Exception:
         workers = []
-    load = _context_load(ctx, [w.name for w in workers])
+    try:
+        load = ctx._worker_load([w.name for w in workers], LOAD_TIMEOUT)
+    except Exception:
+        load = None
     held = getattr(ctx, "_held", set())
     for w in workers:
         state = _peer_state(w) + (", held" if w.name in held else "")
@@ -268,9 +245,9 @@ def context_snapshot(ctx) -> dict:
     return snap
 
 
-def context_repr(ctx, snap: dict | None = None) -> str:
+def context_repr(ctx) -> str:
     """``<ExecutionContext driver-name open: 2 workers on 1 host, 5 tasks assigned, 3 jobs run>``."""
-    snap = snap or context_snapshot(ctx)
+    snap = context_snapshot(ctx)
     jobs = f"{plural(snap['jobs'], 'job')} run"
     if snap["closed"]:
         return f"<ExecutionContext {snap['name']} closed, {jobs}>"

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from .errors import JobCancelled
 from .executor import ExecutorMixin
 from .hooks import HookRunner, Hooks
 from .progress import JobProgress
+from .progress import check as check_progress
 from .progress import wanted as progress_wanted
 from .run import JobRun, split_batch
 from .tasks import Job
@@ -143,8 +145,8 @@ class ExecutionContext(ExecutorMixin):
         self._held: set[str] = set()  # held worker names (changed on the loop thread only)
         self._local: LocalWorkers | None = None
         self._closed = False
-        progress_wanted(progress, None)  # a wrong value fails here, not at the first job
-        self.progress = progress  # None: the execute.progress option (auto: on when interactive)
+        # None: the execute.progress option (auto: on in an interactive session)
+        self.progress = check_progress(progress)
         try:
             self._io.run(self._start())
             if local_workers:
@@ -318,6 +320,24 @@ class ExecutionContext(ExecutorMixin):
                 last, since = self.worker_count, time.monotonic()
         return self.worker_count
 
+    def _worker_load(self, names: list[str], timeout: float) -> dict[str, int] | None:
+        """Tasks of running jobs assigned to each of ``names`` (running or handed ahead); None
+        when the loop does not answer within ``timeout`` s. Read on the loop, which owns the
+        schedulers' state."""
+        def count() -> dict[str, int]:
+            runs = [run for run in list(self._runs.values()) if not run.finished]
+            return {name: sum(len(run.scheduler.assigned(name)) for run in runs) for name in names}
+
+        io = self._io
+        if threading.current_thread() is io.thread:
+            return count()
+        if io.loop.is_closed() or not io.loop.is_running():
+            return None
+        try:
+            return io.call(count, timeout=timeout)
+        except Exception:
+            return None
+
     def _check_local_alive(self) -> None:
         if self._local is not None and self._local.failure:
             raise RuntimeError(f"the local cluster failed: {self._local.failure}")
@@ -373,13 +393,9 @@ class ExecutionContext(ExecutorMixin):
             while True:
                 try:
                     batch = results.get(timeout=wait)
-                except Exception:  # queue.Empty
-                    if bar is not None:
-                        bar.update()
-                    continue
-                items, ended, error = split_batch(batch)
-                if bar is not None:
-                    bar.update(force=ended)
+                except queue.Empty:
+                    batch = None
+                items, ended, error = split_batch(batch, bar)
                 yield from items
                 if ended:
                     finished = True

@@ -432,13 +432,7 @@ class AsyncExecutionContext:
             while not finished:
                 batch = await asyncio.to_thread(_take_batches, run.results,
                                                 0.25 if bar is None else bar.min_interval)
-                if batch is None:
-                    if bar is not None:
-                        bar.update()
-                    continue
-                items, ended, error = split_batch(batch)
-                if bar is not None:
-                    bar.update(force=ended)
+                items, ended, error = split_batch(batch, bar)
                 for item in items:
                     yield item
                 if ended:

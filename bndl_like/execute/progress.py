@@ -26,12 +26,17 @@ def interactive() -> bool:
         return False
 
 
+def check(value: bool | None) -> bool | None:
+    """``value`` if it is a valid ``progress`` setting (True, False or None), else TypeError."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"progress must be True, False or None, not {value!r}")
+    return value
+
+
 def wanted(argument: bool | None, ctx_setting: bool | None) -> bool:
     """Whether to show a bar: the argument, else the context's setting, else the option."""
     for choice in (argument, ctx_setting):
-        if choice is not None:
-            if not isinstance(choice, bool):
-                raise TypeError(f"progress must be True, False or None, not {choice!r}")
+        if check(choice) is not None:
             return choice
     setting = config.get("execute.progress")
     return interactive() if setting == "auto" else setting
@@ -86,4 +91,4 @@ class JobProgress:
         self.bar.close()
 
 
-__all__ = ["JobProgress", "interactive", "wanted"]
+__all__ = ["JobProgress", "check", "interactive", "wanted"]

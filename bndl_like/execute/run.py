@@ -442,8 +442,20 @@ class JobRun:
         self._put(END)
 
 
-def split_batch(batch: list) -> tuple[list, bool, BaseException | None]:
-    """A hand-over batch as (results, whether the job ended, the error it ended with)."""
+def split_batch(batch: list | None, bar=None) -> tuple[list, bool, BaseException | None]:
+    """A hand-over batch as (results, whether the job ended, the error it ended with); None
+    when no batch came in time. ``bar`` (a JobProgress) is redrawn on the way."""
+    if batch is None:
+        if bar is not None:
+            bar.update()
+        return [], False, None
+    items, ended, error = _split(batch)
+    if bar is not None:
+        bar.update(force=ended)
+    return items, ended, error
+
+
+def _split(batch: list) -> tuple[list, bool, BaseException | None]:
     for i, item in enumerate(batch):
         if item is END:
             return batch[:i], True, None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
-from ..rmi.pickle_check import unpicklable_error
+from ..rmi.pickle_check import unpicklable_result
 from ..rmi.serialize import dump_exception
 from . import scatter
 from .errors import DependenciesFailed, TaskCancelled, TaskTimeout
@@ -500,8 +500,8 @@ class WorkerService:
             except (SerializationError, MessageTooLarge) as exc:
                 if event[0] == SUCCEEDED and isinstance(exc, SerializationError):
                     # the task's result does not pickle: one line naming the part
-                    exc = unpicklable_error(f"the result of task {event[1]!r} cannot be sent to the driver",
-                                            [("result", event[3])], "return something picklable", exc)
+                    exc = unpicklable_result(f"the result of task {event[1]!r} cannot be sent to the driver",
+                                             event[3], exc)
                 failure = (FAILED, event[1], event[2], dump_exception(exc))
                 peer.notify("driver", "task_events", job_id, [failure])
             except NotConnected:

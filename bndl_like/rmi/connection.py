@@ -23,6 +23,7 @@ from .errors import (
     RemoteError,
     SerializationError,
 )
+from .pickle_check import unpicklable_result
 from .protocol import Frame, FrameDecoder, Handshake
 
 log = logging.getLogger(__name__)
@@ -315,11 +316,10 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._send_message((RESPONSE, request_id, serialize.wrap_large(result)))
         except SerializationError as exc:
-            from .pickle_check import unpicklable_error
-            self._respond_failure(request_id, unpicklable_error(
-                "the result of the function cannot be sent back" if service == "functions"
-                else f"the result of {service}.{method} cannot be sent back", [("result", result)],
-                "return something picklable", exc), service, method)
+            what = ("the result of the function" if service == "functions"
+                    else f"the result of {service}.{method}")
+            self._respond_failure(request_id, unpicklable_result(f"{what} cannot be sent back", result, exc),
+                                  service, method)
         except MessageTooLarge as exc:
             self._respond_failure(request_id, exc, service, method)
 

@@ -21,9 +21,8 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import cloudpickle
-
 from .errors import SerializationError
+from .serialize import pickle_any
 
 MAX_PARTS = 10_000  # pickling attempts per search
 MAX_DEPTH = 100     # nesting levels followed
@@ -87,20 +86,10 @@ def reason(exc: BaseException | None) -> str:
     return text
 
 
-def _out_of_band(_buf) -> bool:
-    return False  # buffers are not copied: only whether pickling works matters
-
-
 def try_pickle(obj) -> BaseException | None:
     """None if ``obj`` pickles as ``serialize.dumps`` would pickle it, else the error."""
     try:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=_out_of_band)
-        if b"__main__" not in data:
-            return None
-    except Exception:
-        pass
-    try:
-        cloudpickle.dumps(obj, protocol=5, buffer_callback=_out_of_band)
+        pickle_any(obj, [])
     except Exception as exc:
         return exc
     return None
@@ -352,6 +341,11 @@ def describe(found: Unpicklable, path: str | None = None) -> str:
     name = found.type_name
     return (f"{short_path(found.path if path is None else path)} is {_article(name)} {name}, "
             f"which cannot be pickled ({reason(found.error)})")
+
+
+def unpicklable_result(what: str, result: Any, cause: BaseException) -> UnpicklableError:
+    """The error for a result that cannot be sent back, naming the part of ``result``."""
+    return unpicklable_error(what, [("result", result)], "return something picklable", cause)
 
 
 def unpicklable_error(what: str, parts: list[tuple[str, Any]], advice: str,

@@ -77,21 +77,26 @@ def _buffer_callback(buffers: list):
     return callback
 
 
+def pickle_any(obj, buffers: list) -> bytes:
+    """The pickle of ``obj``, large buffers appended to ``buffers``: the standard pickler,
+    else cloudpickle. Raises the pickler's own error."""
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
+        if b"__main__" not in data:
+            return data
+    except Exception:
+        pass
+    buffers.clear()
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
+
+
 def dumps(obj) -> tuple[bytes, list]:
     """Pickle ``obj``; return the pickle and the list of out-of-band buffers."""
     buffers: list = []
     try:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
-        if b"__main__" not in data:
-            return data, buffers
-    except Exception:
-        pass
-    buffers = []
-    try:
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
+        return pickle_any(obj, buffers), buffers
     except Exception as exc:
         raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
-    return data, buffers
 
 
 def loads(data, buffers=()):
@@ -123,16 +128,14 @@ def dump_exception(exc: BaseException) -> tuple:
     return payload, exc_type, str(exc), tb_text, frames
 
 
-def load_exception(payload, frames, fold: bool = True):
+def load_exception(payload, frames):
     """``payload`` (an exception) with the remote traceback; framework frames folded.
 
     Sets ``remote_frames_folded`` on it to the number of frames left out.
     """
     if payload is not None and frames:
         try:
-            folded = 0
-            if fold:
-                frames, folded = remote_tb.fold(frames)
+            frames, folded = remote_tb.fold(frames)
             payload = payload.with_traceback(remote_tb.rebuild(frames))
             payload.remote_frames_folded = folded
         except Exception:
