@@ -15,6 +15,7 @@ setup(
         "yappi>=1.4",
         "numpy>=1.22",
         "tqdm>=4.60",
+        "cryptography>=41",
     ],
     extras_require={
         "test": [

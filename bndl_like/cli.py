@@ -2,7 +2,8 @@
 
 Every option can also be set with the environment variable ``BNDL_LIKE_<OPTION>``
 (``--secret-file`` is ``BNDL_LIKE_SECRET_FILE``); the secret itself comes from
-``--secret-file`` or ``BNDL_LIKE_SECRET``, never from the command line.
+``--secret-file`` or ``BNDL_LIKE_SECRET`` (or, on loopback only, the local secret),
+never from the command line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import sys
 from . import config
 
 log = logging.getLogger("bndl_like.cli")
+
+NO_SECRET_OPTION = ("--secret is not an option: a secret on the command line is visible to every user "
+                    "in ps; put it in a file (chmod 600) and pass --secret-file, or set BNDL_LIKE_SECRET")
 
 
 def _env(name: str) -> str:
@@ -41,12 +45,21 @@ def _option(parser, name: str, help: str, **kw) -> None:
 def _cluster_options(parser) -> None:
     _option(parser, "seeds", "comma separated addresses of nodes to join, tcp://host:port")
     _option(parser, "cluster", "cluster name; nodes of different clusters refuse each other")
-    _option(parser, "secret-file", "file holding the cluster secret, readable by its owner only "
-                                   "(else the secret comes from BNDL_LIKE_SECRET)")
+    _option(parser, "secret-file", "file holding the cluster secret (at least 16 bytes), yours and "
+                                   "mode 0600; else BNDL_LIKE_SECRET, else, when every address is on "
+                                   "loopback, the local secret of this user")
+    _option(parser, "tls-cert", "this node's TLS certificate (PEM), signed by --tls-ca")
+    _option(parser, "tls-key", "the private key of --tls-cert (PEM)")
+    _option(parser, "tls-ca", "the cluster's CA certificate (PEM): peers must present a certificate "
+                              "it signed")
 
 
-def _worker_options(parser) -> None:
-    _option(parser, "listen", "address to listen on; a taken port walks up to the next free one",
+def _worker_options(parser, supervisor: bool = False) -> None:
+    shared = ("; the workers share it, so an explicit port walks up for them (5000 is 5000+)"
+              if supervisor else "")
+    _option(parser, "listen", "address to listen on, tcp://host:port: port 0 picks a free port, an "
+                              "explicit port is bound exactly (failing with who holds it), "
+                              f"tcp://host:5000+ walks up to the next free port{shared}",
             default="tcp://127.0.0.1:0")
     _cluster_options(parser)
     _option(parser, "concurrency", "threads running tasks at once, at most", type=int, default=1)
@@ -55,12 +68,27 @@ def _worker_options(parser) -> None:
             type=float, default=6.0)
 
 
-def _secret(args) -> bytes | None:
-    from .deploy.secret import read_secret_file
+def _on_loopback(addresses) -> bool:
+    from .rmi import parse_address
+
+    try:
+        return all(parse_address(a).is_loopback for a in addresses)
+    except ValueError:  # a bad address fails later, naming itself
+        return False
+
+
+def _secret(args, *addresses) -> bytes:
+    """From --secret-file, else BNDL_LIKE_SECRET, else the local secret if ``addresses`` are loopback."""
+    from .rmi.secrets import ENV_VAR, read_secret_file, resolve_secret
 
     if args.secret_file:
+        os.environ.pop(ENV_VAR, None)  # unused, and no child process should inherit it
         return read_secret_file(args.secret_file)
-    return config.secret()
+    return resolve_secret(None, local_ok=_on_loopback(addresses))
+
+
+def _tls(args) -> dict:
+    return {"tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_ca": args.tls_ca}
 
 
 def _seeds(args) -> list[str]:
@@ -74,9 +102,10 @@ async def _run_worker(args) -> None:
     from .profile.service import ProfilingService
     from .rmi import Node
 
-    node = Node(args.name, "worker", listen=args.listen, seeds=_seeds(args), cluster=args.cluster,
-                secret=_secret(args), heartbeat_timeout=args.heartbeat_timeout,
-                heartbeat_interval=min(1.0, args.heartbeat_timeout / 4))
+    seeds = _seeds(args)
+    node = Node(args.name, "worker", listen=args.listen, seeds=seeds, cluster=args.cluster,
+                secret=_secret(args, args.listen, *seeds), heartbeat_timeout=args.heartbeat_timeout,
+                heartbeat_interval=min(1.0, args.heartbeat_timeout / 4), **_tls(args))
     logs.set_node_name(node.name)
     functions = FunctionService(max(4, args.concurrency))
     tasks = WorkerService(node, max_threads=max(64, args.concurrency))
@@ -120,10 +149,16 @@ async def _watch_parent(stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
+def _walking(listen: str) -> str:
+    """The workers' --listen: an explicit port walks up (``+``), as several workers share it."""
+    port = listen.rsplit(":", 1)[-1]
+    return listen + "+" if port.isdigit() and int(port) != 0 else listen
+
+
 def _worker_argv(args) -> list[str]:
-    """The supervisor's options that its workers take, as arguments (the secret via env/file)."""
-    argv = []
-    for name in ("listen", "seeds", "cluster", "secret-file", "concurrency", "heartbeat-timeout"):
+    """The supervisor's options that its workers take, as arguments (the secret goes by env)."""
+    argv = ["--listen", _walking(args.listen)]
+    for name in ("seeds", "cluster", "concurrency", "heartbeat-timeout", "tls-cert", "tls-key", "tls-ca"):
         value = getattr(args, name.replace("-", "_"))
         if value is not None:
             argv += ["--" + name, str(value)]
@@ -132,10 +167,18 @@ def _worker_argv(args) -> list[str]:
 
 def _supervise(args) -> int:
     from .deploy.supervisor import Supervisor
+    from .rmi.secrets import ENV_VAR
+    from .rmi.tls import tls_contexts
 
-    if args.secret_file:
-        _secret(args)  # fail here, once, rather than in every worker
-    supervisor = Supervisor(args.workers, _worker_argv(args), max_restarts=args.max_restarts)
+    # read once here, and fail here rather than in every worker
+    secret = _secret(args, args.listen, *_seeds(args))
+    if any(_tls(args).values()):
+        tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)
+    # the secret reaches the workers in their environment only, never on a command line;
+    # each worker removes it from its own environment as it reads it
+    env = {name: value for name, value in os.environ.items() if name != _env("secret-file")}
+    env[ENV_VAR] = os.fsdecode(secret)
+    supervisor = Supervisor(args.workers, _worker_argv(args), env=env, max_restarts=args.max_restarts)
     return supervisor.run()
 
 
@@ -146,7 +189,8 @@ def _status(args) -> int:
     if not seeds:
         print("bndl-like status: no seeds given (--seeds or BNDL_LIKE_SEEDS)", file=sys.stderr)
         return 2
-    workers = asyncio.run(cluster_status(seeds, _secret(args), args.cluster, args.timeout))
+    workers = asyncio.run(cluster_status(seeds, _secret(args, *seeds), args.cluster, args.timeout,
+                                         **_tls(args)))
     if not workers:
         print(f"bndl-like status: no worker answered through {', '.join(map(str, seeds))} "
               f"within {args.timeout:.0f}s", file=sys.stderr)
@@ -163,7 +207,8 @@ def _shell(args) -> int:
     if not seeds:
         print("bndl-like shell: no seeds given (--seeds or BNDL_LIKE_SEEDS)", file=sys.stderr)
         return 2
-    with ExecutionContext(seeds=seeds, secret=_secret(args), cluster=args.cluster) as ctx:
+    secret = _secret(args, config.get("listen"), *seeds)
+    with ExecutionContext(seeds=seeds, secret=secret, cluster=args.cluster, **_tls(args)) as ctx:
         count = ctx.await_workers(connect_timeout=args.timeout)
         banner = (f"bndl_like {bndl_like.__version__}: ctx is connected to {count} workers "
                   f"through {', '.join(map(str, seeds))}")
@@ -188,31 +233,36 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bndl-like", description=__doc__,
+    # allow_abbrev=False: no option is taken for a longer one it abbreviates (--secret-f)
+    parser = argparse.ArgumentParser(prog="bndl-like", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _option(parser, "log-level", "DEBUG, INFO, WARNING or ERROR; default INFO for worker and "
                                  "supervisor, WARNING otherwise")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="run one worker process")
+    worker = sub.add_parser("worker", help="run one worker process", allow_abbrev=False)
     _worker_options(worker)
 
-    supervisor = sub.add_parser("supervisor", help="run and keep running N workers on this host")
+    supervisor = sub.add_parser("supervisor", help="run and keep running N workers on this host",
+                                allow_abbrev=False)
     _option(supervisor, "workers", "worker processes to keep running", type=int,
             default=os.cpu_count() or 1)
     _option(supervisor, "max-restarts", "restarts of one worker within 60s that make a crash loop",
             type=int, default=5)
-    _worker_options(supervisor)
+    _worker_options(supervisor, supervisor=True)
 
-    status = sub.add_parser("status", help="list the workers of a cluster, their load and uptime")
+    status = sub.add_parser("status", help="list the workers of a cluster, their load and uptime",
+                            allow_abbrev=False)
     _cluster_options(status)
     _option(status, "timeout", "seconds to wait for workers to answer", type=float, default=5.0)
 
-    shell = sub.add_parser("shell", help="an interactive Python with ctx connected to a cluster")
+    shell = sub.add_parser("shell", help="an interactive Python with ctx connected to a cluster",
+                           allow_abbrev=False)
     _cluster_options(shell)
     _option(shell, "timeout", "seconds to wait for a first worker", type=float, default=5.0)
 
-    demo = sub.add_parser("demo", help="run the main job (a word count DAG) on a local cluster")
+    demo = sub.add_parser("demo", help="run the main job (a word count DAG) on a local cluster",
+                          allow_abbrev=False)
     demo.add_argument("--workers", type=int, default=None,
                       help="local worker processes (default: the number of CPUs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -225,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .deploy import logs
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--secret" or arg.startswith("--secret=") for arg in argv):
+        print(f"bndl-like: {NO_SECRET_OPTION}", file=sys.stderr)  # and never the value
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -240,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "shell":
             return _shell(args)
         return _demo(args)
-    except ValueError as exc:  # a bad option or secret file: one clear line
+    except ValueError as exc:  # a bad option, secret or TLS file: one clear line
         print(f"bndl-like {args.command}: {exc}", file=sys.stderr)
         return 2
 

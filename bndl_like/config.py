@@ -64,6 +64,13 @@ def _addresses(value) -> list[str]:
     return [str(parse_address(v)) for v in value]
 
 
+def _existing_file(value) -> str:
+    value = os.fspath(value)
+    if not os.path.isfile(value):
+        raise ValueError("no such file")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -79,6 +86,9 @@ OPTIONS = {o.name: o for o in [
     Option("heartbeat_interval", 1.0, _positive_float, "seconds between heartbeats"),
     Option("heartbeat_timeout", 6.0, _positive_float,
            "seconds of silence after which a peer is declared lost"),
+    Option("tls_cert", None, _existing_file, "this node's TLS certificate (PEM), signed by tls_ca"),
+    Option("tls_key", None, _existing_file, "the private key of tls_cert (PEM)"),
+    Option("tls_ca", None, _existing_file, "the cluster's CA certificate (PEM) that signs every node's"),
     Option("connect_timeout", 5.0, _positive_float, "seconds to wait for a connection handshake"),
     Option("max_message_size", 4 << 30, _positive_int, "largest message accepted, in bytes"),
     Option("execute.concurrency", 1, _positive_int, "tasks running at once per worker"),
@@ -112,15 +122,3 @@ def get(name: str, value: Any = None) -> Any:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid value for {name} ({source}): {value!r}: {exc}") from None
 
-
-def secret(value: str | bytes | None = None) -> bytes | None:
-    """The cluster secret: the argument, else ``BNDL_LIKE_SECRET``, else None."""
-    if value is None:
-        value = os.environ.get("BNDL_LIKE_SECRET") or None
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.encode()
-    if not isinstance(value, bytes) or not value:
-        raise ValueError("the secret must be a non-empty str or bytes")
-    return value

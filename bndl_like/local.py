@@ -18,16 +18,21 @@ class LocalWorkers:
     Like the ``supervisor`` command, a worker that dies is started again (with
     back-off, giving up on a crash loop), so a local cluster heals itself the way
     dask's nanny does; every worker is stopped by pid on :meth:`stop`, and gets
-    SIGTERM if this process dies.
+    SIGTERM if this process dies. The secret reaches the workers in their
+    environment (each removes it as it reads it); TLS files by name.
     """
 
     def __init__(self, count: int, seed: str, secret: bytes, cluster: str = "default",
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, *, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_ca: str | None = None):
         if count < 1:
             raise ValueError(f"workers must be >= 1, not {count}")
         env = dict(os.environ)
         env.update(extra_env or {})
-        env["BNDL_LIKE_SECRET"] = secret.decode() if isinstance(secret, bytes) else secret
+        env["BNDL_LIKE_SECRET"] = os.fsdecode(secret)
+        for name, path in (("TLS_CERT", tls_cert), ("TLS_KEY", tls_key), ("TLS_CA", tls_ca)):
+            if path is not None:
+                env["BNDL_LIKE_" + name] = os.path.abspath(path)
         env["BNDL_LIKE_CLUSTER"] = cluster
         env.setdefault("BNDL_LIKE_LOG_LEVEL", "WARNING")
         for name in ("BNDL_LIKE_SEEDS", "BNDL_LIKE_LISTEN", "BNDL_LIKE_SECRET_FILE", "BNDL_LIKE_NAME"):

@@ -13,8 +13,23 @@ import time
 import pytest
 
 from bndl_like.rmi import Node
+from bndl_like.rmi import secrets as rmi_secrets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_SECRET = "test-secret-of-the-rmi-tests-0123456789"
+
+
+@pytest.fixture(scope="session")
+def _runtime_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("runtime"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_env_secret(monkeypatch, _runtime_dir):
+    """A BNDL_LIKE_SECRET read by one test is not remembered for the next; the local secret
+    of nodes on loopback given none lives in the test session's own runtime dir."""
+    monkeypatch.setattr(rmi_secrets, "_env_secret", None)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", _runtime_dir)
 
 
 async def wait_for_condition(predicate, timeout: float = 10.0, interval: float = 0.01,
@@ -39,7 +54,7 @@ def wait_until(predicate, timeout: float = 15.0, message: str = "condition") -> 
 class PeerProcess:
     """A node in a child process running tests/rmi/peer_process.py."""
 
-    def __init__(self, name: str, seeds=(), secret: str | None = "test-secret", **options):
+    def __init__(self, name: str, seeds=(), secret: str | None = TEST_SECRET, **options):
         cmd = [sys.executable, "-m", "tests.rmi.peer_process", "--name", name]
         if seeds:
             cmd += ["--seeds", ",".join(seeds)]
@@ -99,7 +114,7 @@ async def make_node():
     nodes: list[Node] = []
 
     async def make(name: str | None = None, node_type: str = "driver", **options) -> Node:
-        options.setdefault("secret", "test-secret")
+        options.setdefault("secret", TEST_SECRET)
         options.setdefault("listen", "tcp://127.0.0.1:0")
         node = Node(name, node_type, **options)
         await node.start()

@@ -8,10 +8,13 @@ from ..rmi import Node, NotConnected, RemoteError
 
 
 async def cluster_status(seeds: list, secret: bytes | None, cluster: str | None,
-                         timeout: float = 5.0) -> list[dict]:
-    """Join through ``seeds``, wait until the set of peers settles, ask each worker."""
+                         timeout: float = 5.0, **node_options) -> list[dict]:
+    """Join through ``seeds``, wait until the set of peers settles, ask each worker.
+
+    ``node_options`` go to the Node that joins (``tls_cert``, ``tls_key``, ``tls_ca``).
+    """
     node = Node(node_type="driver", listen="tcp://127.0.0.1:0", seeds=seeds, secret=secret,
-                cluster=cluster)
+                cluster=cluster, **node_options)
     await node.start()
     try:
         loop = asyncio.get_running_loop()

@@ -8,7 +8,8 @@ runs ``cmd`` on the worker in its own process group and returns a
 - ``cmd`` is a list of arguments run without a shell, or a ``str`` run with
   ``/bin/sh -c`` (only a ``str`` goes through a shell).
 - ``env`` adds variables to the worker's environment; its ``PATH``, if given,
-  is *prepended* to the worker's ``PATH``.
+  is *prepended* to the worker's ``PATH``. ``BNDL_LIKE_SECRET`` is never
+  passed on from the worker's environment.
 - stdout and stderr are captured, keeping only the last ``output_limit`` bytes
   of each (default 64 KiB), and decoded with ``errors='replace'``.
 - A non-zero exit (or death by a signal) raises :class:`CommandFailed`; the
@@ -38,6 +39,7 @@ import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ..rmi.secrets import ENV_VAR as SECRET_ENV_VAR
 from .errors import TaskCancelled
 from .tasks import RmiTask
 
@@ -167,10 +169,10 @@ def signal_command(key: Hashable, sig: int) -> bool:
 # -- running a command --------------------------------------------------------------------------
 
 
-def _command_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
-    if not env:
-        return None
-    merged = dict(os.environ)
+def _command_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The worker's environment plus ``env``, without the cluster secret the worker may still hold."""
+    env = env or {}
+    merged = {name: value for name, value in os.environ.items() if name != SECRET_ENV_VAR}
     for name, value in env.items():
         merged[str(name)] = str(value)
     if "PATH" in env and os.environ.get("PATH"):

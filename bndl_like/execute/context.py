@@ -116,17 +116,20 @@ class ExecutionContext(ExecutorMixin):
 
     ``ExecutionContext()`` starts a local cluster of ``os.cpu_count()`` worker
     processes (or joins ``BNDL_LIKE_SEEDS`` when set); ``seeds=[...]`` joins a
-    cluster; ``seeds=[]`` makes this driver the seed workers join.
+    cluster; ``seeds=[]`` makes this driver the seed workers join. ``tls_cert``,
+    ``tls_key`` and ``tls_ca`` (PEM files) turn on TLS, for a local cluster's workers too.
     """
 
     def __init__(self, seeds: Iterable[str] | None = None, secret: str | bytes | None = None, *,
                  listen: str | None = None, workers: int | None = None, cluster: str | None = None,
-                 progress: bool | None = None, **node_options):
+                 progress: bool | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_ca: str | None = None, **node_options):
         if seeds is None and not os.environ.get(config.env_name("seeds")):
             local_workers = workers if workers is not None else (os.cpu_count() or 1)
             if not isinstance(local_workers, int) or isinstance(local_workers, bool) or local_workers < 1:
                 raise ValueError(f"workers must be a positive int, not {workers!r}")
-            secret = secret or LocalWorkers.new_secret()
+            if secret is None:
+                secret = LocalWorkers.new_secret()
             seeds = []
             listen = listen or "tcp://127.0.0.1:0"
         else:
@@ -135,8 +138,9 @@ class ExecutionContext(ExecutorMixin):
             local_workers = 0
         self._io = _LoopThread("bndl-like-driver")
         self._loop = self._io.loop
+        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
         self._node = Node(node_type="driver", listen=listen, seeds=seeds, secret=secret,
-                          cluster=cluster, **node_options)
+                          cluster=cluster, **tls, **node_options)
         self._node.add_service("driver", _DriverService(self))
         self._runs: dict[int, JobRun] = {}
         self.jobs: list[Job] = []
@@ -151,7 +155,7 @@ class ExecutionContext(ExecutorMixin):
             self._io.run(self._start())
             if local_workers:
                 self._local = LocalWorkers(local_workers, self._node.addresses[0],
-                                           self._node.secret, self._node.cluster)
+                                           self._node.secret, self._node.cluster, **tls)
         except BaseException:
             self.close()
             raise

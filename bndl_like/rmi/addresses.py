@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from typing import NamedTuple
 
 
 class Address(NamedTuple):
+    """``tcp://host:port``; ``tcp://host:port+`` (``walk``) takes the next free port from ``port`` up."""
+
     host: str
     port: int
+    walk: bool = False
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        return f"tcp://{host}:{self.port}{'+' if self.walk else ''}"
 
     @property
     def is_loopback(self) -> bool:
@@ -30,7 +34,8 @@ class Address(NamedTuple):
 
 
 def parse_address(text: str | Address) -> Address:
-    """Parse ``tcp://host:port`` (also ``host:port``); raise ValueError naming the text."""
+    """Parse ``tcp://host:port`` (also ``host:port``, and ``port+`` to walk up from a taken
+    port); raise ValueError naming the text."""
     if isinstance(text, Address):
         return text
     if not isinstance(text, str):
@@ -47,6 +52,9 @@ def parse_address(text: str | Address) -> Address:
         host, sep, port = rest.rpartition(":")
         if not sep:
             raise ValueError(f"address {text!r} has no port; use tcp://host:port")
+    walk = port.endswith("+")
+    if walk:
+        port = port[:-1]
     try:
         port_number = int(port)
     except ValueError:
@@ -55,7 +63,9 @@ def parse_address(text: str | Address) -> Address:
         raise ValueError(f"address {text!r}: port {port_number} out of range")
     if not host:
         raise ValueError(f"address {text!r} has no host")
-    return Address(host, port_number)
+    if walk and port_number == 0:
+        raise ValueError(f"address {text!r}: port 0 already means any free port; drop the '+'")
+    return Address(host, port_number, walk)
 
 
 def advertised_hosts(host: str) -> list[str]:
@@ -99,3 +109,42 @@ def _interface_ips() -> list[str]:
                 continue
             ips.append(socket.inet_ntoa(packed[20:24]))
     return ips
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on TCP ``port`` here: ``pid N (command), uid U`` as far as /proc tells (Linux)."""
+    inodes: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes[fields[9]] = fields[7]  # inode -> uid
+        except (OSError, ValueError, IndexError):
+            continue
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]": inode for inode in inodes}
+    for pid in filter(str.isdigit, _listdir("/proc")):
+        for fd in _listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link in targets:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        command = " ".join(f.read().decode(errors="replace").replace("\0", " ").split())
+                except OSError:
+                    command = "?"
+                return f"pid {pid} ({command[:120]}), uid {inodes[targets[link]]}"
+    return f"uid {next(iter(inodes.values()))}, a process this user cannot see"
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

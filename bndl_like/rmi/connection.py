@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # message tuples, the first item says which
 REQUEST, RESPONSE, FAILURE, NOTICE = 0, 1, 2, 3
 
-HANDSHAKE_KINDS = frozenset({protocol.HELLO, protocol.AUTH, protocol.AUTH_OK, protocol.REJECT,
-                             protocol.MESSAGE, protocol.PING, protocol.CLOSE})
+# the receive buffer of an authenticated connection (an unauthenticated one has a small one)
+RECEIVE_BUFFER = 1 << 18
 CORK_LIMIT = 1 << 16
 # frames larger than this are streamed out in steps of STREAM_STEP as the socket drains
 STREAM_MIN = 1 << 20
@@ -53,11 +53,13 @@ class Connection(asyncio.BufferedProtocol):
         self.remote = remote  # the address of the other end, for messages
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder(protocol.HANDSHAKE_MAX_MESSAGE, kinds=HANDSHAKE_KINDS)
+        # until the peer proved the secret: handshake frames only, small, no out-of-band parts
+        self.decoder = FrameDecoder(protocol.HANDSHAKE_MAX_MESSAGE, protocol.HANDSHAKE_BUFFER,
+                                    kinds=protocol.HANDSHAKE_KINDS, max_parts=0)
         self.decoder.one_frame = True
         self._awaiting_upgrade = role == "client"
         self._http = bytearray()
-        self._http_view = memoryview(bytearray(4096))
+        self._http_view = memoryview(bytearray(4096)) if role == "client" else None
         self.established: asyncio.Future = self.loop.create_future()
         self.established.add_done_callback(_consume)
         self.closed: asyncio.Future = self.loop.create_future()
@@ -111,15 +113,26 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.role == "client":
+            # the HELLO goes right behind the upgrade request: the server keeps those bytes
             host = self.remote
             transport.write(
                 f"GET /rmi HTTP/1.1\r\nHost: {host}\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
-                f"Connection: Upgrade\r\nContent-Length: 0\r\n\r\n".encode())
+                f"Connection: Upgrade\r\nContent-Length: 0\r\n\r\n".encode()
+                + b"".join(self.handshake.start()))
         else:
             transport.write(
                 f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
-                f"Connection: Upgrade\r\n\r\n".encode())
-            self._write(self.handshake.start())
+                f"Connection: Upgrade\r\n\r\n".encode() + b"".join(self.handshake.start()))
+
+    def receive_early(self, data: bytes) -> None:
+        """Bytes the peer sent behind its upgrade request, before this protocol took over."""
+        data = memoryview(data)
+        while data and not self.is_closed:
+            buf = self.get_buffer(-1)
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            data = data[n:]
+            self.buffer_updated(n)
 
     def get_buffer(self, sizehint: int):
         if self._awaiting_upgrade:
@@ -136,8 +149,10 @@ class Connection(asyncio.BufferedProtocol):
                 return
             self._on_frames(self.decoder.buffer_updated(nbytes))
         except ProtocolError as exc:
-            log.warning("%s: closing connection from %s: %s", self.node.name, self._who(), exc)
-            self.close(f"protocol error: {exc}", notify=True)
+            self.node.refusals.log(self.remote, "%s: closing connection %s %s: %s", self.node.name,
+                                   "to" if self.role == "client" else "from", self._who(), exc)
+            # a CLOSE would be sealed with the keys of a stream that can no longer be trusted
+            self.close(f"protocol error: {exc}", notify=False, abort=True)
         except HandshakeError as exc:
             self._handshake_failed(exc)
 
@@ -196,31 +211,36 @@ class Connection(asyncio.BufferedProtocol):
             return
         rest = bytes(self._http[end + 4:])
         self._awaiting_upgrade = False
-        self._http = None
-        self._write(self.handshake.start())
+        self._http = self._http_view = None
         if rest:
             self._on_frames(self.decoder.feed(rest))
 
     def _handshake_failed(self, exc: HandshakeError) -> None:
-        if exc.reject:
+        if exc.reject and self.transport is not None:
             self._write(exc.reject)
             self._flush()
-        log.warning("%s: refused connection %s %s: %s", self.node.name,
-                    "to" if self.role == "client" else "from", self._who(), exc.reason)
+        self.node.refusals.log(self.remote, "%s: refused connection %s %s: %s", self.node.name,
+                               "to" if self.role == "client" else "from", self._who(), exc.reason)
         if not self.established.done():
             self.established.set_exception(exc)
         self.close(exc.reason, notify=False)
 
     def _on_handshake_frame(self, frame: Frame) -> None:
-        had_hello = self.handshake.peer_hello is not None
-        out = self.handshake.receive(frame)
-        if not had_hello and self.handshake.peer_hello is not None:
-            self.node._on_peer_hello(self)  # may raise HandshakeError (self / duplicate dial)
+        handshake = self.handshake
+        out = handshake.receive(frame)
         if out:
             self._write(out)
-        if self.handshake.done:
-            self.decoder.max_message_size = self.max_message_size
-            self.decoder.kinds = frozenset(protocol.KIND_NAMES)
+        if handshake.opener is not None and self.decoder.opener is None:
+            # the peer proved the secret: from its next frame on every frame is sealed, and
+            # only now may it send large frames and out-of-band parts
+            decoder = self.decoder
+            decoder.seal(handshake.opener)
+            decoder.max_message_size = self.max_message_size
+            decoder.kinds = frozenset(protocol.KIND_NAMES)
+            decoder.max_parts = protocol.MAX_PARTS
+            decoder.resize(RECEIVE_BUFFER)
+            self.node._on_authenticated(self)
+        if handshake.done:
             self.decoder.one_frame = False
             self.node._on_established(self)
             if not self.established.done():
@@ -240,7 +260,8 @@ class Connection(asyncio.BufferedProtocol):
         elif kind == protocol.PING:
             pass
         elif kind == protocol.CLOSE:
-            reason = bytes(frame.main).decode(errors="replace") or "no reason given"
+            reason = protocol.clean_text(bytes(frame.main).decode(errors="replace"), 300) \
+                or "no reason given"
             self.said_goodbye = True
             self.close(f"closed by the peer: {reason}", notify=False)
         elif kind == protocol.RETIRE and self.handshake.done:
@@ -257,7 +278,7 @@ class Connection(asyncio.BufferedProtocol):
         log.error("%s: could not unpickle a message from %s: %s", self.node.name, self._who(), exc)
 
     def _on_message(self, msg) -> None:
-        kind = msg[0]
+        kind = _envelope_kind(msg)
         if kind == RESPONSE:
             future = self._pending.pop(msg[1], None)
             if future is not None and not future.done():
@@ -270,10 +291,8 @@ class Connection(asyncio.BufferedProtocol):
             self.node._on_call_done(self)
         elif kind == REQUEST:
             self._handle_request(msg[1], msg[2], msg[3], msg[4], msg[5])
-        elif kind == NOTICE:
-            self._handle_request(None, msg[2], msg[3], msg[4], msg[5])
         else:
-            log.error("%s: unknown message kind %r from %s", self.node.name, kind, self._who())
+            self._handle_request(None, msg[2], msg[3], msg[4], msg[5])
 
     def _handle_request(self, request_id, service, method, args, kwargs) -> None:
         self.in_progress += 1
@@ -352,38 +371,53 @@ class Connection(asyncio.BufferedProtocol):
         if size > self.max_message_size:
             raise MessageTooLarge(f"message of {size} bytes exceeds the maximum message size "
                                   f"of {self.max_message_size} bytes (rmi max_message_size)")
-        self._write(protocol.encode(protocol.MESSAGE, data, buffers))
+        self._send_frame(protocol.MESSAGE, data, buffers, size)
+
+    def _send_frame(self, kind: int, main: bytes = b"", parts=(), size: int = 0) -> None:
+        """Seal (once the handshake is through) and write one frame."""
+        if self.transport is None:
+            raise NotConnected(self._lost_message())
+        sealer = self.handshake.sealer
+        if sealer is None:
+            self._write(protocol.encode(kind, main, parts))
+        elif size <= STREAM_MIN:
+            self._write(sealer.seal(kind, main, parts))
+        else:
+            self._write(sealer.seal_stream(kind, main, parts, STREAM_STEP))
 
     def _write(self, chunks) -> None:
+        """Write a frame: a list of chunks, or an iterator of pieces to stream as the socket drains."""
         if self.transport is None:
             raise NotConnected(self._lost_message())
         self.last_sent = self.loop.time()
         if self._streaming:
             self._backlog.append(chunks)  # behind the large frame being streamed out
             return
-        if len(chunks) == 1 and len(chunks[0]) < CORK_LIMIT:
-            self._out.append(chunks[0])
-            if self._flush_handle is None:
-                self._flush_handle = self.loop.call_soon(self._flush)
-            return
-        self._flush()
-        if protocol.frame_size(chunks) <= STREAM_MIN:
+        if type(chunks) is list:
+            if len(chunks) == 1 and len(chunks[0]) < CORK_LIMIT:
+                self._out.append(chunks[0])
+                if self._flush_handle is None:
+                    self._flush_handle = self.loop.call_soon(self._flush)
+                return
+            self._flush()
             for chunk in chunks:
                 self.transport.write(chunk)
             return
+        self._flush()
         self._streaming = True
         task = self.loop.create_task(self._stream(chunks))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _stream(self, chunks) -> None:
+    async def _stream(self, pieces) -> None:
         """Write a large frame in steps as the socket drains.
 
         One ``transport.write`` of the whole frame would copy all that the first
         send() did not take into the transport's buffer; in steps, at most a step is.
+        The sealer hashes each piece as it is taken, so the MAC overlaps the sending.
         """
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
             for offset in range(0, view.nbytes, STREAM_STEP):
                 if self.transport is None or self.is_closed:
                     return
@@ -404,12 +438,12 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_ping(self) -> None:
-        self._write(protocol.encode(protocol.PING))
+        self._send_frame(protocol.PING)
 
     def send_retire(self) -> None:
         if not self.retired_local and not self.is_closed:
             self.retired_local = True
-            self._write(protocol.encode(protocol.RETIRE))
+            self._send_frame(protocol.RETIRE)
 
     def call(self, service: str, method: str, args: tuple, kwargs: dict) -> asyncio.Future:
         """Send a request; the returned future resolves with the response.
@@ -453,7 +487,7 @@ class Connection(asyncio.BufferedProtocol):
         if transport is not None:
             try:
                 if notify and not abort and self.handshake.done:
-                    self._write(protocol.encode(protocol.CLOSE, reason.encode()[:1024]))
+                    self._send_frame(protocol.CLOSE, reason.encode()[:1024])
                 self._flush()
             except Exception:  # pragma: no cover - the transport is going anyway
                 pass
@@ -481,6 +515,27 @@ class Connection(asyncio.BufferedProtocol):
     async def wait_tasks(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _envelope_kind(msg) -> int:
+    """The kind of a message after checking its shape; ProtocolError names what is wrong."""
+    if type(msg) is not tuple or len(msg) < 3:
+        raise ProtocolError(f"malformed message: expected a message tuple, got {type(msg).__name__}")
+    kind = msg[0]
+    if kind in (RESPONSE, FAILURE) and len(msg) == 3 and type(msg[1]) is int:
+        if kind == FAILURE and (type(msg[2]) is not tuple or len(msg[2]) != 5):
+            raise ProtocolError("malformed message: a failure without its 5-field error")
+        return kind
+    if kind in (REQUEST, NOTICE) and len(msg) == 6:
+        _, request_id, service, method, args, kwargs = msg
+        if ((type(request_id) is int) == (kind == REQUEST) and (kind == REQUEST or request_id is None)
+                and type(service) is str and type(method) is str and type(args) is tuple
+                and type(kwargs) is dict and all(type(k) is str for k in kwargs)):
+            return kind
+        raise ProtocolError(f"malformed message: a {'request' if kind == REQUEST else 'notice'} "
+                            "needs an id, service and method names, an args tuple and a kwargs dict")
+    raise ProtocolError(f"malformed message of kind {protocol.clean_text(repr(kind), 40)} "
+                        f"and {len(msg)} fields")
 
 
 def _consume(future: asyncio.Future) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import hmac
 import itertools
 import logging
 import os
@@ -16,16 +18,19 @@ from aiohttp import web
 
 from .. import config
 from . import protocol
-from .addresses import Address, advertised_hosts, parse_address
+from .addresses import Address, advertised_hosts, parse_address, port_holder
 from .connection import Connection, takes_peer
 from .errors import HandshakeError, NotConnected
+from .guard import PreAuthGuard, RateLimitedLog, quiet_accept_errors, raise_open_files_limit
 from .protocol import Handshake
+from .secrets import resolve_secret, status_token
+from .tls import tls_contexts
 
 log = logging.getLogger(__name__)
 
 NODE_TYPES = ("driver", "worker", "supervisor")
 _node_counter = itertools.count()
-PORT_WALK = 100  # a taken port walks up at most this far
+PORT_WALK = 100  # tcp://host:port+ walks up at most this far
 FORGET_AFTER = 600.0  # a lost peer that was not a seed is redialled this long
 
 
@@ -39,6 +44,44 @@ def _is_local(peer: Peer) -> bool:
         return parse_address(f"tcp://{host}:0").is_loopback
     except ValueError:
         return False
+
+
+class _FrontDoor(asyncio.Protocol):
+    """The first protocol of every accepted connection: an RMI upgrade request is read here
+    (so the bytes behind it are kept), anything else is handed to aiohttp as it came."""
+
+    RMI_REQUEST = b"GET /rmi "
+    MAX_HEAD = 8192
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.transport = None
+        self.data = bytearray()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.node._guard.admit(transport, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        prefix = self.RMI_REQUEST
+        if not self.data.startswith(prefix[:len(self.data)]):
+            self.node._to_http(self.transport, bytes(self.data))
+            return
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.data) > self.MAX_HEAD:
+                self.transport.abort()
+            return
+        data = bytes(self.data)
+        self.data = bytearray()
+        self.node._to_rmi(self.transport, data[:end], data[end + 4:])
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.node._guard.release(self.transport)
 
 
 class Peer:
@@ -142,6 +185,7 @@ class Node:
                  secret: str | bytes | None = None, cluster: str | None = None,
                  ssl_context: ssl_module.SSLContext | None = None,
                  client_ssl_context: ssl_module.SSLContext | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, tls_ca: str | None = None,
                  heartbeat_interval: float | None = None, heartbeat_timeout: float | None = None,
                  connect_timeout: float | None = None, max_message_size: int | None = None):
         if node_type not in NODE_TYPES:
@@ -150,13 +194,19 @@ class Node:
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{next(_node_counter)}"
         self.listen = parse_address(config.get("listen", listen))
         self.seeds = [parse_address(s) for s in (config.get("seeds", seeds) or [])]
-        self.secret = config.secret(secret)
+        walking = [str(s) for s in self.seeds if s.walk]
+        if walking:
+            raise ValueError(f"a seed is one address: drop the '+' of {', '.join(walking)}")
+        local_only = self.listen.is_loopback and all(s.is_loopback for s in self.seeds)
+        self.secret = resolve_secret(secret, local_ok=local_only)
         self.cluster = config.get("cluster", cluster)
-        if self.secret is None and not self.listen.is_loopback:
-            raise ValueError(
-                f"refusing to listen on {self.listen} without a secret: any host could "
-                "join and run code. Pass secret=..., set BNDL_LIKE_SECRET or use "
-                "--secret-file, or listen on 127.0.0.1")
+        if ssl_context is None and client_ssl_context is None:
+            tls = [config.get(n, v) for n, v in (("tls_cert", tls_cert), ("tls_key", tls_key),
+                                                  ("tls_ca", tls_ca))]
+            if any(tls):
+                ssl_context, client_ssl_context = tls_contexts(*tls)
+        elif tls_cert or tls_key or tls_ca:
+            raise ValueError("pass either tls_cert/tls_key/tls_ca or ssl_context, not both")
         self.ssl_context = ssl_context
         self.client_ssl_context = client_ssl_context
         if ssl_context is not None and client_ssl_context is None:
@@ -186,6 +236,11 @@ class Node:
         self.on_peer_added: list[Callable[[Peer], Any]] = []
         self.on_peer_lost: list[Callable[[Peer], Any]] = []
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._guard: PreAuthGuard | None = None
+        self._handler_transports: dict = {}  # aiohttp's handlers of unauthenticated connections
+        # refusals and protocol errors: one log line per source address and interval
+        self.refusals = RateLimitedLog(log)
         self._sock: socket.socket | None = None
         self.started_at: float | None = None
         self.running = False
@@ -218,15 +273,28 @@ class Node:
             return
         self.loop = asyncio.get_running_loop()
         self._wake: asyncio.Future = self.loop.create_future()
+        raised = raise_open_files_limit()
+        if raised:
+            log.debug("raised the open files limit from %d to %d", *raised)
+        quiet_accept_errors()
+        self._guard = PreAuthGuard(self.loop, self.connect_timeout, notices=self.refusals)
         app = web.Application(client_max_size=1 << 16)
-        app.router.add_get("/rmi", self._handle_upgrade)
         app.router.add_get("/status", self._handle_status)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=0.25)
+        # an HTTP connection that sends no (complete) request is closed after connect_timeout
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25,
+                                     keepalive_timeout=self.connect_timeout, max_line_size=4096,
+                                     max_field_size=4096)
         await self._runner.setup()
+        self._guard_http(self._runner.server)
         self._sock = self._bind()
-        site = web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context)
-        await site.start()
+        try:
+            self._server = await self.loop.create_server(lambda: _FrontDoor(self), sock=self._sock,
+                                                         ssl=self.ssl_context, backlog=512)
+        except BaseException:
+            self._sock.close()
+            self._sock = None
+            await self._runner.cleanup()
+            raise
         port = self._sock.getsockname()[1]
         self.addresses = [str(Address(h, port)) for h in advertised_hosts(self.listen.host)]
         self.started_at = time.time()
@@ -235,13 +303,70 @@ class Node:
         self._spawn(self._heartbeat_loop(), "heartbeat")
         log.info("%s (%s) listening on %s", self.name, self.node_type, ", ".join(self.addresses))
 
+    def _guard_http(self, server: web.Server) -> None:
+        """An HTTP connection handed to aiohttp counts against the pre-authentication caps
+        until it closes (aiohttp's Server tells when its handlers' connections go)."""
+        lost = server.connection_lost
+
+        def connection_lost(handler, exc=None) -> None:
+            lost(handler, exc)
+            transport = self._handler_transports.pop(handler, None)
+            if transport is not None:
+                self._guard.release(transport)
+
+        server.connection_lost = connection_lost
+
+    def _to_http(self, transport, data: bytes) -> None:
+        """Hand a connection that is not an RMI upgrade to aiohttp, with what it sent so far."""
+        if self._runner is None or self._runner.server is None:
+            transport.abort()
+            return
+        handler = self._runner.server()
+        self._handler_transports[handler] = transport
+        self._guard.hand_over(transport, transport.abort)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    def _to_rmi(self, transport, head: bytes, rest: bytes) -> None:
+        """Take over a connection that asked for the RMI upgrade (``head``: its request)."""
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if headers.get("upgrade", "").lower() != protocol.UPGRADE_TOKEN or self._stopping:
+            status = "503 Service Unavailable" if self._stopping else "426 Upgrade Required"
+            transport.write(f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                            .encode())
+            transport.close()
+            return
+        peername = transport.get_extra_info("peername") or ("?", 0)
+        conn = Connection(self, "server", self._handshake("server"),
+                          remote=f"{peername[0]}:{peername[1]}")
+        conn.handshake.check_peer = lambda info: self._check_peer(conn, info)
+        self._connections.add(conn)
+        self._guard.hand_over(transport, lambda: conn.close("not authenticated in time", notify=False,
+                                                            abort=True))
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if rest:
+            conn.receive_early(rest)  # the client's HELLO comes right behind its request
+        handle = self.loop.call_later(self.connect_timeout, self._handshake_timeout, conn)
+        conn.closed.add_done_callback(lambda _: handle.cancel())
+
     def _bind(self) -> socket.socket:
-        host, port = self.listen
+        """Bind the listen address: its port exactly, or with ``port+`` the next free one."""
+        host, port, walk = self.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        last_error = None
-        ports = [0] if port == 0 else range(port, min(port + PORT_WALK, 65536))
+        last_error: OSError | None = None
+        ports = range(port, min(port + PORT_WALK, 65536)) if walk else [port]
         for candidate in ports:
             sock = socket.socket(family, socket.SOCK_STREAM)
+            # a restart may bind a port whose old connections linger in TIME_WAIT; on Linux
+            # this never lets two sockets listen on one port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, candidate))
@@ -251,9 +376,17 @@ class Node:
                 last_error = exc
                 continue
             sock.setblocking(False)
+            if walk and candidate != port:
+                log.info("%s: port %d is taken, listening on port %d", self.name, port, candidate)
             return sock
-        raise OSError(f"cannot listen on {self.listen}: no free port in "
-                      f"{port}..{port + PORT_WALK - 1} ({last_error})")
+        if walk:
+            raise OSError(last_error.errno if last_error else None,
+                          f"cannot listen on {self.listen}: no free port in "
+                          f"{port}..{port + PORT_WALK - 1} ({last_error})")
+        holder = port_holder(port) if last_error and last_error.errno == errno.EADDRINUSE else None
+        raise OSError(last_error.errno, f"cannot listen on {self.listen}: {last_error.strerror}"
+                      + (f" (held by {holder})" if holder else "")
+                      + f"; choose another port, or write tcp://{host}:{port}+ to take the next free one")
 
     async def stop(self) -> None:
         """Close every connection, the server and every background task. Idempotent."""
@@ -271,6 +404,11 @@ class Node:
         for conn in list(self._connections):
             await conn.wait_tasks()
         tasks_done = self.loop.time()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._guard is not None:
+            self._guard.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -298,37 +436,17 @@ class Node:
     # -- server side -------------------------------------------------------------------------
 
     async def _handle_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
-
-    async def _handle_upgrade(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() != protocol.UPGRADE_TOKEN:
-            refusal = web.Response(status=426, text=f"this endpoint takes an HTTP upgrade to "
-                                   f"{protocol.UPGRADE_TOKEN}\n")
-            refusal.force_close()
-            return refusal
-        transport = request.transport
-        if transport is None or self._stopping:
-            return web.Response(status=503, text="node stopping\n")
-        peername = transport.get_extra_info("peername") or ("?", 0)
-        conn = Connection(self, "server", self._handshake("server"),
-                          remote=f"{peername[0]}:{peername[1]}")
-        self._connections.add(conn)
-        # take the socket over from aiohttp's HTTP protocol; give it back closed
-        transport.set_protocol(conn)
-        conn.connection_made(transport)
-        handle = self.loop.call_later(self.connect_timeout, self._handshake_timeout, conn)
-        try:
-            await conn.closed
-        finally:
-            handle.cancel()
-            conn.close("server handler finished", notify=False)
-            request.protocol.connection_lost(None)
-        return web.Response()
+        """The node's status for a bearer of the status token; the protocol version to anyone."""
+        expected = f"Bearer {status_token(self.secret)}"
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(errors="replace"), expected.encode()):
+            return web.json_response(self.status())
+        return web.json_response({"protocol": protocol.PROTOCOL_VERSION})
 
     def _handshake_timeout(self, conn: Connection) -> None:
         if not conn.established.done():
-            log.warning("%s: no handshake from %s within %ss, closing", self.name, conn.remote,
-                        self.connect_timeout)
+            self.refusals.log(conn.remote.rsplit(":", 1)[0], "%s: no handshake from %s within %ss, "
+                              "closing", self.name, conn.remote, self.connect_timeout)
             conn.close("handshake timed out", notify=False, abort=True)
 
     def _handshake(self, role: str) -> Handshake:
@@ -375,8 +493,9 @@ class Node:
             task.exception()  # retrieved by the callers of connect()
 
     async def _dial(self, addr: str) -> Peer:
-        host, port = parse_address(addr)
+        host, port, _ = parse_address(addr)
         conn = Connection(self, "client", self._handshake("client"), remote=f"{host}:{port}")
+        conn.handshake.check_peer = lambda info: self._check_peer(conn, info)
         self._connections.add(conn)
         async def open_and_handshake():
             await self.loop.create_connection(
@@ -406,8 +525,10 @@ class Node:
 
     # -- connection events ----------------------------------------------------------------------
 
-    def _on_peer_hello(self, conn: Connection) -> None:
-        name = conn.peer_name
+    def _check_peer(self, conn: Connection, info: dict) -> None:
+        """Refuse an authenticated peer that is this node itself or already connected (a
+        crossing dial); raises HandshakeError."""
+        name = info["name"]
         if name == self.name:
             raise HandshakeError(f"{conn.remote} is this node itself")
         if conn.role != "client":
@@ -419,6 +540,11 @@ class Node:
         peer = self.peers.get(name)
         if peer is not None and any(c.role == "client" for c in peer.connections):
             raise HandshakeError(f"already connected to {name}")
+
+    def _on_authenticated(self, conn: Connection) -> None:
+        """The peer proved the secret: it no longer counts against the pre-auth caps."""
+        if self._guard is not None and conn.transport is not None:
+            self._guard.release(conn.transport)
 
     def _on_established(self, conn: Connection) -> None:
         info = conn.handshake.peer_info
@@ -481,6 +607,8 @@ class Node:
 
     def _on_closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
+        if self._guard is not None and conn.transport is not None:
+            self._guard.release(conn.transport)
         peer = conn.peer
         if peer is None or conn not in peer.connections:
             return

@@ -14,7 +14,7 @@ from ..conftest import wait_until
 from ..execute import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SECRET = "deploy-test-secret"
+SECRET = "deploy-test-secret-0123456789abcdef"
 
 
 def cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
@@ -78,7 +78,7 @@ def test_secret_file_readable_by_others_is_refused(tmp_path):
     os.chmod(path, 0o644)
     result = cli("worker", "--secret-file", str(path), env={"BNDL_LIKE_SECRET": ""})
     assert result.returncode == 2
-    assert "readable by others" in result.stderr and f"chmod 600 {path}" in result.stderr
+    assert "open to group or others" in result.stderr and f"chmod 600 {path}" in result.stderr
 
 
 def test_worker_from_environment_joins_and_logs_parseably(seed_ctx, tmp_path):

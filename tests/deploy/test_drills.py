@@ -118,7 +118,7 @@ def test_wrong_secret_and_garbage_on_a_worker_port(seed_ctx):
                     pass
 
         async def intrude():
-            node = Node("intruder", "driver", secret="wrong-secret")
+            node = Node("intruder", "driver", secret="wrong-secret-of-32-bytes-at-least")
             await node.start()
             try:
                 with pytest.raises(HandshakeError, match="authentication failed"):

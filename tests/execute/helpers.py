@@ -122,3 +122,13 @@ def add_to(x, obj):
 
 def item_plus_total(x, arr):
     return x + float(arr.sum())
+
+
+def secret_in_env(_=None):
+    """Whether BNDL_LIKE_SECRET is in this worker's environment, and in that of a process it starts."""
+    import subprocess
+    import sys
+
+    code = "import os; print('BNDL_LIKE_SECRET' in os.environ)"
+    child = subprocess.check_output([sys.executable, "-c", code], text=True, timeout=30)
+    return "BNDL_LIKE_SECRET" in os.environ, child.strip() == "True"

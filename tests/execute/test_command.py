@@ -16,10 +16,13 @@ from bndl_like import (
     CommandResult,
     CommandTask,
     CommandTimeout,
+    FuncTask,
     Job,
     JobCancelled,
 )
 from bndl_like.execute import command
+
+from . import helpers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,6 +89,24 @@ def test_env_is_added_and_path_prepended(ctx, tmp_path):
     assert foo == "bar baz"
     assert path.startswith(str(tmp_path) + os.pathsep)
     assert path == f"{tmp_path}{os.pathsep}{worker.stdout.strip()}"
+
+
+def test_commands_and_task_processes_never_see_the_cluster_secret(ctx):
+    # the local cluster hands its workers the secret in BNDL_LIKE_SECRET; they drop it on reading
+    code = py("import os; print('BNDL_LIKE_SECRET' in os.environ)")
+    tasks = [CommandTask(ctx, 0, code), CommandTask(ctx, 1, code, env={"EXTRA": "1"}),
+             FuncTask(ctx, 2, helpers.secret_in_env)]
+    plain, with_env, in_task = run(ctx, tasks)
+    assert plain.stdout.strip() == with_env.stdout.strip() == "False"
+    assert in_task == (False, False)
+
+
+def test_command_env_drops_the_secret_the_worker_holds(monkeypatch):
+    monkeypatch.setenv("BNDL_LIKE_SECRET", "held-by-this-worker-0123456789")
+    assert "BNDL_LIKE_SECRET" not in command._command_env(None)
+    env = command._command_env({"PATH": "/extra", "FOO": "1"})
+    assert "BNDL_LIKE_SECRET" not in env and env["FOO"] == "1"
+    assert env["PATH"] == f"/extra{os.pathsep}{os.environ['PATH']}"
 
 
 def test_cwd(ctx, tmp_path):

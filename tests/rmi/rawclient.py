@@ -15,6 +15,7 @@ class RawClient:
         host, port = address[len("tcp://"):].rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.decoder = FrameDecoder(1 << 30)
+        self.sealer = None
 
     def close(self) -> None:
         self.sock.close()
@@ -45,7 +46,10 @@ class RawClient:
 
     def handshake(self, secret, cluster="default", version=protocol.PROTOCOL_VERSION,
                   name="raw-client"):
-        """Run the client side; return None on success or the HandshakeError."""
+        """Run the client side; return None on success or the HandshakeError.
+
+        On success the stream is sealed: ``send_sealed`` frames pass, and frames from
+        the node are checked as the node's own decoder would."""
         hs = Handshake("client", secret, cluster, {"name": name, "node_type": "driver",
                                                    "addresses": []}, version=version)
         self.send(hs.start())
@@ -59,7 +63,13 @@ class RawClient:
                 if exc.reject:
                     self.send(exc.reject)
                 return exc
+            if hs.opener is not None and self.decoder.opener is None:
+                self.decoder.seal(hs.opener)
+        self.sealer = hs.sealer
         return None
+
+    def send_sealed(self, kind, main=b"", parts=()) -> None:
+        self.send(self.sealer.seal(kind, main, parts))
 
     def is_closed_by_peer(self, timeout: float = 5.0) -> bool:
         """Read until the peer closes; True if it did within ``timeout``."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import pytest
 
-from bndl_like.rmi import Node
+from bndl_like.rmi import Node, protocol
 
-from ..conftest import wait_for_condition
+from ..conftest import TEST_SECRET, wait_for_condition
 
 
 async def test_driver_and_three_workers_each_knowing_one_seed(make_node, spawn_peer):
@@ -46,7 +48,7 @@ async def test_worker_that_knows_only_the_driver_is_found(make_node, spawn_peer)
 
 
 async def test_seed_started_after_the_node_is_found(make_node):
-    late = Node("late", "worker", listen="tcp://127.0.0.1:0", secret="test-secret")
+    late = Node("late", "worker", listen="tcp://127.0.0.1:0", secret=TEST_SECRET)
     await late.start()
     address = late.addresses[0]
     await late.stop()
@@ -101,33 +103,71 @@ async def test_status_endpoint(make_node):
     import json
     import urllib.request
 
+    from bndl_like.rmi.secrets import status_token
+
     driver = await make_node("driver")
     worker = await make_node("w", "worker", seeds=[driver.addresses[0]])
     await wait_for_condition(lambda: "w" in driver.peers)
     host, port = driver.addresses[0][len("tcp://"):].rsplit(":", 1)
 
-    def fetch():
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as resp:
+    def fetch(token=None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(f"http://{host}:{port}/status", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, resp.headers["Content-Type"], json.loads(resp.read())
 
-    status, ctype, body = await asyncio.to_thread(fetch)
+    status, ctype, body = await asyncio.to_thread(fetch, status_token(driver.secret))
     assert status == 200 and ctype.startswith("application/json")
     assert body["name"] == "driver" and body["node_type"] == "driver"
     assert [p["name"] for p in body["peers"]] == ["w"]
     assert body["peers"][0]["addresses"] == worker.addresses
+    # without the token, or with another secret's, only the protocol version
+    for token in (None, status_token(b"another secret of 16+ bytes")):
+        status, _, body = await asyncio.to_thread(fetch, token)
+        assert status == 200 and body == {"protocol": protocol.PROTOCOL_VERSION}
 
 
-async def test_taken_port_walks_up(make_node):
+async def test_a_taken_port_walks_up_only_when_asked(make_node, caplog):
+    caplog.set_level("INFO", logger="bndl_like.rmi.node")
     first = await make_node("first")
     port = int(first.addresses[0].rsplit(":", 1)[1])
-    second = await make_node("second", listen=f"tcp://127.0.0.1:{port}")
+    second = await make_node("second", listen=f"tcp://127.0.0.1:{port}+")
     assert int(second.addresses[0].rsplit(":", 1)[1]) > port
+    assert f"port {port} is taken, listening on port" in caplog.text
+
+
+async def test_an_explicit_port_is_bound_exactly_or_names_its_holder(make_node):
+    first = await make_node("first")
+    port = int(first.addresses[0].rsplit(":", 1)[1])
+    with pytest.raises(OSError) as info:
+        await make_node("second", listen=f"tcp://127.0.0.1:{port}")
+    message = str(info.value)
+    assert f"cannot listen on tcp://127.0.0.1:{port}" in message
+    assert f"pid {os.getpid()}" in message  # this test process holds it
+    assert f"tcp://127.0.0.1:{port}+" in message  # and how to walk instead
+
+
+async def test_a_second_process_cannot_take_a_workers_explicit_port(spawn_peer):
+    worker = spawn_peer("worker-1")
+    port = int(worker.address.rsplit(":", 1)[1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import socket; s = socket.socket(); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        f"s.bind(('127.0.0.1', {port})); s.listen()",
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode != 0 and b"Address already in use" in err
+
+
+def test_a_seed_cannot_walk():
+    with pytest.raises(ValueError, match="drop the"):
+        Node("x", seeds=["tcp://127.0.0.1:5000+"], secret=TEST_SECRET)
 
 
 @pytest.mark.parametrize("listen", ["tcp://0.0.0.0:0", "tcp://10.1.2.3:0"])
 def test_non_loopback_listen_without_secret_is_refused(listen, monkeypatch):
     monkeypatch.delenv("BNDL_LIKE_SECRET", raising=False)
-    with pytest.raises(ValueError, match="without a secret"):
+    with pytest.raises(ValueError, match="no cluster secret"):
         Node("x", listen=listen)
 
 

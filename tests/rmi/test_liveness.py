@@ -85,8 +85,8 @@ def test_stop_leaves_nothing_behind():
     fds_before = _open_fds()
 
     async def scenario():
-        a = Node("a", "driver", secret="s")
-        b = Node("b", "worker", secret="s")
+        a = Node("a", "driver", secret="liveness-test-secret-0123456789")
+        b = Node("b", "worker", secret="liveness-test-secret-0123456789")
         await a.start()
         b.seeds = [__import__("bndl_like.rmi", fromlist=["parse_address"]).parse_address(a.addresses[0])]
         await b.start()

@@ -13,7 +13,7 @@ import pytest
 
 from bndl_like.rmi import HandshakeError, Node, NotConnected, protocol
 
-from ..conftest import wait_for_condition
+from ..conftest import TEST_SECRET, wait_for_condition
 from .rawclient import RawClient
 
 
@@ -83,7 +83,7 @@ async def test_pickle_before_handshake_is_never_loaded(cluster, tmp_path):
 
 async def test_node_with_wrong_secret_gets_a_clear_refusal(cluster, make_node):
     driver, worker = cluster
-    intruder = await make_node("intruder", secret="wrong")
+    intruder = await make_node("intruder", secret="wrong-secret-of-32-bytes-at-least")
     with pytest.raises(HandshakeError, match="authentication failed"):
         await intruder.connect(worker.address)
     assert "intruder" not in await driver.peers["worker-1"].call("test", "peers")
@@ -99,7 +99,7 @@ async def test_cluster_and_version_mismatch_name_both_values(cluster, make_node)
     def wrong_version():
         client = RawClient(worker.address)
         client.upgrade()
-        error = client.handshake(b"test-secret", version=99)
+        error = client.handshake(TEST_SECRET.encode(), version=99)
         client.close()
         return error
 
@@ -152,8 +152,8 @@ async def test_truncated_frame_closes_only_that_connection(cluster):
     def attack():
         client = RawClient(worker.address)
         client.upgrade()
-        assert client.handshake(b"test-secret") is None
-        frame = b"".join(protocol.encode(protocol.MESSAGE, pickle.dumps(("x",) * 1000)))
+        assert client.handshake(TEST_SECRET.encode()) is None
+        frame = b"".join(client.sealer.seal(protocol.MESSAGE, pickle.dumps(("x",) * 1000)))
         client.sock.sendall(frame[: len(frame) // 2])
         client.close()  # the peer sees EOF in the middle of a frame
 
@@ -170,7 +170,7 @@ async def test_oversized_frame_header_closes_only_that_connection(cluster):
     def attack():
         client = RawClient(worker.address)
         client.upgrade()
-        assert client.handshake(b"test-secret") is None
+        assert client.handshake(TEST_SECRET.encode()) is None
         # announce 1 TiB: refused from the header, nothing allocated
         client.sock.sendall(protocol.PREFIX.pack(protocol.MESSAGE, 0, 0, 1 << 40))
         closed = client.is_closed_by_peer()
@@ -226,6 +226,6 @@ async def test_tls(make_node, tmp_path):
 
 
 def test_secret_from_environment(monkeypatch):
-    monkeypatch.setenv("BNDL_LIKE_SECRET", "from-env")
-    assert Node("x").secret == b"from-env"
-    assert Node("y", secret="explicit").secret == b"explicit"
+    monkeypatch.setenv("BNDL_LIKE_SECRET", "from-env-0123456789abcdef")
+    assert Node("x").secret == b"from-env-0123456789abcdef"
+    assert Node("y", secret="explicit-0123456789abcdef").secret == b"explicit-0123456789abcdef"

@@ -1,0 +1,206 @@
+"""What a node grants peers that have not authenticated: little, briefly, and quietly.
+
+- :class:`PreAuthGuard` caps the connections not yet authenticated, in total and
+  per source address, and closes each one that has not authenticated within the
+  handshake timeout. At a cap the *oldest* is closed rather than the newest refused,
+  so a flood of idle connections cannot keep out a peer that completes its
+  handshake in milliseconds.
+- :class:`RateLimitedLog` writes at most one line per source and interval, with
+  the count of those it held back, so no peer can fill the disk with our logs.
+- :func:`raise_open_files_limit` and :func:`quiet_accept_errors` keep running out
+  of file descriptors rare and, when it happens anyway, short in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+MAX_UNAUTHENTICATED = 256
+MAX_UNAUTHENTICATED_PER_SOURCE = 64
+LOG_INTERVAL = 10.0
+
+
+def source_of(transport) -> str:
+    """The host a transport's peer connects from (``?`` when unknown)."""
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return "?"
+
+
+class RateLimitedLog:
+    """Log at most one line per key (a source address) and interval; say how many were held back."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING,
+                 interval: float = LOG_INTERVAL, max_keys: int = 4096, clock=time.monotonic):
+        self.logger = logger
+        self.level = level
+        self.interval = interval
+        self.max_keys = max_keys
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: Counter = Counter()
+
+    def log(self, key: str, message: str, *args) -> bool:
+        """Log ``message % args`` unless ``key`` logged within the interval; True if logged."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] += 1
+            return False
+        if len(self._last) >= self.max_keys:
+            self._forget(now)
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        if held:
+            message += " (and %d more from %s in the last %.0fs)"
+            args = (*args, held, key, now - last)
+        self.logger.log(self.level, message, *args)
+        return True
+
+    def _forget(self, now: float) -> None:
+        for key, last in list(self._last.items()):
+            if now - last >= self.interval:
+                del self._last[key]
+                self._held.pop(key, None)
+        while len(self._last) >= self.max_keys:  # all recent: drop the oldest
+            key = next(iter(self._last))
+            del self._last[key]
+            self._held.pop(key, None)
+
+
+class PreAuthGuard:
+    """Connections that have not authenticated yet: bounded in number and in time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, *,
+                 max_total: int = MAX_UNAUTHENTICATED,
+                 max_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE,
+                 notices: RateLimitedLog | None = None):
+        self.loop = loop
+        self.timeout = timeout
+        self.max_total = max_total
+        self.max_per_source = max_per_source
+        self.notices = notices or RateLimitedLog(log)
+        # transport -> [source, close callback, timer]; insertion order is age
+        self._entries: dict[object, list] = {}
+        self._per_source: Counter = Counter()
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def admit(self, transport, close: Callable[[], None]) -> None:
+        """A new connection: make room under the caps, then give it ``timeout`` to authenticate."""
+        source = source_of(transport)
+        while len(self._entries) >= self.max_total:
+            self._evict(next(iter(self._entries)), "unauthenticated connections in total",
+                        self.max_total)
+        if self._per_source[source] >= self.max_per_source:
+            oldest = next(t for t, entry in self._entries.items() if entry[0] == source)
+            self._evict(oldest, f"unauthenticated connections from {source}", self.max_per_source)
+        timer = self.loop.call_later(self.timeout, self._expire, transport)
+        self._entries[transport] = [source, close, timer]
+        self._per_source[source] += 1
+
+    def hand_over(self, transport, close: Callable[[], None]) -> None:
+        """The connection is now driven by something else, closed with ``close``."""
+        entry = self._entries.get(transport)
+        if entry is not None:
+            entry[1] = close
+
+    def release(self, transport) -> None:
+        """The connection authenticated, or closed: it no longer counts."""
+        entry = self._entries.pop(transport, None)
+        if entry is None:
+            return
+        source, _, timer = entry
+        timer.cancel()
+        self._per_source[source] -= 1
+        if not self._per_source[source]:
+            del self._per_source[source]
+
+    def _evict(self, transport, what: str, cap: int) -> None:
+        source, close, _ = self._entries[transport]
+        self.release(transport)
+        self.evicted += 1
+        self.notices.log(source, "more than %d %s: closing the oldest, from %s", cap, what, source)
+        close()
+
+    def _expire(self, transport) -> None:
+        entry = self._entries.get(transport)
+        if entry is None:
+            return
+        source, close, _ = entry
+        self.release(transport)
+        self.expired += 1
+        self.notices.log(source, "closing a connection from %s: not authenticated within %.1fs",
+                         source, self.timeout)
+        close()
+
+    def close_all(self) -> None:
+        for transport in list(self._entries):
+            _, close, _ = self._entries[transport]
+            self.release(transport)
+            close()
+
+
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise the soft limit of open files to the hard limit; returns (old, new) or None."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return soft, target
+
+
+class _AcceptErrorFilter(logging.Filter):
+    """asyncio logs every failed accept() with a traceback: keep one line per interval."""
+
+    def __init__(self, interval: float = LOG_INTERVAL, clock=time.monotonic):
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "socket.accept() out of system resource" not in message:
+            return True
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval:
+            self._held += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "cannot accept connections: %s%s"
+        record.args = (exc or "out of resources",
+                       f" ({self._held} more in the last {now - self._last:.0f}s)" if self._held else "")
+        record.exc_info = record.exc_text = None
+        self._last, self._held = now, 0
+        return True
+
+
+_accept_filter: _AcceptErrorFilter | None = None
+
+
+def quiet_accept_errors() -> None:
+    """Install the accept-error filter on asyncio's logger (once per process)."""
+    global _accept_filter
+    if _accept_filter is None:
+        _accept_filter = _AcceptErrorFilter()
+        logging.getLogger("asyncio").addFilter(_accept_filter)
