@@ -61,8 +61,9 @@ READY_TIMEOUT = 30.0
 RTT_BLOCK = 100  # round trips per probe before switching to the next one
 
 TARGET_RTT_RATIO = 2.0
+TARGET_MAC_RTT_RATIO = 1.05
 TARGET_CALLS_PER_S = 50_000
-TARGET_BULK_MIB_S = 1_000
+TARGET_BULK_MIB_S = 1_500
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,68 @@ class Bench:
         return x
 
 
-async def serve_rmi() -> None:
+# -- the MAC switched off, for comparison only -------------------------------------------------------
+# Frames still carry a (zero) tag and a sequence number, but nothing is hashed or checked: the
+# difference to the real run is the cost of authenticating every frame. Never used outside this file.
+
+
+class _NullMac:
+    def update(self, data) -> None:
+        pass
+
+    def finalize(self) -> bytes:
+        return bytes(16)
+
+    def verify(self, tag) -> None:
+        pass
+
+
+def unsealed_node_class():
+    from bndl_like.rmi import Node, protocol
+
+    class NoMacSealer(protocol.FrameSealer):
+        def small_tag(self, data) -> bytes:
+            self.seq += 1
+            return bytes(16)
+
+        def large_mac(self):
+            self.seq += 1
+            return _NullMac()
+
+    class NoMacOpener(protocol.FrameOpener):
+        def check_small(self, frame, tag) -> None:
+            self.seq += 1
+
+        def large_mac(self):
+            self.seq += 1
+            return _NullMac()
+
+        def check_large(self, mac, tag) -> None:
+            pass
+
+    class NoMacHandshake(protocol.Handshake):
+        def receive(self, frame):
+            out = super().receive(frame)
+            for name, cls in (("sealer", NoMacSealer), ("opener", NoMacOpener)):
+                current = getattr(self, name)
+                if current is not None and not isinstance(current, cls):
+                    replacement = cls(bytes(32))
+                    replacement.seq = current.seq
+                    setattr(self, name, replacement)
+            return out
+
+    class UnsealedNode(Node):
+        def _handshake(self, role):
+            real = super()._handshake(role)
+            return NoMacHandshake(role, self.secret, self.cluster, real.info)
+
+    return UnsealedNode
+
+
+async def serve_rmi(mac: bool = True) -> None:
     from bndl_like.rmi import Node
 
-    node = Node("bench-server", "worker", listen="tcp://127.0.0.1:0")
+    node = (Node if mac else unsealed_node_class())("bench-server", "worker", listen="tcp://127.0.0.1:0")
     node.add_service("bench", Bench())
     await node.start()
     announce(node.addresses[0])
@@ -244,7 +303,12 @@ async def serve_websocket() -> None:
     await asyncio.Event().wait()
 
 
-SERVERS = {"rmi": serve_rmi, "echo": serve_asyncio_echo, "ws": serve_websocket}
+async def serve_rmi_without_mac() -> None:
+    await serve_rmi(mac=False)
+
+
+SERVERS = {"rmi": serve_rmi, "rmi-nomac": serve_rmi_without_mac, "echo": serve_asyncio_echo,
+           "ws": serve_websocket}
 
 
 def serve(kind: str, use_uvloop: bool) -> None:
@@ -378,46 +442,55 @@ class EchoClient:
 
 
 async def bench_rmi_and_echo(addresses: dict, counts: Counts) -> dict:
-    """bndl_like RMI, and the asyncio echo whose round trips interleave with the RMI calls."""
+    """bndl_like RMI with and without the MAC, and the asyncio echo, their round trips interleaved."""
     from bndl_like.rmi import Node
 
     node = Node("bench-client", "driver", listen="tcp://127.0.0.1:0")
+    unsealed = unsealed_node_class()("bench-client-nomac", "driver", listen="tcp://127.0.0.1:0")
     await node.start()
+    await unsealed.start()
     echo = None
     try:
-        peer = await node.connect(addresses["rmi"])
+        peers = {"rmi": await node.connect(addresses["rmi"]),
+                 "rmi_nomac": await unsealed.connect(addresses["rmi-nomac"])}
         echo = await EchoClient.connect(addresses["echo"])
 
-        async def noop() -> None:
-            await peer.call("bench", "noop")
+        def probes(peer):
+            async def noop() -> None:
+                await peer.call("bench", "noop")
 
-        async def window(n: int) -> None:
-            await asyncio.gather(*[peer.call("bench", "noop") for _ in range(n)])
+            async def window(n: int) -> None:
+                await asyncio.gather(*[peer.call("bench", "noop") for _ in range(n)])
+            return noop, window
 
-        rtts = await timed_round_trips({"rmi": noop, "asyncio_echo": echo.round_trip}, counts)
-        rmi = {**rtts["rmi"], **await pipelined_rates(window, counts, "pipelined_calls_s")}
-        asyncio_echo = {**rtts["asyncio_echo"],
-                        **await pipelined_rates(echo.window, counts, "pipelined_msgs_s")}
-
+        rtts = await timed_round_trips({"rmi": probes(peers["rmi"])[0],
+                                        "rmi_nomac": probes(peers["rmi_nomac"])[0],
+                                        "asyncio_echo": echo.round_trip}, counts)
+        results = {"asyncio_echo": {**rtts["asyncio_echo"],
+                                    **await pipelined_rates(echo.window, counts, "pipelined_msgs_s")}}
         arr = bulk_array()
-        for method, prefix, factor in (("nbytes", "bulk", 1), ("echo", "echo", 2)):
-            times = []
-            for i in range(counts.bulk_repeats + 1):  # the first one warms up
-                t0 = time.perf_counter()
-                reply = await peer.call("bench", method, arr)
-                elapsed = time.perf_counter() - t0
-                if i:
-                    times.append(elapsed)
-            expected = arr.nbytes if method == "nbytes" else arr
-            if not np.array_equal(reply, expected):
-                raise AssertionError(f"bench.{method} returned a wrong result")
-            del reply
-            rmi.update(bulk_stats(prefix, factor * arr.nbytes, times))
-        return {"rmi": rmi, "asyncio_echo": asyncio_echo}
+        for name, peer in peers.items():
+            figures = {**rtts[name], **await pipelined_rates(probes(peer)[1], counts, "pipelined_calls_s")}
+            for method, prefix, factor in (("nbytes", "bulk", 1), ("echo", "echo", 2)):
+                times = []
+                for i in range(counts.bulk_repeats + 1):  # the first one warms up
+                    t0 = time.perf_counter()
+                    reply = await peer.call("bench", method, arr)
+                    elapsed = time.perf_counter() - t0
+                    if i:
+                        times.append(elapsed)
+                expected = arr.nbytes if method == "nbytes" else arr
+                if not np.array_equal(reply, expected):
+                    raise AssertionError(f"bench.{method} returned a wrong result")
+                del reply
+                figures.update(bulk_stats(prefix, factor * arr.nbytes, times))
+            results[name] = figures
+        return results
     finally:
         if echo is not None:
             await echo.close()
         await node.stop()
+        await unsealed.stop()
 
 
 def bench_blocking(addresses: dict, counts: Counts) -> dict:
@@ -498,11 +571,13 @@ def section(report: dict, title: str, kinds: list[str], fn: Callable, counts: Co
 
 def run_all(counts: Counts, log: Callable) -> dict:
     report: dict = {"results": {}, "errors": {}, "notes": []}
-    section(report, "bndl_like RMI + asyncio echo", ["rmi", "echo"], bench_rmi_and_echo, counts, log=log)
+    section(report, "bndl_like RMI + asyncio echo", ["rmi", "rmi-nomac", "echo"], bench_rmi_and_echo,
+            counts, log=log)
     section(report, "blocking socket", ["socket"], bench_blocking, counts, log=log)
     section(report, "aiohttp websocket", ["ws"], bench_websocket, counts, log=log)
     if uvloop_version():
-        section(report, "uvloop: bndl_like RMI + asyncio echo", ["rmi", "echo"], bench_rmi_and_echo,
+        section(report, "uvloop: bndl_like RMI + asyncio echo", ["rmi", "rmi-nomac", "echo"],
+                bench_rmi_and_echo,
                 counts, use_uvloop=True, suffix="_uvloop", log=log)
     else:
         report["notes"].append("uvloop is not installed (pip install -e .[bench]): uvloop sections skipped")
@@ -521,6 +596,11 @@ def ratios(results: dict) -> dict:
         figures = {"pipelined_calls_s": rmi["pipelined_calls_s"], "bulk_mib_s": rmi["bulk_best_mib_s"]}
         if echo is not None:
             figures["rtt_p50_vs_asyncio_echo"] = rmi["rtt_p50_us"] / echo["rtt_p50_us"]
+        nomac = results.get("rmi_nomac" + suffix)
+        if nomac is not None:
+            figures["rtt_p50_vs_no_mac"] = rmi["rtt_p50_us"] / nomac["rtt_p50_us"]
+            figures["pipelined_vs_no_mac"] = rmi["pipelined_calls_s"] / nomac["pipelined_calls_s"]
+            figures["bulk_vs_no_mac"] = rmi["bulk_best_mib_s"] / nomac["bulk_best_mib_s"]
         if sock is not None:
             figures["bulk_vs_blocking_socket"] = rmi["bulk_best_mib_s"] / sock["bulk_best_mib_s"]
         out["rmi" + suffix] = figures
@@ -546,7 +626,9 @@ TITLES = {
     "asyncio_echo": "asyncio streams echo (baseline)",
     "socket": "blocking socket echo (baseline)",
     "websocket": "aiohttp websocket, 1 message (rejected option)",
+    "rmi_nomac": "bndl_like RMI, MAC off (for comparison only)",
     "rmi_uvloop": "bndl_like RMI + uvloop",
+    "rmi_nomac_uvloop": "bndl_like RMI + uvloop, MAC off (for comparison only)",
     "asyncio_echo_uvloop": "asyncio streams echo + uvloop (baseline)",
 }
 
@@ -573,6 +655,10 @@ def print_table(report: dict) -> None:
         checks = [
             ("RTT p50 / asyncio echo RTT p50", figures.get("rtt_p50_vs_asyncio_echo"), "x",
              f"<= {TARGET_RTT_RATIO:g}x", lambda v: v <= TARGET_RTT_RATIO),
+            ("RTT p50 / RTT p50 without the MAC", figures.get("rtt_p50_vs_no_mac"), "x",
+             f"<= {TARGET_MAC_RTT_RATIO:g}x", lambda v: v <= TARGET_MAC_RTT_RATIO),
+            ("pipelined calls/s / without the MAC", figures.get("pipelined_vs_no_mac"), "x", "-", None),
+            ("64 MiB one-way / without the MAC", figures.get("bulk_vs_no_mac"), "x", "-", None),
             ("pipelined calls/s", figures["pipelined_calls_s"], "/s", f">= {TARGET_CALLS_PER_S:,}",
              lambda v: v >= TARGET_CALLS_PER_S),
             ("64 MiB one-way MiB/s (best)", figures["bulk_mib_s"], "MiB/s", f">= {TARGET_BULK_MIB_S:,}",
@@ -594,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--quick", action="store_true", help="smaller counts, a smoke run (< 20 s)")
-    parser.add_argument("--serve", choices=["rmi", "echo", "socket", "ws"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["rmi", "rmi-nomac", "echo", "socket", "ws"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
