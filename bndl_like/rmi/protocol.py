@@ -158,7 +158,7 @@ class FrameSealer(_Direction):
     def seal(self, kind: int, main: bytes = b"", parts=(), flags: int = 0) -> list:
         """The frame with its tag, as chunks to write in order (one chunk when small)."""
         header, lengths = _header(kind, flags, main, parts)
-        if not parts or sum(lengths) + len(main) <= LARGE_PART:
+        if len(main) + sum(lengths) <= LARGE_PART:
             frame = b"".join([header, main, *parts]) if parts else header + main
             return [frame + self.small_tag(frame)]
         return list(self._stream(header + main, parts))
@@ -169,7 +169,7 @@ class FrameSealer(_Direction):
 
         The frame takes its sequence number now, not when the pieces are taken."""
         header, lengths = _header(kind, 0, main, parts)
-        if not parts or sum(lengths) + len(main) <= LARGE_PART:
+        if len(main) + sum(lengths) <= LARGE_PART:
             return iter(self.seal(kind, main, parts))
         return self._stream(header + main, parts, step)
 
