@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "aiohttp>=3.9",
-        "cloudpickle>=2.1",
+        "cloudpickle>=2.1,<3.1",  # 3.1 renames pickled functions' files to <dynamic-code>
         "sortedcontainers>=2.4",
         "yappi>=1.4",
         "numpy>=1.22",

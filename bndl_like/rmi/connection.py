@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # message tuples, the first item says which
 REQUEST, RESPONSE, FAILURE, NOTICE = 0, 1, 2, 3
 
+# refusals that are part of normal operation: two nodes dialling each other at once, a node
+# reaching itself through a gossiped address
+BENIGN_REFUSALS = ("already connected", "is this node itself")
 # the receive buffer of an authenticated connection (an unauthenticated one has a small one)
 RECEIVE_BUFFER = 1 << 18
 CORK_LIMIT = 1 << 16
@@ -149,7 +152,8 @@ class Connection(asyncio.BufferedProtocol):
                 return
             self._on_frames(self.decoder.buffer_updated(nbytes))
         except ProtocolError as exc:
-            self.node.refusals.log(self.remote, "%s: closing connection %s %s: %s", self.node.name,
+            self.node.refusals.log(self.remote.rsplit(":", 1)[0], "%s: closing connection %s %s: %s",
+                                   self.node.name,
                                    "to" if self.role == "client" else "from", self._who(), exc)
             # a CLOSE would be sealed with the keys of a stream that can no longer be trusted
             self.close(f"protocol error: {exc}", notify=False, abort=True)
@@ -219,8 +223,15 @@ class Connection(asyncio.BufferedProtocol):
         if exc.reject and self.transport is not None:
             self._write(exc.reject)
             self._flush()
-        self.node.refusals.log(self.remote, "%s: refused connection %s %s: %s", self.node.name,
-                               "to" if self.role == "client" else "from", self._who(), exc.reason)
+        direction = "to" if self.role == "client" else "from"
+        if any(benign in exc.reason for benign in BENIGN_REFUSALS):
+            log.debug("%s: refused connection %s %s: %s", self.node.name, direction, self._who(), exc.reason)
+        else:
+            # one line per source and kind of refusal and interval, however many connections fail
+            kind = exc.reason.split(":", 1)[0][:60]
+            source = self.remote.rsplit(":", 1)[0]
+            self.node.refusals.log(f"{source} {kind}", "%s: refused connection %s %s: %s",
+                                   self.node.name, direction, self._who(), exc.reason)
         if not self.established.done():
             self.established.set_exception(exc)
         self.close(exc.reason, notify=False)

@@ -167,7 +167,7 @@ def secret_from_env() -> bytes | None:
         if not value:
             raise ValueError(f"{ENV_VAR} is set but empty; unset it or put a secret of at least "
                              f"{MIN_SECRET_BYTES} bytes in it ({MAKE_ONE})")
-        _env_secret = check_secret(value, ENV_VAR)
+        _env_secret = check_secret(os.fsencode(value), ENV_VAR)  # the bytes as they were set
     return _env_secret
 
 
