@@ -494,6 +494,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.is_closed = True
         self.close_reason = reason
+        self.handshake.check_peer = None  # a closure over this connection: no cycle to wait for
         transport = self.transport
         if transport is not None:
             try:

@@ -589,7 +589,7 @@ class Handshake:
         info = _json(info_bytes)
         name = info.get("name")
         if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
-            self._fail(f"invalid node name {_printable(name)}")
+            self._fail(f"invalid node name: {_printable(name)}")
         if self.check_peer is not None:
             try:
                 self.check_peer(info)
