@@ -166,8 +166,16 @@ class Bench:
 
 
 class _NullMac:
+    """Stands in for the hashes: takes every byte, checks nothing, gives a zero tag."""
+
+    def copy(self) -> _NullMac:
+        return self
+
     def update(self, data) -> None:
         pass
+
+    def digest(self) -> bytes:
+        return bytes(16)
 
     def finalize(self) -> bytes:
         return bytes(16)
@@ -180,24 +188,25 @@ def unsealed_node_class():
     from bndl_like.rmi import Node, protocol
 
     class NoMacSealer(protocol.FrameSealer):
-        def small_tag(self, data) -> bytes:
-            self.seq += 1
-            return bytes(16)
+        def __init__(self, key: bytes):
+            super().__init__(key)
+            self._small = _NullMac()
 
         def large_mac(self):
             self.seq += 1
             return _NullMac()
 
     class NoMacOpener(protocol.FrameOpener):
+        def __init__(self, key: bytes):
+            super().__init__(key)
+            self._small = _NullMac()
+
         def check_small(self, frame, tag) -> None:
             self.seq += 1
 
         def large_mac(self):
             self.seq += 1
             return _NullMac()
-
-        def check_large(self, mac, tag) -> None:
-            pass
 
     class NoMacHandshake(protocol.Handshake):
         def receive(self, frame):

@@ -157,6 +157,13 @@ class FrameSealer(_Direction):
 
     def seal(self, kind: int, main: bytes = b"", parts=(), flags: int = 0) -> list:
         """The frame with its tag, as chunks to write in order (one chunk when small)."""
+        if not parts and len(main) <= LARGE_PART:  # most frames: inlined, it is paid per call
+            frame = PREFIX.pack(kind, flags, 0, len(main)) + main
+            h = self._small.copy()
+            h.update(SEQ.pack(self.seq))
+            self.seq += 1
+            h.update(frame)
+            return [frame + h.digest()]
         header, lengths = _header(kind, flags, main, parts)
         if len(main) + sum(lengths) <= LARGE_PART:
             frame = b"".join([header, main, *parts]) if parts else header + main
@@ -199,19 +206,20 @@ class FrameOpener(_Direction):
 
     __slots__ = ()
 
+    def failure(self) -> ProtocolError:
+        """The error for the frame just checked."""
+        return ProtocolError(f"frame authentication failed (frame {self.seq - 1}): the stream was "
+                             "altered, replayed or injected")
+
     def check_small(self, frame, tag) -> None:
         if not hmac.compare_digest(self.small_tag(frame), tag):
-            raise ProtocolError(
-                f"frame authentication failed (frame {self.seq - 1}): the stream was altered, "
-                "replayed or injected")
+            raise self.failure()
 
     def check_large(self, mac: Poly1305, tag) -> None:
         try:
             mac.verify(bytes(tag))
         except Exception:  # cryptography's InvalidSignature
-            raise ProtocolError(
-                f"frame authentication failed (frame {self.seq - 1}): the stream was altered, "
-                "replayed or injected") from None
+            raise self.failure() from None
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -357,6 +365,22 @@ class FrameDecoder:
                 f"frame of {total} bytes exceeds the maximum message size of "
                 f"{self.max_message_size} bytes")
         opener = self.opener
+        if opener is not None and not nparts and total <= LARGE_PART:
+            # the most common frame, inlined: no out-of-band parts, checked in one pass
+            end = start + PREFIX.size + total
+            if self._end - end < TAG_SIZE:
+                return False
+            view = self._view
+            h = opener._small.copy()
+            h.update(SEQ.pack(opener.seq))
+            h.update(view[start:end])
+            if not hmac.compare_digest(h.digest(), view[end:end + TAG_SIZE]):
+                opener.seq += 1
+                raise opener.failure()
+            opener.seq += 1
+            self._start = end + TAG_SIZE
+            frames.append(Frame(kind, bytes(view[start + PREFIX.size:end]), [], flags))
+            return True
         if opener is not None and total <= LARGE_PART:
             # the hot path: the whole frame and its tag are in the buffer, checked in one pass
             end = start + head_len + total
