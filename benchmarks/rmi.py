@@ -209,15 +209,23 @@ def unsealed_node_class():
             return _NullMac()
 
     class NoMacHandshake(protocol.Handshake):
-        def receive(self, frame):
-            out = super().receive(frame)
-            for name, cls in (("sealer", NoMacSealer), ("opener", NoMacOpener)):
-                current = getattr(self, name)
-                if current is not None and not isinstance(current, cls):
-                    replacement = cls(bytes(32))
-                    replacement.seq = current.seq
-                    setattr(self, name, replacement)
-            return out
+        """Seals and opens with the null hashes from the first sealed frame on."""
+
+        @property
+        def sealer(self):
+            return self.__dict__.get("_sealer")
+
+        @sealer.setter
+        def sealer(self, value) -> None:
+            self.__dict__["_sealer"] = None if value is None else NoMacSealer(bytes(32))
+
+        @property
+        def opener(self):
+            return self.__dict__.get("_opener")
+
+        @opener.setter
+        def opener(self, value) -> None:
+            self.__dict__["_opener"] = None if value is None else NoMacOpener(bytes(32))
 
     class UnsealedNode(Node):
         def _handshake(self, role):
