@@ -998,16 +998,19 @@ def test_seal_stream_takes_its_sequence_number_when_called():
                                                                   (PING, 0, b"behind", [])]
 
 
-def test_small_frame_tag_is_keyed_blake2b_over_the_sequence_number_and_the_frame():
+@pytest.mark.parametrize("parts", [[], [b"p"]], ids=["main only", "with a part"])
+def test_small_frame_tag_is_keyed_blake2b_over_the_sequence_number_and_the_frame(parts):
     sealer = FrameSealer(KEY)
-    body = frame_bytes(MESSAGE, b"abc", [b"p"], flags=2)
-    sealed = [wire(sealer.seal(MESSAGE, b"abc", [b"p"], flags=2)) for _ in range(2)]
+    body = frame_bytes(MESSAGE, b"abc", parts, flags=2)
+    sealed = [wire(sealer.seal(MESSAGE, b"abc", parts, flags=2)) for _ in range(2)]
     for seq, data in enumerate(sealed):
         assert data[:-TAG_SIZE] == body
         expected = hashlib.blake2b(struct.pack("<Q", seq) + body, key=KEY, person=b"bndl-frame",
                                    digest_size=TAG_SIZE).digest()
         assert data[-TAG_SIZE:] == expected
     assert sealed[0] != sealed[1]
+    frames = sealed_decoder().feed(sealed[0] + sealed[1])
+    assert [as_tuple(f) for f in frames] == [(MESSAGE, 2, b"abc", parts)] * 2
 
 
 def test_large_frame_tag_is_poly1305_under_a_one_time_key_per_frame():
@@ -1066,15 +1069,19 @@ def _flip(data: bytes, bit: int) -> bytes:
     return bytes(out)
 
 
-def test_flipped_bit_anywhere_in_a_small_frame():
+@pytest.mark.parametrize("parts", [[], [b"a small part", b"another"]], ids=["main only", "with parts"])
+def test_flipped_bit_anywhere_in_a_small_frame(parts):
     sealer = FrameSealer(KEY)
-    first = wire(sealer.seal(MESSAGE, b"the main part", [b"a small part", b"another"], flags=5))
+    first = wire(sealer.seal(MESSAGE, b"the main part", parts, flags=5))
     second = wire(sealer.seal(PING, b"second"))
     assert len(first) < 100
     rng = random.Random(6)
     for bit in range(len(first) * 8):
         decoder = sealed_decoder(max_message_size=FLIP_LIMIT)
         assert refused(decoder, _flip(first, bit) + second, rng=rng if bit % 2 else None) == [], bit
+    # control: the unaltered frames pass
+    frames = sealed_decoder(max_message_size=FLIP_LIMIT).feed(first + second)
+    assert [as_tuple(f) for f in frames] == [(MESSAGE, 5, b"the main part", parts), (PING, 0, b"second", [])]
 
 
 LARGE_FRAME_PARTS = [b"a small part", random.Random(7).randbytes(3 * LARGE_PART)]
@@ -1082,31 +1089,32 @@ LARGE_FRAME_PARTS = [b"a small part", random.Random(7).randbytes(3 * LARGE_PART)
 
 def _large_frame_regions():
     main = b"m" * 100
-    data = wire(FrameSealer(KEY).seal(MESSAGE, main, LARGE_FRAME_PARTS))
+    sealer = FrameSealer(KEY)
+    data = wire(sealer.seal(MESSAGE, main, LARGE_FRAME_PARTS))
+    next_frame = wire(sealer.seal(PING))  # frame 1: what follows in the stream
     head = PREFIX.size + 8 * 2
     small = head + len(main)
     large = small + len(LARGE_FRAME_PARTS[0])
     tag = len(data) - TAG_SIZE
     regions = {"header": (0, head), "main": (head, small), "small part": (small, large),
                "large part": (large, tag), "tag": (tag, len(data))}
-    return main, data, regions
+    return main, data, next_frame, regions
 
 
 @pytest.mark.parametrize("region", ["header", "main", "small part", "large part", "tag"])
 def test_flipped_bit_anywhere_in_a_large_frame(region):
-    main, data, regions = _large_frame_regions()
+    main, data, next_frame, regions = _large_frame_regions()
     start, end = regions[region]
     rng = random.Random(region)
     bits = range(start * 8, end * 8)
     if len(bits) > 400:
         bits = [bits[0], bits[-1], *rng.sample(bits, 200)]
-    next_frame = wire(FrameSealer(KEY).seal(PING))  # what the decoder would read as frame 1
     for bit in bits:
         decoder = sealed_decoder(max_message_size=FLIP_LIMIT)
         assert refused(decoder, _flip(data, bit) + next_frame, rng=rng if bit % 2 else None) == [], bit
-    # control: the unaltered frame passes
-    frames = sealed_decoder(max_message_size=FLIP_LIMIT).feed(data)
-    assert [as_tuple(f) for f in frames] == [(MESSAGE, 0, main, LARGE_FRAME_PARTS)]
+    # control: the unaltered frames pass
+    frames = sealed_decoder(max_message_size=FLIP_LIMIT).feed(data + next_frame)
+    assert [as_tuple(f) for f in frames] == [(MESSAGE, 0, main, LARGE_FRAME_PARTS), (PING, 0, b"", [])]
 
 
 def _three(sealer: FrameSealer, size: int) -> list[bytes]:
