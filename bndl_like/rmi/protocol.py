@@ -543,6 +543,8 @@ class Handshake:
             raise HandshakeError(self.failed)
         try:
             kind = frame.kind
+            if frame.flags and not self.verified:  # flags are not covered by the handshake's MACs
+                self._fail(f"unexpected flags {frame.flags} on a handshake frame")
             if kind == REJECT:
                 reason = _json(frame.main).get("reason", "no reason given")
                 self.failed = f"refused by the peer: {_printable(reason, 500)}"

@@ -1897,3 +1897,11 @@ def test_malicious_pickle_during_the_handshake_is_not_unpickled(tmp_path, stage)
     with pytest.raises(HandshakeError, match="unexpected MESSAGE frame"):
         fresh.receive(Frame(MESSAGE, evil, [evil]))
     assert not target.exists()
+
+
+def test_flags_on_an_unauthenticated_handshake_frame_are_refused():
+    """The handshake's MACs do not cover the flags byte, so nothing but zero is accepted there."""
+    client, server = make_pair()
+    hello = one_frame(client.start())
+    with pytest.raises(HandshakeError, match="unexpected flags 1"):
+        server.receive(Frame(hello.kind, hello.main, [], 1))
