@@ -52,19 +52,16 @@ def candidates(big: memoryview) -> dict:
     otk_base = hashlib.blake2b(key=KEY, digest_size=32, person=b"bndl-poly1305")
     counter = iter(range(1 << 62))
 
-    def hmac_frame(chunks) -> bytes:
-        h = hmac_base.copy()
-        h.update(SEQ.pack(next(counter)))
-        for chunk in chunks:
-            h.update(chunk)
-        return h.digest()
+    def copied_state(base):
+        def frame(chunks) -> bytes:
+            h = base.copy()
+            h.update(SEQ.pack(next(counter)))
+            for chunk in chunks:
+                h.update(chunk)
+            return h.digest()
+        return frame
 
-    def blake_frame(chunks) -> bytes:
-        h = blake_base.copy()
-        h.update(SEQ.pack(next(counter)))
-        for chunk in chunks:
-            h.update(chunk)
-        return h.digest()
+    hmac_frame, blake_frame = copied_state(hmac_base), copied_state(blake_base)
 
     def poly_frame(chunks) -> bytes:
         otk = otk_base.copy()
