@@ -9,6 +9,9 @@ from bndl_like.rmi import protocol
 from bndl_like.rmi.errors import HandshakeError
 from bndl_like.rmi.protocol import FrameDecoder, Handshake
 
+UPGRADE_REQUEST = (f"GET /rmi HTTP/1.1\r\nHost: x\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
+                   "Connection: Upgrade\r\n\r\n").encode()
+
 
 class RawClient:
     def __init__(self, address: str, timeout: float = 5.0):
@@ -21,8 +24,11 @@ class RawClient:
         self.sock.close()
 
     def upgrade(self) -> None:
-        self.sock.sendall(f"GET /rmi HTTP/1.1\r\nHost: x\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
-                          "Connection: Upgrade\r\n\r\n".encode())
+        self.sock.sendall(UPGRADE_REQUEST)
+        self.read_upgrade()
+
+    def read_upgrade(self) -> None:
+        """Read the answer to the upgrade request; frames that came with it are kept for ``recv_frame``."""
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = self.sock.recv(4096)

@@ -26,14 +26,12 @@ from bndl_like.rmi.connection import FAILURE, NOTICE, REQUEST, RESPONSE, Connect
 from bndl_like.rmi.protocol import HELLO, MESSAGE, PING, PREFIX, REJECT, Handshake
 
 from ..conftest import TEST_SECRET, wait_for_condition
-from .rawclient import RawClient
+from .rawclient import UPGRADE_REQUEST, RawClient
 from .relay import TO_CLIENT, TO_SERVER, Relay
 from .test_security import LeavesAFile
 
 WORKER = "worker-1"
 NODE_LOG = "bndl_like.rmi"
-UPGRADE_REQUEST = (f"GET /rmi HTTP/1.1\r\nHost: x\r\nUpgrade: {protocol.UPGRADE_TOKEN}\r\n"
-                   "Connection: Upgrade\r\n\r\n").encode()
 
 
 def source(i: int) -> str:
@@ -502,15 +500,23 @@ def log_lines(caplog, text: str = "refused connection from") -> list[logging.Log
     return [r for r in caplog.records if text in r.getMessage()]
 
 
-@pytest.mark.parametrize("flood", FLOODS)
-async def test_refusal_flood_logs_a_handful_of_lines(make_node, caplog, flood):
+async def flood_refusals(make_node, caplog, flood: str, interval: float | None = None):
+    """500 attempts of the ``flood`` at a fresh node (logging refusals every ``interval`` if given);
+    the node, the lines it logged and how long it took."""
     attack, text = FLOODS[flood]
     caplog.set_level(logging.INFO, logger=NODE_LOG)
     node = await make_node("target", node_type="worker")
+    if interval is not None:
+        node.refusals.interval = interval
     started = time.monotonic()
     await asyncio.to_thread(attempts, node.addresses[0], 500, attack)
     took = time.monotonic() - started
-    lines = log_lines(caplog, text)
+    return node, log_lines(caplog, text), took
+
+
+@pytest.mark.parametrize("flood", FLOODS)
+async def test_refusal_flood_logs_a_handful_of_lines(make_node, caplog, flood):
+    node, lines, took = await flood_refusals(make_node, caplog, flood)
     # one line per source and 10 s: one line (two if the flood straddled a boundary)
     assert 1 <= len(lines) <= 1 + math.ceil(took / node.refusals.interval), \
         f"{len(lines)} lines for 500 refusals in {took:.1f}s"
@@ -519,13 +525,7 @@ async def test_refusal_flood_logs_a_handful_of_lines(make_node, caplog, flood):
 @pytest.mark.parametrize("flood", FLOODS)
 async def test_refusal_log_reports_the_held_back_count(make_node, caplog, flood):
     attack, text = FLOODS[flood]
-    caplog.set_level(logging.INFO, logger=NODE_LOG)
-    node = await make_node("target", node_type="worker")
-    node.refusals.interval = 0.5
-    started = time.monotonic()
-    await asyncio.to_thread(attempts, node.addresses[0], 500, attack)
-    took = time.monotonic() - started
-    lines = log_lines(caplog, text)
+    node, lines, took = await flood_refusals(make_node, caplog, flood, interval=0.5)
     assert 1 <= len(lines) <= 2 + math.ceil(took / node.refusals.interval), \
         f"{len(lines)} lines for 500 refusals in {took:.1f}s"
     # once the interval has passed, the next refusal is logged with the count held back
@@ -641,14 +641,7 @@ def handshake_pipelined(address: str, pieces: int = 1) -> object:
             step = math.ceil(len(data) / pieces)
             for offset in range(0, len(data), step):
                 client.sock.sendall(data[offset:offset + step])
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = client.sock.recv(4096)
-            assert chunk, "closed during the upgrade"
-            head += chunk
-        head, rest = head.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        client.pending = client.decoder.feed(rest) if rest else []
+        client.read_upgrade()
         while not hs.done:
             frame = client.recv_frame()
             assert frame is not None, "closed during the handshake"

@@ -49,30 +49,28 @@ from bndl_like.rmi.protocol import (
     frame_size,
 )
 
-MiB = 1 << 20
-BIG = 1 << 40  # a max_message_size that never gets in the way
-RECEIVE_BUFFER = 1 << 18  # what a connection resizes its decoder to once the peer is authenticated
-NONCE_C = bytes(range(32))
-NONCE_S = bytes(range(100, 132))
+from .protocol_drive import (
+    BIG,
+    KEY,
+    NONCE_C,
+    NONCE_S,
+    RECEIVE_BUFFER,
+    MiB,
+    Side,
+    frame_bytes,
+    handshake_decoder,
+    kinds,
+    sealed_decoder,
+    wire,
+)
+
 SECRET = "s3cret"
 CLIENT_INFO = {"name": "the-client", "type": "worker", "pid": 98765}
 SERVER_INFO = {"name": "the-server", "type": "driver", "pid": 45678}
-KEY = bytes(range(32))
 OTHER_KEY = bytes(range(32, 64))
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def wire(chunks) -> bytes:
-    """The bytes a transport would write for the chunks ``encode`` or a sealer returned."""
-    if isinstance(chunks, bytes | bytearray):
-        return bytes(chunks)
-    return b"".join(bytes(c) for c in chunks)
-
-
-def frame_bytes(kind: int, main: bytes = b"", parts=(), flags: int = 0) -> bytes:
-    return wire(encode(kind, main, parts, flags))
 
 
 def header(kind: int, main_len: int, part_lengths=(), flags: int = 0) -> bytes:
@@ -142,117 +140,11 @@ def open_frame(chunks, key: bytes, seq: int = 0) -> Frame:
     return frames[0]
 
 
-def handshake_decoder() -> FrameDecoder:
-    """The decoder a connection reads with until the peer has proved the secret."""
-    decoder = FrameDecoder(HANDSHAKE_MAX_MESSAGE, HANDSHAKE_BUFFER, kinds=HANDSHAKE_KINDS, max_parts=0)
-    decoder.one_frame = True
-    return decoder
-
-
-def sealed_decoder(key: bytes = KEY, max_message_size: int = BIG, **kwargs) -> FrameDecoder:
-    decoder = FrameDecoder(max_message_size, **kwargs)
-    decoder.seal(FrameOpener(key))
-    return decoder
-
-
-def kinds(written) -> list[str]:
-    """The kind of each frame in a list of written frames."""
-    return [KIND_NAMES[data[0]] for data in written]
-
-
 def main_of(data: bytes) -> bytes:
     """The main part of one written frame (unsealed or sealed, without parts)."""
     kind, flags, nparts, main_len = PREFIX.unpack_from(data)
     assert nparts == 0
     return data[PREFIX.size:PREFIX.size + main_len]
-
-
-class Side:
-    """One end of a connection, driven the way the transport drives the cores.
-
-    Bytes arrive through get_buffer / buffer_updated; during the handshake the decoder hands out one
-    frame at a time, and once the handshake has an opener it is sealed and its limits are raised.
-    Every frame written is one bytes object in ``written`` (and in ``out`` until delivered); those
-    written sealed are also in ``sealed_out``, those read through the sealed decoder in ``sealed_in``.
-    """
-
-    def __init__(self, hs: Handshake, max_message_size: int = BIG, greeting: bytes | None = None):
-        self.hs = hs
-        self.max_message_size = max_message_size
-        self.greeting = greeting  # a sealed MESSAGE to send as soon as the handshake is done
-        self.decoder = handshake_decoder()
-        self.out: list[bytes] = []
-        self.written: list[bytes] = []
-        self.got: list[Frame] = []  # every frame the decoder handed out
-        self.received: list[Frame] = []  # the frames that arrived after the handshake was done
-        self.sealed_in: list[Frame] = []
-        self.sealed_out: list[bytes] = []
-        self.error: Exception | None = None
-        self._sealed = 0  # frames sealed so far
-        self._write(hs.start())
-
-    def deliver(self, data) -> None:
-        if self.error is not None:
-            return  # the connection is closed
-        data = memoryview(data)
-        try:
-            while data:
-                buf = self.decoder.get_buffer(-1)
-                assert len(buf) > 0
-                n = min(len(buf), len(data))
-                buf[:n] = data[:n]
-                data = data[n:]
-                self._on_frames(self.decoder.buffer_updated(n))
-        except HandshakeError as exc:
-            self.error = exc
-            if exc.reject:
-                self._write(exc.reject)
-        except ProtocolError as exc:
-            self.error = exc
-
-    def send(self, kind: int, main: bytes = b"", parts=()) -> None:
-        self._write(self.hs.sealer.seal(kind, main, parts))
-
-    def _on_frames(self, frames: list) -> None:
-        while frames:
-            one_at_a_time = self.decoder.one_frame
-            for frame in frames:
-                self.got.append(frame)
-                if self.decoder.opener is not None:  # it was read sealed
-                    self.sealed_in.append(frame)
-                self._on_frame(frame)
-            if not one_at_a_time:
-                return
-            frames = self.decoder.buffer_updated(0)
-
-    def _on_frame(self, frame: Frame) -> None:
-        hs = self.hs
-        if hs.done:
-            self.received.append(frame)
-            return
-        out = hs.receive(frame)
-        if out:
-            self._write(out)
-        decoder = self.decoder
-        if hs.opener is not None and decoder.opener is None:
-            decoder.seal(hs.opener)
-            decoder.max_message_size = self.max_message_size
-            decoder.kinds = frozenset(KIND_NAMES)
-            decoder.max_parts = MAX_PARTS
-            decoder.resize(RECEIVE_BUFFER)
-        if hs.done:
-            decoder.one_frame = False
-            if self.greeting is not None:
-                self.send(MESSAGE, self.greeting)
-
-    def _write(self, chunks) -> None:
-        data = wire(chunks)
-        self.out.append(data)
-        self.written.append(data)
-        sealed = self.hs.sealer.seq if self.hs.sealer else 0
-        if sealed > self._sealed:
-            self._sealed = sealed
-            self.sealed_out.append(data)
 
 
 def pump(a: Side, b: Side, rng: random.Random | None = None, max_chunk: int | None = None) -> None:
