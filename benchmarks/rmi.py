@@ -208,24 +208,17 @@ def unsealed_node_class():
             self.seq += 1
             return _NullMac()
 
+    def null_hashed(name: str, cls) -> property:
+        """A Handshake attribute that turns every sealer/opener set on it into ``cls``."""
+        def set_(self, value) -> None:
+            self.__dict__[name] = None if value is None else cls(bytes(32))
+        return property(lambda self: self.__dict__.get(name), set_)
+
     class NoMacHandshake(protocol.Handshake):
         """Seals and opens with the null hashes from the first sealed frame on."""
 
-        @property
-        def sealer(self):
-            return self.__dict__.get("_sealer")
-
-        @sealer.setter
-        def sealer(self, value) -> None:
-            self.__dict__["_sealer"] = None if value is None else NoMacSealer(bytes(32))
-
-        @property
-        def opener(self):
-            return self.__dict__.get("_opener")
-
-        @opener.setter
-        def opener(self, value) -> None:
-            self.__dict__["_opener"] = None if value is None else NoMacOpener(bytes(32))
+        sealer = null_hashed("_sealer", NoMacSealer)
+        opener = null_hashed("_opener", NoMacOpener)
 
     class UnsealedNode(Node):
         def _handshake(self, role):

@@ -29,6 +29,7 @@ def _fresh_env_secret(monkeypatch, _runtime_dir):
     """A BNDL_LIKE_SECRET read by one test is not remembered for the next; the local secret
     of nodes on loopback given none lives in the test session's own runtime dir."""
     monkeypatch.setattr(rmi_secrets, "_env_secret", None)
+    monkeypatch.setattr(rmi_secrets, "_warned", set())
     monkeypatch.setenv("XDG_RUNTIME_DIR", _runtime_dir)
 
 

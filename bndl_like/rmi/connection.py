@@ -104,6 +104,11 @@ class Connection(asyncio.BufferedProtocol):
         return (self.client_name, client_nonce)
 
     @property
+    def source(self) -> str:
+        """The host of the other end: what refusals are counted by."""
+        return self.remote.rsplit(":", 1)[0]
+
+    @property
     def pending_calls(self) -> int:
         return len(self._pending)
 
@@ -152,7 +157,7 @@ class Connection(asyncio.BufferedProtocol):
                 return
             self._on_frames(self.decoder.buffer_updated(nbytes))
         except ProtocolError as exc:
-            self.node.refusals.log(self.remote.rsplit(":", 1)[0], "%s: closing connection %s %s: %s",
+            self.node.refusals.log(self.source, "%s: closing connection %s %s: %s",
                                    self.node.name,
                                    "to" if self.role == "client" else "from", self._who(), exc)
             # a CLOSE would be sealed with the keys of a stream that can no longer be trusted
@@ -229,8 +234,7 @@ class Connection(asyncio.BufferedProtocol):
         else:
             # one line per source and kind of refusal and interval, however many connections fail
             kind = exc.reason.split(":", 1)[0][:60]
-            source = self.remote.rsplit(":", 1)[0]
-            self.node.refusals.log(f"{source} {kind}", "%s: refused connection %s %s: %s",
+            self.node.refusals.log(f"{self.source} {kind}", "%s: refused connection %s %s: %s",
                                    self.node.name, direction, self._who(), exc.reason)
         if not self.established.done():
             self.established.set_exception(exc)
@@ -250,7 +254,6 @@ class Connection(asyncio.BufferedProtocol):
             decoder.kinds = frozenset(protocol.KIND_NAMES)
             decoder.max_parts = protocol.MAX_PARTS
             decoder.resize(RECEIVE_BUFFER)
-            self.node._on_authenticated(self)
         if handshake.done:
             self.decoder.one_frame = False
             self.node._on_established(self)

@@ -348,14 +348,13 @@ class Node:
                           remote=f"{peername[0]}:{peername[1]}")
         conn.handshake.check_peer = lambda info: self._check_peer(conn, info)
         self._connections.add(conn)
-        self._guard.hand_over(transport, lambda: conn.close("not authenticated in time", notify=False,
+        # the guard closes it unless the handshake completes within connect_timeout
+        self._guard.hand_over(transport, lambda: conn.close("handshake timed out", notify=False,
                                                             abort=True))
         transport.set_protocol(conn)
         conn.connection_made(transport)
         if rest:
             conn.receive_early(rest)  # the client's HELLO comes right behind its request
-        handle = self.loop.call_later(self.connect_timeout, self._handshake_timeout, conn)
-        conn.closed.add_done_callback(lambda _: handle.cancel())
 
     def _bind(self) -> socket.socket:
         """Bind the listen address: its port exactly, or with ``port+`` the next free one."""
@@ -442,12 +441,6 @@ class Node:
         if hmac.compare_digest(given.encode(errors="replace"), expected.encode()):
             return web.json_response(self.status())
         return web.json_response({"protocol": protocol.PROTOCOL_VERSION})
-
-    def _handshake_timeout(self, conn: Connection) -> None:
-        if not conn.established.done():
-            self.refusals.log(conn.remote.rsplit(":", 1)[0], "%s: no handshake from %s within %ss, "
-                              "closing", self.name, conn.remote, self.connect_timeout)
-            conn.close("handshake timed out", notify=False, abort=True)
 
     def _handshake(self, role: str) -> Handshake:
         info = {"name": self.name, "node_type": self.node_type, "addresses": self.addresses,
@@ -541,12 +534,9 @@ class Node:
         if peer is not None and any(c.role == "client" for c in peer.connections):
             raise HandshakeError(f"already connected to {name}")
 
-    def _on_authenticated(self, conn: Connection) -> None:
-        """The peer proved the secret: it no longer counts against the pre-auth caps."""
-        if self._guard is not None and conn.transport is not None:
-            self._guard.release(conn.transport)
-
     def _on_established(self, conn: Connection) -> None:
+        if conn.transport is not None:
+            self._guard.release(conn.transport)  # no longer counts against the pre-auth caps
         info = conn.handshake.peer_info
         name = info["name"]
         if self._stopping:

@@ -26,6 +26,7 @@ MAKE_ONE = "python -c \"import secrets; print(secrets.token_hex(32))\""
 _MAX_FILE_BYTES = 64 * 1024  # a secret file larger than this is not a secret file
 
 _env_secret: bytes | None = None  # BNDL_LIKE_SECRET as read, kept once removed from os.environ
+_warned: set[bytes] = set()  # short secrets already warned about
 
 
 def check_secret(value: str | bytes, source: str) -> bytes:
@@ -37,7 +38,8 @@ def check_secret(value: str | bytes, source: str) -> bytes:
     if len(value) < MIN_SECRET_BYTES:
         raise ValueError(f"the secret from {source} is {len(value)} bytes long; at least "
                          f"{MIN_SECRET_BYTES} are needed. Make a good one with: {MAKE_ONE}")
-    if len(value) < GOOD_SECRET_BYTES:
+    if len(value) < GOOD_SECRET_BYTES and value not in _warned:
+        _warned.add(value)  # once per secret: a file read by the CLI is checked again by its Node
         log.warning("the secret from %s is only %d bytes long; %d or more are recommended (%s)",
                     source, len(value), GOOD_SECRET_BYTES, MAKE_ONE)
     return value
