@@ -59,13 +59,13 @@ def run_demo(workers: int | None = None, chunks: int = 64, words_per_chunk: int 
         if profile:
             ctx.cpu_profiling.start()
         t0 = time.perf_counter()
-        for _ in ctx.execute(job, order_results=False, progress=progress):
-            pass
+        # only the reduced partitions and the top words come to the driver: the mapped
+        # chunks stay on the workers for the reducers, and are dropped when the job ends
+        *partition_counts, top = ctx.execute(job, progress=progress, results=[*reduced, final])
         took = time.perf_counter() - t0
         if profile:
             ctx.cpu_profiling.stop()
-        top = final.result()
-        total_words = sum(sum(r.result().values()) for r in reduced)
+        total_words = sum(sum(counts.values()) for counts in partition_counts)
         print(f"{job.desc}: {len(job.tasks)} tasks in {took:.2f}s on "
               f"{len({t.executed_on_last() for t in job.tasks})} workers", file=out)
         print(f"counted {total_words:,} words; the most frequent:", file=out)

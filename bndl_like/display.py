@@ -221,7 +221,7 @@ def context_snapshot(ctx) -> dict:
     snap: dict = {
         "name": getattr(node, "name", "?"),
         "closed": bool(getattr(ctx, "_closed", True)),
-        "jobs": len(getattr(ctx, "jobs", ())),
+        "jobs": getattr(getattr(ctx, "jobs", None), "run_count", 0),
         "workers": [],  # (name, host, load or None, state)
         "load": None,
     }

@@ -28,6 +28,7 @@ from .hooks import HookRunner, Hooks
 from .progress import JobProgress
 from .progress import check as check_progress
 from .progress import wanted as progress_wanted
+from .recent import RecentJobs
 from .run import JobRun, split_batch
 from .tasks import Job
 
@@ -143,7 +144,8 @@ class ExecutionContext(ExecutorMixin):
                           cluster=cluster, **tls, **node_options)
         self._node.add_service("driver", _DriverService(self))
         self._runs: dict[int, JobRun] = {}
-        self.jobs: list[Job] = []
+        # running jobs, and the last execute.keep_jobs ended ones (their summaries once dropped)
+        self.jobs = RecentJobs(config.get("execute.keep_jobs"))
         self._hooks = Hooks()
         self._hook_runner = HookRunner()
         self._held: set[str] = set()  # held worker names (changed on the loop thread only)
@@ -349,8 +351,13 @@ class ExecutionContext(ExecutorMixin):
     # -- executing --------------------------------------------------------------------------------
 
     def execute(self, job: Job, workers=None, order_results: bool = True, concurrency: int | None = None,
-                attempts: int | None = None, progress: bool | None = None) -> Iterator:
+                attempts: int | None = None, progress: bool | None = None, results="all") -> Iterator:
         """Run ``job``; yield the result of each task (in task order when ``order_results``).
+
+        ``results`` says which results come to the driver: ``"all"``, ``"sinks"`` (the tasks
+        no task of the job depends on) or an iterable of tasks of the job; the other outputs
+        stay on the workers for their dependents and are dropped when the job ends. The
+        driver holds a result only until it is yielded (``task.result()`` then says so).
 
         Closing the generator early, ``job.cancel()`` or Ctrl-C (Jupyter's stop button)
         cancels the job on every worker. A task that fails ``attempts`` times stops the
@@ -358,14 +365,14 @@ class ExecutionContext(ExecutorMixin):
         a progress bar (default: ``ctx.progress``, else on in an interactive session).
         """
         show = progress_wanted(progress, self.progress)
-        run = self._start_job(job, workers, order_results, concurrency, attempts)
+        run = self._start_job(job, workers, order_results, concurrency, attempts, results)
         results = self._iterate(run, show)
         # a generator dropped before its first next() never runs its finally: cancel then too
         weakref.finalize(results, _cancel_unfinished, run)
         return results
 
     def _start_job(self, job: Job, workers, order_results: bool, concurrency: int | None,
-                   attempts: int | None) -> JobRun:
+                   attempts: int | None, results="all") -> JobRun:
         """Check the arguments, start the job on the loop; the run whose queue yields results."""
         self._check_open()
         if not isinstance(job, Job):
@@ -379,7 +386,7 @@ class ExecutionContext(ExecutorMixin):
             raise TypeError("workers must be a sequence of workers or worker names")
         if self.worker_count == 0:
             self.await_workers()
-        run = JobRun(self, job, workers, order_results, concurrency, attempts)
+        run = JobRun(self, job, workers, order_results, concurrency, attempts, results)
         run.prepare()
         self.jobs.append(job)
         self._loop.call_soon_threadsafe(run.start)
@@ -400,7 +407,10 @@ class ExecutionContext(ExecutorMixin):
                 except queue.Empty:
                     batch = None
                 items, ended, error = split_batch(batch, bar)
-                yield from items
+                for i, item in enumerate(items):
+                    items[i] = None  # held only until yielded
+                    yield item
+                item = None
                 if ended:
                     finished = True
                     if error is not None:

@@ -412,7 +412,7 @@ class AsyncExecutionContext:
 
     async def execute(self, job: Job, workers=None, order_results: bool = True,
                       concurrency: int | None = None, attempts: int | None = None,
-                      progress: bool | None = None) -> AsyncIterator:
+                      progress: bool | None = None, results="all") -> AsyncIterator:
         """Run ``job``; ``async for`` over the result of each task, as ``ExecutionContext.execute``.
 
         Leaving the loop early (break, an exception, cancellation) cancels the
@@ -423,7 +423,8 @@ class AsyncExecutionContext:
         show = progress_wanted(progress, ctx.progress)
         # validates and starts the job; its results are read here from the run's queue, in
         # batches, off the caller's loop
-        run = await asyncio.to_thread(ctx._start_job, job, workers, order_results, concurrency, attempts)
+        run = await asyncio.to_thread(ctx._start_job, job, workers, order_results, concurrency, attempts,
+                                      results)
         bar = None
         finished = False
         try:
@@ -433,8 +434,10 @@ class AsyncExecutionContext:
                 batch = await asyncio.to_thread(_take_batches, run.results,
                                                 0.25 if bar is None else bar.min_interval)
                 items, ended, error = split_batch(batch, bar)
-                for item in items:
+                for i, item in enumerate(items):
+                    items[i] = None  # held only until yielded
                     yield item
+                item = None
                 if ended:
                     finished = True
                     if error is not None:

@@ -15,11 +15,11 @@ from .. import config
 from ..rmi import NotConnected
 from ..rmi.errors import RemoteError, SerializationError
 from ..rmi.pickle_check import unpicklable_error
-from ..rmi.serialize import load_exception
+from ..rmi.serialize import Payload, load_exception, load_value
 from . import scheduler as S
 from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkersLost
-from .tasks import FuncTask, RmiTask
-from .worker import CANCELLED, DEPS_FAILED, FAILED, STARTED, SUCCEEDED
+from .tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult
+from .worker import CANCELLED, DEPS_FAILED, FAILED, RESEND, STARTED, SUCCEEDED
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,32 @@ def remote_note(where: str, exc: BaseException) -> str:
     return f"({where})"
 
 
+def wanted_results(job, results) -> set | None:
+    """The ids of the tasks whose results come to the driver (None: all of them)."""
+    if isinstance(results, str):
+        if results == "all":
+            return None
+        if results == "sinks":
+            needed = {d.id for task in job.tasks for d in task.dependencies}
+            return {task.id for task in job.tasks if task.id not in needed}
+        raise ValueError(f"results must be 'all', 'sinks' or an iterable of tasks of the job, "
+                         f"not {results!r}")
+    try:
+        chosen = list(results)
+    except TypeError:
+        raise TypeError(f"results must be 'all', 'sinks' or an iterable of tasks of the job, "
+                        f"not {type(results).__name__}") from None
+    wanted = set()
+    by_id = job._by_id
+    for task in chosen:
+        if by_id.get(getattr(task, "id", None)) is not task:
+            raise ValueError(f"results: {task!r} is not a task of job {job.name}")
+        wanted.add(task.id)
+    return wanted
+
+
 class JobRun:
-    def __init__(self, ctx, job, workers, order_results: bool, concurrency, attempts):
+    def __init__(self, ctx, job, workers, order_results: bool, concurrency, attempts, results="all"):
         self.ctx = ctx
         self.job = job
         self.loop = ctx._loop
@@ -70,6 +94,9 @@ class JobRun:
         self.generic: set = set()        # asyncio tasks of non-RMI tasks
         self.result_batch: list | None = None
         self.drained: dict[str, list] = {}  # drained worker -> ids of the outputs it held
+        self.wanted = wanted_results(job, results)  # ids of the results to bring (None: all)
+        # the tasks whose results are handed out, in task order
+        self.handed = job.tasks if self.wanted is None else [t for t in job.tasks if t.id in self.wanted]
 
     # -- life cycle (on the loop) -----------------------------------------------------------------
 
@@ -202,18 +229,31 @@ class JobRun:
         for event in events:
             kind, key = event[0], event[1]
             if kind == SUCCEEDED:
-                self.task_results[key] = event[3]
+                value = event[3]
+                if type(value) is Payload:
+                    try:
+                        value = load_value(value)
+                    except SerializationError as exc:
+                        # unpickling it again will not help: the task fails, without a retry
+                        error = SerializationError(f"the result of task {key!r} cannot be unpickled "
+                                                   f"on the driver: {exc}")
+                        stimuli.append(S.TaskFailed(key, worker, error, retry=False))
+                        continue
+                self.task_results[key] = value
                 stimuli.append(S.TaskSucceeded(key, worker, event[4]))
             elif kind == STARTED:
                 stimuli.append(S.TaskStarted(key, worker))
             elif kind == FAILED:
                 task = self.job.task(key)
-                stimuli.append(S.TaskFailed(key, worker, _remote_exception(event[3], worker, task)))
+                retry = len(event) < 5 or bool(event[4])
+                stimuli.append(S.TaskFailed(key, worker, _remote_exception(event[3], worker, task), retry))
             elif kind == DEPS_FAILED:
                 stimuli.append(S.TaskDependenciesFailed(key, worker, event[3]))
             elif kind == CANCELLED:
                 # cancelled without being asked (e.g. the worker is stopping): run it elsewhere
                 stimuli.append(S.TaskDependenciesFailed(key, worker, {}))
+            elif kind == RESEND:
+                self._resend(worker, key, event[2])
         self.apply(self.scheduler.handle(*stimuli))
         self.task_results.clear()
 
@@ -230,7 +270,7 @@ class JobRun:
                 task = job.task(decision.task_id)
                 if task.state != "done":
                     job.done_count += 1
-                task.mark_done(self.task_results.get(decision.task_id, task._result))
+                task.mark_done(self.task_results.get(decision.task_id, NOT_FETCHED))
                 self._emit(task)
                 self._fire("task_done", task)
             elif kind is S.TakeBack:
@@ -270,16 +310,31 @@ class JobRun:
         task.set_executing(decision.worker)
         self.used_workers.add(decision.worker)
         if isinstance(task, RmiTask):
-            location = self.scheduler.location
-            deps = {d.id: location(d.id) for d in task.dependencies}
-            self.outbox.setdefault(decision.worker, []).append(
-                (task.id, decision.attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout))
+            self.outbox.setdefault(decision.worker, []).append(self._spec(task, decision.attempt))
             if self.flush_handle is None:
                 self.flush_handle = self.loop.call_soon(self._flush)
         else:
             runner = self.loop.create_task(self._run_generic(task, decision.worker))
             self.generic.add(runner)
             runner.add_done_callback(self.generic.discard)
+
+    def _spec(self, task, attempt: int) -> tuple:
+        """What a worker needs to run ``task``."""
+        location = self.scheduler.location
+        deps = {d.id: location(d.id) for d in task.dependencies}
+        send = self.wanted is None or task.id in self.wanted
+        return task.id, attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout, send
+
+    def _resend(self, worker: str, key, attempt: int) -> None:
+        """A batch did not unpickle on ``worker``: send this task of it on its own."""
+        if self.scheduler.state(key) != "assigned":
+            return
+        self._notify_run(worker, [self._spec(self.job.task(key), attempt)])
+
+    def _notify_run(self, worker: str, batch: list) -> None:
+        self.ctx._node.peers[worker].notify("tasks", "run", self.job.id, self.concurrency,
+                                            [(spec[0], spec[1]) for spec in batch],
+                                            Payload.dump(batch))
 
     async def _run_generic(self, task, worker: str) -> None:
         peer = self.ctx._node.peers.get(worker)
@@ -305,8 +360,8 @@ class JobRun:
             try:
                 if peer is None:
                     raise NotConnected(worker)
-                peer.notify("tasks", "run", self.job.id, self.concurrency, batch)
-            except NotConnected:
+                self._notify_run(worker, batch)
+            except (NotConnected, KeyError):
                 if not self.finished and worker in self.scheduler.workers:
                     self.apply(self.scheduler.handle(S.WorkerLost(worker)))
             except Exception as exc:  # e.g. an argument that cannot be pickled
@@ -316,7 +371,11 @@ class JobRun:
         stimuli = []
         for spec in batch:
             try:
-                self.ctx._node.peers[worker].notify("tasks", "run", self.job.id, self.concurrency, [spec])
+                self._notify_run(worker, [spec])
+            except (NotConnected, KeyError):
+                if not self.finished and worker in self.scheduler.workers:
+                    self.apply(self.scheduler.handle(S.WorkerLost(worker)))
+                return
             except SerializationError as one:
                 # one line naming the part that cannot be pickled (searched for the first few tasks)
                 error = self._unsendable_error(spec, one, detailed=len(stimuli) < 10)
@@ -385,18 +444,21 @@ class JobRun:
     # -- results -----------------------------------------------------------------------------------
 
     def _emit(self, task) -> None:
-        """Hand out a result once: in task order, or as it comes."""
+        """Hand out a result once: in task order, or as it comes. The driver keeps no reference
+        to a result handed out (the task remembers it was)."""
         if not self.order_results:
-            if task.id not in self.emitted:
+            if task.id not in self.emitted and (self.wanted is None or task.id in self.wanted):
                 self.emitted.add(task.id)
                 self._put(task._result)
+                task._result = HANDED_OUT
             return
-        tasks = self.job.tasks
+        tasks = self.handed
         i = self.next_index
         if i >= len(tasks) or tasks[i] is not task:
-            return  # not its turn yet, or handed out before (a re-run after a loss)
+            return  # not its turn yet, not wanted, or handed out before (a re-run after a loss)
         while i < len(tasks) and tasks[i].state == "done":
             self._put(tasks[i]._result)
+            tasks[i]._result = HANDED_OUT
             i += 1
         self.next_index = i
 
@@ -421,6 +483,7 @@ class JobRun:
         job.stopped_at = time.time()
         job._run = None
         self.ctx._runs.pop(job.id, None)
+        job.error = error
         for task in job.tasks:
             if not task.done:
                 task.cancel()
@@ -437,6 +500,11 @@ class JobRun:
                     peer.notify("tasks", "release", job.id)
                 except NotConnected:
                     pass
+        handed = self.emitted if not self.order_results else {t.id for t in self.handed[:self.next_index]}
+        for task in job.tasks:  # results still held: of re-runs, or never handed out (a failed job)
+            if task._result is not None and type(task._result) is not _NoResult:
+                task._result = HANDED_OUT if task.id in handed else NOT_HANDED_OUT
+        self.ctx.jobs._ended(job)
         if error is not None:
             self._put(_Failure(error))
         self._put(END)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
 from ..rmi.pickle_check import unpicklable_result
-from ..rmi.serialize import dump_exception
+from ..rmi.serialize import Payload, dump_exception, dump_value
 from . import scatter
 from .errors import DependenciesFailed, TaskCancelled, TaskTimeout
 from .tasks import fill_dependencies, has_markers
@@ -32,6 +32,8 @@ _local = threading.local()
 
 # task outcomes reported to the driver
 STARTED, SUCCEEDED, FAILED, DEPS_FAILED, CANCELLED = "started", "succeeded", "failed", "deps", "cancelled"
+# a batch of tasks that did not unpickle here: the driver sends each task again on its own
+RESEND = "resend"
 
 
 def current_worker():
@@ -91,10 +93,11 @@ class _Run:
     """One task handed to this worker."""
 
     __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
-                 "started", "ready", "failure", "timeout")
+                 "started", "ready", "failure", "timeout", "send")
 
-    def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None):
+    def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None, send=True):
         self.key = key
+        self.send = send  # the driver wants the result (else only its size)
         self.attempt = attempt
         self.fn = fn
         self.args = args
@@ -152,8 +155,19 @@ class WorkerService:
     # -- called by the driver ----------------------------------------------------------------
 
     @takes_peer
-    def run(self, driver, job_id: int, concurrency: int, tasks: list) -> None:
-        """Queue ``tasks``: (key, attempt, fn, args, kwargs, deps) tuples (a notice)."""
+    def run(self, driver, job_id: int, concurrency: int, keys: list, specs: Payload) -> None:
+        """Queue tasks (a notice): ``keys`` are their (key, attempt) pairs, ``specs`` the payload
+        of their (key, attempt, fn, args, kwargs, deps, timeout, send) tuples.
+
+        Specs that do not unpickle here (a module only the driver has, a ``__reduce__`` that
+        raises) fail their task without a retry; in a batch of several the driver is asked to
+        send each task on its own first, so that only the culprits fail.
+        """
+        try:
+            tasks = specs.load()
+        except SerializationError as exc:
+            self._unreadable(driver.name, job_id, concurrency, keys, exc)
+            return
         runs = [_Run(*spec) for spec in tasks]
         if scatter._missing_made and scatter.take_missing_count():
             for run in runs:  # a scattered object this worker does not hold: fail before running
@@ -168,6 +182,17 @@ class WorkerService:
         with self._cond:
             job.queue.extend(runs)
             self._wake_runners(job)
+
+    def _unreadable(self, driver: str, job_id: int, concurrency: int, keys: list, exc: Exception) -> None:
+        with self._cond:
+            job = self._job(driver, job_id, concurrency)
+        if len(keys) > 1:
+            for key, attempt in keys:
+                self._report(job, (RESEND, key, attempt))
+            return
+        for key, attempt in keys:
+            error = SerializationError(f"task {key!r} cannot be unpickled on worker {self.node.name}: {exc}")
+            self._report(job, (FAILED, key, attempt, dump_exception(error), False))
 
     def _wake_runners(self, job: _JobState) -> None:
         """Notify runners of tasks that may start (under the lock)."""
@@ -331,7 +356,17 @@ class WorkerService:
         if outcome == SUCCEEDED:
             if not job.released:
                 job.outputs[run.key] = value  # before the driver hears of it: dependents find it
-            return SUCCEEDED, run.key, run.attempt, value, nbytes_of(value)
+            nbytes = nbytes_of(value)
+            if not run.send:
+                return SUCCEEDED, run.key, run.attempt, None, nbytes
+            try:
+                # pickled here, in the runner thread: a large result never holds up the loop
+                return SUCCEEDED, run.key, run.attempt, dump_value(value), nbytes
+            except SerializationError as exc:
+                # the same result will not pickle on a retry either
+                error = unpicklable_result(f"the result of task {run.key!r} cannot be sent to the driver",
+                                           value, exc)
+                return FAILED, run.key, run.attempt, dump_exception(error), False
         if outcome == CANCELLED:
             return CANCELLED, run.key, run.attempt
         try:
@@ -494,18 +529,32 @@ class WorkerService:
                 pass
 
     def _send_one_by_one(self, peer, job_id: int, events: list) -> None:
+        """Events of a batch that did not go out, one by one; one that does not either becomes
+        a FAILED event of its task, and if even that does not, one carrying text only."""
         for event in events:
             try:
                 peer.notify("driver", "task_events", job_id, [event])
+                continue
             except (SerializationError, MessageTooLarge) as exc:
-                if event[0] == SUCCEEDED and isinstance(exc, SerializationError):
-                    # the task's result does not pickle: one line naming the part
-                    exc = unpicklable_result(f"the result of task {event[1]!r} cannot be sent to the driver",
-                                             event[3], exc)
-                failure = (FAILED, event[1], event[2], dump_exception(exc))
-                peer.notify("driver", "task_events", job_id, [failure])
+                error = exc
             except NotConnected:
                 return
+            key, attempt = event[1], event[2]
+            if event[0] == SUCCEEDED:
+                error = type(error)(f"the result of task {key!r} cannot be sent to the driver: {error}")
+            info = dump_exception(error)
+            for failure in ((FAILED, key, attempt, info, False),
+                            (FAILED, key, attempt, (None, *info[1:4], None), False)):
+                try:
+                    peer.notify("driver", "task_events", job_id, [failure])
+                    break
+                except (SerializationError, MessageTooLarge):
+                    continue
+                except NotConnected:
+                    return
+            else:
+                log.error("%s: the events of task %r of job %s cannot be sent to %s: %s",
+                          self.node.name, key, job_id, peer.name, error)
 
     def _on_peer_lost(self, peer) -> None:
         """A driver gone: cancel its jobs and free their outputs."""

@@ -25,6 +25,7 @@ from .errors import (
 )
 from .pickle_check import unpicklable_result
 from .protocol import Frame, FrameDecoder, Handshake
+from .serialize import Payload
 
 log = logging.getLogger(__name__)
 
@@ -294,23 +295,37 @@ class Connection(asyncio.BufferedProtocol):
     def _on_message(self, msg) -> None:
         kind = _envelope_kind(msg)
         if kind == RESPONSE:
-            future = self._pending.pop(msg[1], None)
-            if future is not None and not future.done():
-                future.set_result(msg[2])
+            pending = self._pending.pop(msg[1], None)
+            if pending is not None and not pending[0].done():
+                try:
+                    result = msg[2].load()
+                except SerializationError as exc:
+                    pending[0].set_exception(SerializationError(
+                        f"the result of {_what(pending[1], pending[2])} from {self._who()} cannot be "
+                        f"unpickled on {self.node.node_type} {self.node.name}: {exc}"))
+                else:
+                    pending[0].set_result(result)
             self.node._on_call_done(self)
         elif kind == FAILURE:
-            future = self._pending.pop(msg[1], None)
-            if future is not None and not future.done():
-                future.set_exception(self._remote_error(msg[2]))
+            pending = self._pending.pop(msg[1], None)
+            if pending is not None and not pending[0].done():
+                pending[0].set_exception(self._remote_error(msg[2]))
             self.node._on_call_done(self)
-        elif kind == REQUEST:
-            self._handle_request(msg[1], msg[2], msg[3], msg[4], msg[5])
         else:
-            self._handle_request(None, msg[2], msg[3], msg[4], msg[5])
+            self._handle_request(msg[1], msg[2], msg[3], msg[4])
 
-    def _handle_request(self, request_id, service, method, args, kwargs) -> None:
+    def _handle_request(self, request_id, service, method, payload) -> None:
         self.in_progress += 1
         try:
+            try:
+                args, kwargs = payload.load()
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"the arguments of {_what(service, method)} from {self._who()} cannot be "
+                    f"unpickled on {self.node.node_type} {self.node.name}: {exc}") from None
+            if type(args) is not tuple or type(kwargs) is not dict:
+                raise TypeError(f"malformed call of {service}.{method}: arguments of types "
+                                f"{type(args).__name__} and {type(kwargs).__name__}")
             fn = self.node.resolve(service, method)
             if getattr(fn, "_rmi_takes_peer", False):
                 args = (self.peer, *args)
@@ -347,10 +362,9 @@ class Connection(asyncio.BufferedProtocol):
         if request_id is None or self.is_closed:
             return
         try:
-            self._send_message((RESPONSE, request_id, serialize.wrap_large(result)))
+            self._send_message((RESPONSE, request_id, Payload.dump(result)))
         except SerializationError as exc:
-            what = ("the result of the function" if service == "functions"
-                    else f"the result of {service}.{method}")
+            what = f"the result of {_what(service, method)}"
             self._respond_failure(request_id, unpicklable_result(f"{what} cannot be sent back", result, exc),
                                   service, method)
         except MessageTooLarge as exc:
@@ -380,7 +394,7 @@ class Connection(asyncio.BufferedProtocol):
     # -- sending ------------------------------------------------------------------------------
 
     def _send_message(self, msg) -> None:
-        data, buffers = serialize.dumps(msg)
+        data, buffers = serialize.dump_envelope(msg)
         size = len(data) + sum(b.nbytes for b in buffers)
         if size > self.max_message_size:
             raise MessageTooLarge(f"message of {size} bytes exceeds the maximum message size "
@@ -469,17 +483,15 @@ class Connection(asyncio.BufferedProtocol):
             raise NotConnected(self._lost_message())
         self._next_id += 1
         request_id = self._next_id
-        self._send_message((REQUEST, request_id, service, method, serialize.wrap_large(args),
-                            serialize.wrap_large(kwargs)))
+        self._send_message((REQUEST, request_id, service, method, _arguments(args, kwargs)))
         future = self.loop.create_future()
-        self._pending[request_id] = future
+        self._pending[request_id] = (future, service, method)
         return future
 
     def notify(self, service: str, method: str, args: tuple, kwargs: dict) -> None:
         if self.is_closed:
             raise NotConnected(self._lost_message())
-        self._send_message((NOTICE, None, service, method, serialize.wrap_large(args),
-                            serialize.wrap_large(kwargs)))
+        self._send_message((NOTICE, None, service, method, _arguments(args, kwargs)))
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -515,7 +527,7 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_handle = None
         error = NotConnected(self._lost_message())
         pending, self._pending = self._pending, {}
-        for future in pending.values():
+        for future, _, _ in pending.values():
             if not future.done():
                 future.set_exception(error)
         for task in list(self._tasks):
@@ -532,23 +544,34 @@ class Connection(asyncio.BufferedProtocol):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _arguments(args: tuple, kwargs: dict) -> Payload:
+    """A call's arguments as one payload of their own (large bytes among them out of band)."""
+    return Payload(*serialize.dumps((serialize.wrap_large(args), serialize.wrap_large(kwargs))))
+
+
+def _what(service: str, method: str) -> str:
+    return "the function" if service == "functions" else f"{service}.{method}"
+
+
 def _envelope_kind(msg) -> int:
     """The kind of a message after checking its shape; ProtocolError names what is wrong."""
     if type(msg) is not tuple or len(msg) < 3:
         raise ProtocolError(f"malformed message: expected a message tuple, got {type(msg).__name__}")
     kind = msg[0]
     if kind in (RESPONSE, FAILURE) and len(msg) == 3 and type(msg[1]) is int:
-        if kind == FAILURE and (type(msg[2]) is not tuple or len(msg[2]) != 5):
+        if kind == RESPONSE and type(msg[2]) is not Payload:
+            raise ProtocolError("malformed message: a response without its payload")
+        if kind == FAILURE and (type(msg[2]) is not tuple or len(msg[2]) != 5
+                                or (msg[2][0] is not None and type(msg[2][0]) is not Payload)):
             raise ProtocolError("malformed message: a failure without its 5-field error")
         return kind
-    if kind in (REQUEST, NOTICE) and len(msg) == 6:
-        _, request_id, service, method, args, kwargs = msg
+    if kind in (REQUEST, NOTICE) and len(msg) == 5:
+        _, request_id, service, method, payload = msg
         if ((type(request_id) is int) == (kind == REQUEST) and (kind == REQUEST or request_id is None)
-                and type(service) is str and type(method) is str and type(args) is tuple
-                and type(kwargs) is dict and all(type(k) is str for k in kwargs)):
+                and type(service) is str and type(method) is str and type(payload) is Payload):
             return kind
         raise ProtocolError(f"malformed message: a {'request' if kind == REQUEST else 'notice'} "
-                            "needs an id, service and method names, an args tuple and a kwargs dict")
+                            "needs an id, service and method names and its arguments' payload")
     raise ProtocolError(f"malformed message of kind {protocol.clean_text(repr(kind), 40)} "
                         f"and {len(msg)} fields")
 

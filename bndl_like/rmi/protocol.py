@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from .errors import HandshakeError, ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 UPGRADE_TOKEN = "bndl-like-rmi"
 
 PREFIX = struct.Struct("<BBHQ")

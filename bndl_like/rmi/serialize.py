@@ -12,6 +12,7 @@ over when that fails (lambdas, closures) or when the pickle refers to
 from __future__ import annotations
 
 import pickle
+import reprlib
 import traceback
 
 import cloudpickle
@@ -95,8 +96,8 @@ def dumps(obj) -> tuple[bytes, list]:
     buffers: list = []
     try:
         return pickle_any(obj, buffers), buffers
-    except Exception as exc:
-        raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
+    except Exception as exc:  # RecursionError of a deeply nested object too
+        raise SerializationError(f"cannot pickle {_describe(obj)}: {type(exc).__name__}: {exc}") from exc
 
 
 def loads(data, buffers=()):
@@ -106,33 +107,135 @@ def loads(data, buffers=()):
         raise SerializationError(f"cannot unpickle message: {type(exc).__name__}: {exc}") from exc
 
 
+def dump_envelope(msg) -> tuple[bytes, list]:
+    """Pickle a message envelope: builtins and :class:`Payload` only, so the standard pickler."""
+    buffers: list = []
+    try:
+        return pickle.dumps(msg, protocol=5, buffer_callback=_buffer_callback(buffers)), buffers
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle {_describe(msg)}: {type(exc).__name__}: {exc}") from exc
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = 160
+_short_repr.maxlevel = 4
+
+
 def _describe(obj) -> str:
-    text = repr(obj)
+    """``type repr`` in at most ~200 characters; never raises (a deeply nested object neither)."""
+    try:
+        text = _short_repr.repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
     if len(text) > 200:
         text = text[:200] + "..."
     return f"{type(obj).__name__} {text}"
 
 
+# results of these types are pickled with the message: they always unpickle
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
+_PLAIN_MAX = 1 << 12
+
+
+class Payload:
+    """One pickle of its own inside a message: what fails to unpickle fails only its own
+    call or task, never the message around it.
+
+    Made on the sending side with :meth:`dump` (pickling happens then, in the calling thread;
+    large buffers stay out of band); its ``__reduce_ex__`` hands the pickle and the buffers to
+    the pickler of the message as buffers, so nothing is pickled twice. On the receiving side
+    the message unpickles into a Payload still holding the bytes: :meth:`load` unpickles them
+    and raises :class:`SerializationError` naming the cause.
+    """
+
+    __slots__ = ("data", "buffers")
+
+    def __init__(self, data, buffers: list):
+        self.data = data
+        self.buffers = buffers
+
+    @classmethod
+    def dump(cls, obj) -> Payload:
+        """Pickle ``obj`` now (large ``bytes`` in it or among its direct items out of band)."""
+        return cls(*dumps(wrap_large(obj)))
+
+    def load(self):
+        try:
+            return pickle.loads(self.data, buffers=self.buffers)
+        except Exception as exc:
+            raise SerializationError(f"{type(exc).__name__}: {exc}") from exc
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def __reduce_ex__(self, protocol):
+        if protocol < 5:  # no out-of-band buffers: copies
+            return _received, (bytes(self.data), *map(bytes, self.buffers))
+        return _received, (pickle.PickleBuffer(self.data), *map(pickle.PickleBuffer, self.buffers))
+
+    def __repr__(self) -> str:
+        return f"<Payload of {self.nbytes} bytes>"
+
+
+def _received(data, *buffers) -> Payload:
+    return Payload(data, list(buffers))
+
+
+def dump_value(value):
+    """``value`` itself when it is small and of a type that always unpickles, else its
+    :class:`Payload` (pickled here and now). Raises SerializationError."""
+    cls = type(value)
+    if cls in _PLAIN and (cls not in (str, bytes) or len(value) <= _PLAIN_MAX):
+        return value
+    return Payload.dump(value)
+
+
+def load_value(value):
+    """The inverse of :func:`dump_value`. Raises SerializationError."""
+    if type(value) is Payload:
+        return value.load()
+    return value
+
+
 def dump_exception(exc: BaseException) -> tuple:
-    """Everything the caller needs to re-raise ``exc``: (exc or None, type, text, tb text, tb)."""
-    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    frames = remote_tb.extract(exc.__traceback__)
+    """Everything the caller needs to re-raise ``exc``: (its Payload or None, type, text,
+    traceback text, frames). Never raises."""
+    try:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # RecursionError formatting a deep chain, a __str__ that raises
+        tb_text = ""
+    try:
+        frames = remote_tb.extract(exc.__traceback__)
+    except Exception:
+        frames = None
     exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
+        text = str(exc)
+    except Exception:
+        text = f"<{exc_type} whose str() failed>"
+    try:
         # check the exception survives a round trip before trusting it
-        data, _ = dumps(exc)  # pickling drops __traceback__
-        pickle.loads(data)
-        payload = exc
+        payload = Payload.dump(exc)  # pickling drops __traceback__
+        payload.load()
     except Exception:
         payload = None
-    return payload, exc_type, str(exc), tb_text, frames
+    return payload, exc_type, text, tb_text, frames
 
 
 def load_exception(payload, frames):
-    """``payload`` (an exception) with the remote traceback; framework frames folded.
+    """The exception of a :class:`Payload` (None when it does not unpickle here) with the
+    remote traceback; framework frames folded.
 
     Sets ``remote_frames_folded`` on it to the number of frames left out.
     """
+    if type(payload) is Payload:
+        try:
+            payload = payload.load()
+        except SerializationError:
+            payload = None
+        if not isinstance(payload, BaseException):
+            payload = None
     if payload is not None and frames:
         try:
             frames, folded = remote_tb.fold(frames)

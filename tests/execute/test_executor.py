@@ -70,18 +70,18 @@ def test_map_over_many_items(ctx):
     n = 100_000
     assert ctx.map(helpers.square, range(n)) == [x * x for x in range(n)]
     job = ctx.jobs[-1]
-    assert len(job.tasks) == 16 and job.state == "done"  # ceil(100_000 / (2 * 8)) per chunk
+    assert len(job) == 16 and job.state == "done"  # ceil(100_000 / (2 * 8)) per chunk
 
 
 def test_map_with_an_explicit_chunksize_and_a_generator(ctx):
     assert ctx.map(helpers.square, (x for x in range(10)), chunksize=3) == [x * x for x in range(10)]
-    assert len(ctx.jobs[-1].tasks) == 4
+    assert len(ctx.jobs[-1]) == 4 and ctx.jobs[-1].counts["done"] == 4
 
 
 def test_map_of_nothing(ctx):
-    jobs = len(ctx.jobs)
+    jobs = ctx.jobs.run_count
     assert ctx.map(helpers.square, []) == []
-    assert len(ctx.jobs) == jobs  # no job at all
+    assert ctx.jobs.run_count == jobs  # no job at all
 
 
 def test_map_with_a_failing_item(ctx):

@@ -588,16 +588,18 @@ async def test_peer_text_with_control_characters_is_escaped_in_the_log(make_node
 
 @pytest.mark.parametrize("payload", [
     pickle.dumps("hello"),
-    pickle.dumps((REQUEST, "not-an-int", "svc", "m", (), {})),
-    pickle.dumps((REQUEST, 1, "svc", "m", [], {})),
-    pickle.dumps((REQUEST, 1, "svc", "m", (), {1: 2})),
-    pickle.dumps((NOTICE, 7, "svc", "m", (), {})),
+    pickle.dumps((REQUEST, "not-an-int", "svc", "m", serialize.Payload(*serialize.dumps(((), {}))))),
+    pickle.dumps((REQUEST, 1, "svc", "m", ((), {}))),
+    pickle.dumps((REQUEST, 1, "svc", "m", (), {})),
+    pickle.dumps((NOTICE, 7, "svc", "m", serialize.Payload(*serialize.dumps(((), {}))))),
     pickle.dumps((RESPONSE, "x", None)),
+    pickle.dumps((RESPONSE, 1, "not a payload")),
     pickle.dumps((FAILURE, 1, "not-five-fields")),
+    pickle.dumps((FAILURE, 1, ("not a payload", "t", "x", "", None))),
     pickle.dumps((99, 1, 2)),
     pickle.dumps(()),
-], ids=["str", "id-str", "args-list", "kwargs-int-key", "notice-with-id", "response-id-str",
-        "failure-short", "unknown-kind", "empty-tuple"])
+], ids=["str", "id-str", "args-unpickled", "old-six-fields", "notice-with-id", "response-id-str",
+        "response-no-payload", "failure-short", "failure-no-payload", "unknown-kind", "empty-tuple"])
 async def test_malformed_envelope_closes_only_that_connection(make_node, caplog, payload):
     caplog.set_level(logging.INFO, logger=NODE_LOG)
     node = await make_node("target", node_type="worker")
@@ -651,7 +653,8 @@ def handshake_pipelined(address: str, pieces: int = 1) -> object:
         client.sealer = hs.sealer
         answers = {}
         for request_id, method in enumerate(["ping", "status"], 1):
-            data, buffers = serialize.dumps((REQUEST, request_id, "_rmi", method, (), {}))
+            data, buffers = serialize.dump_envelope(
+                (REQUEST, request_id, "_rmi", method, serialize.Payload(*serialize.dumps(((), {})))))
             client.send_sealed(MESSAGE, data, buffers)
         while len(answers) < 2:
             frame = client.recv_frame()
@@ -660,7 +663,7 @@ def handshake_pipelined(address: str, pieces: int = 1) -> object:
                 continue
             msg = serialize.loads(frame.main, frame.parts)
             if msg[0] == RESPONSE:
-                answers[msg[1]] = msg[2]
+                answers[msg[1]] = msg[2].load()
         return answers[1], answers[2]
     finally:
         client.close()

@@ -1180,7 +1180,7 @@ def test_hello_carries_protocol_cluster_and_nonce_only(role):
     frame = one_frame(data)
     assert (frame.kind, frame.flags, frame.parts) == (HELLO, 0, [])
     assert json.loads(frame.main) == {"protocol": PROTOCOL_VERSION, "cluster": "clu", "nonce": NONCE_C.hex()}
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
     for info in (b"node-1", b"98765", b"h.example", b"name", b"pid", b"host"):
         assert info not in data
 
@@ -1375,17 +1375,19 @@ def test_protocol_version_mismatch_names_both_versions():
     client = Handshake("client", "s", "c", {"name": "a"}, nonce=NONCE_C, version=1)
     server = Handshake("server", "s", "c", {"name": "b"}, nonce=NONCE_S)
     c_hello, s_hello = one_frame(client.start()), one_frame(server.start())
-    with pytest.raises(HandshakeError, match="^protocol version mismatch: this node speaks version 2, "
-                                             "the peer speaks version 1$") as info:
+    with pytest.raises(HandshakeError, match=f"^protocol version mismatch: this node speaks version "
+                                             f"{PROTOCOL_VERSION}, the peer speaks version 1$") as info:
         server.receive(c_hello)
     assert json.loads(one_frame(info.value.reject).main) == {"reason": info.value.reason}
-    with pytest.raises(HandshakeError, match="this node speaks version 1, the peer speaks version 2$"):
+    with pytest.raises(HandshakeError, match=f"this node speaks version 1, the peer speaks version "
+                                             f"{PROTOCOL_VERSION}$"):
         client.receive(s_hello)
     assert client.peer_info is None and server.peer_info is None
 
 
 @pytest.mark.parametrize("version, shown", [
-    ("2", "'2'"), (2.0, "2.0"), (True, "True"), (None, "None"), ([2], "[2]"), (3, "3"), (10**30, str(10**30)),
+    ("3", "'3'"), (3.0, "3.0"), (True, "True"), (None, "None"), ([3], "[3]"), (2, "2"), (4, "4"),
+    (10**30, str(10**30)),
 ])
 def test_odd_protocol_versions_are_mismatches(version, shown):
     _, server = make_pair()
