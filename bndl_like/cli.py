@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from . import config
 
@@ -134,6 +135,68 @@ async def _run_worker(args) -> None:
         except asyncio.TimeoutError:
             log.warning("%s: node did not stop within 5s", node.name)
         functions.close()
+
+
+def _group_members(spare_siblings: bool) -> list[int]:
+    """Other live processes in this process group (Linux: from /proc; elsewhere none).
+
+    ``spare_siblings`` leaves out the processes with our parent (unless it is init, which
+    also adopts the orphans of our tasks): in a shell's job they are the rest of a pipeline
+    (``bndl-like worker | tee log``), not ours.
+    """
+    me, group, parent = os.getpid(), os.getpgrp(), os.getppid()
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+                state, ppid, pgrp = f.read().rsplit(b")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) != group or state == b"Z":
+            continue
+        if not spare_siblings or int(ppid) != parent or parent == 1:
+            members.append(int(entry))
+    return members
+
+
+def _stop_process_group(grace: float = 1.0) -> None:
+    """SIGTERM the other members of this worker's process group, what its tasks started (and
+    forked, or daemonized), and SIGKILL those left after ``grace`` s.
+
+    Only when this worker leads its group, so a worker started from a shell without job
+    control never signals the shell's group. A session leader (the supervisor starts each
+    worker in a session of its own) has only its descendants and their orphans in its group.
+    """
+    if os.getpgrp() != os.getpid():
+        return
+    spare_siblings = os.getsid(0) != os.getpid()
+    members = _group_members(spare_siblings)
+    if not members:
+        return
+    log.info("stopping %d processes that tasks started: pids %s", len(members),
+             " ".join(map(str, sorted(members))))
+    for pid in members:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while members and time.monotonic() < deadline:
+        time.sleep(0.02)
+        members = _group_members(spare_siblings)  # and those forked meanwhile
+    for pid in members:
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:
@@ -285,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         daemon = args.command in ("worker", "supervisor")
         logs.setup(args.log_level or ("INFO" if daemon else "WARNING"))
         if args.command == "worker":
-            asyncio.run(_run_worker(args))
+            try:
+                asyncio.run(_run_worker(args))
+            finally:
+                _stop_process_group()
             return 0
         if args.command == "supervisor":
             return _supervise(args)

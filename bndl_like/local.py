@@ -18,8 +18,10 @@ class LocalWorkers:
     Like the ``supervisor`` command, a worker that dies is started again (with
     back-off, giving up on a crash loop), so a local cluster heals itself the way
     dask's nanny does; every worker is stopped by pid on :meth:`stop`, and gets
-    SIGTERM if this process dies. The secret reaches the workers in their
-    environment (each removes it as it reads it); TLS files by name.
+    SIGTERM if this process dies. What a worker's tasks started (its process group)
+    is killed when the worker has exited, and :meth:`exit_status` tells how it ended.
+    The secret reaches the workers in their environment (each removes it as it reads
+    it); TLS files by name.
     """
 
     def __init__(self, count: int, seed: str, secret: bytes, cluster: str = "default",
@@ -52,11 +54,26 @@ class LocalWorkers:
 
     def _watch(self) -> None:
         while not self._stopping.wait(0.05):
+            if self.failure:  # gave up: no more restarts, but exits are still recorded
+                self.supervisor.reap()
+                continue
             failure = self.supervisor.poll()
             if failure:
                 self.failure = failure
                 log.error("local cluster: %s", failure)
-                return
+
+    def exit_status(self, pid: int, timeout: float = 2.0) -> str | None:
+        """How worker ``pid`` (its ``Peer.pid``) ended: "killed by SIGKILL", "exited with code 3".
+
+        Waits up to ``timeout`` s for the worker to be reaped (within 50 ms of its exit).
+        None if it did not end within ``timeout``, or ``pid`` is not a worker of this cluster
+        (nor one of its last 1000 that ended). Thread-safe.
+        """
+        supervisor = self.supervisor
+        with supervisor.exited:
+            supervisor.exited.wait_for(lambda: supervisor.exit_status(pid) is not None
+                                       or not supervisor.has_worker(pid), timeout)
+            return supervisor.exit_status(pid)
 
     @staticmethod
     def new_secret() -> bytes:

@@ -5,6 +5,10 @@ is restarted after a back-off that doubles while it keeps failing fast; too
 many restarts in a window is a crash loop and the supervisor gives up with a
 message that says why. SIGTERM or SIGINT stops the supervisor and every worker
 within seconds; workers also get SIGTERM if the supervisor itself dies.
+
+Each worker runs in a session of its own, so its process group holds what its
+tasks started: when a worker has exited, for whatever reason, what is left of
+its group is killed. How each worker ended is kept by pid (:meth:`exit_status`).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,9 @@ def die_with(parent: int):
     return preexec
 
 
+EXITS_KEPT = 1000  # how many workers' exits exit_status() remembers
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -42,6 +50,41 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid``: what a worker's tasks started and left behind."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def has_exited(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` exited, without reaping it: until it is reaped its pid, and so its
+    process group id, cannot be taken by another process."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped by a Popen.poll() elsewhere
+        return True
+
+
+def wait_exited(proc: subprocess.Popen, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` s (None: for ever) until ``proc`` exits, without reaping it."""
+    if timeout is None:
+        try:
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        return True
+    deadline = time.monotonic() + timeout
+    while not has_exited(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @dataclass
@@ -72,10 +115,39 @@ class Supervisor:
         self.stable_after = stable_after
         self.slots = [_Slot(i) for i in range(workers)]
         self._stop_signal: int | None = None
+        # how recent workers ended, by pid; notified on each exit (see LocalWorkers.exit_status)
+        self._exits: OrderedDict[int, str] = OrderedDict()
+        self.exited = threading.Condition()
 
     @property
     def pids(self) -> list[int]:
-        return [s.process.pid for s in self.slots if s.process is not None and s.process.poll() is None]
+        return [s.process.pid for s in self.slots if s.process is not None and not has_exited(s.process)]
+
+    def exit_status(self, pid: int) -> str | None:
+        """How worker ``pid`` ended ("killed by SIGKILL", "exited with code 3"); None while it
+        runs, or when it was not one of the last EXITS_KEPT workers of this supervisor."""
+        with self.exited:
+            return self._exits.get(pid)
+
+    def has_worker(self, pid: int) -> bool:
+        """Whether ``pid`` is a worker in one of the slots now (exited, not yet reaped, included)."""
+        with self.exited:
+            return any(s.process is not None and s.process.pid == pid for s in self.slots)
+
+    def _finish(self, slot: _Slot) -> str:
+        """The slot's worker exited: kill what is left of its group, reap it, record how it
+        ended. Call only once ``has_exited(slot.process)``."""
+        proc = slot.process
+        kill_group(proc.pid)  # before the reap, so the group id is still that worker's
+        status = describe_exit(proc.wait())
+        with self.exited:
+            self._exits[proc.pid] = status
+            self._exits.move_to_end(proc.pid)
+            while len(self._exits) > EXITS_KEPT:
+                self._exits.popitem(last=False)
+            slot.process = None
+            self.exited.notify_all()
+        return status
 
     def _spawn(self, slot: _Slot) -> None:
         # the worker also watches that its parent is still this process (see cli._watch_parent)
@@ -121,9 +193,8 @@ class Supervisor:
         now = time.monotonic()
         for slot in self.slots:
             proc = slot.process
-            if proc is not None and proc.poll() is not None:
-                slot.last_exit = describe_exit(proc.returncode)
-                slot.process = None
+            if proc is not None and has_exited(proc):
+                slot.last_exit = self._finish(slot)
                 ran = now - slot.started
                 slot.backoff = (self.initial_backoff if ran >= self.stable_after or not slot.backoff
                                 else min(slot.backoff * 2, self.max_backoff))
@@ -141,20 +212,27 @@ class Supervisor:
                 self._spawn(slot)
         return None
 
+    def reap(self) -> None:
+        """Finish the workers that exited, restarting none (after a crash loop)."""
+        for slot in self.slots:
+            if slot.process is not None and has_exited(slot.process):
+                self._finish(slot)
+
     def stop(self) -> None:
-        """SIGTERM every worker, SIGKILL what is left after ``stop_timeout``; reap all."""
-        running = [s.process for s in self.slots if s.process is not None]
-        for proc in running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        """SIGTERM every worker, SIGKILL what is left after ``stop_timeout``; reap all and
+        SIGKILL what is left of their process groups."""
+        running = [s for s in self.slots if s.process is not None]
+        for slot in running:
+            if not has_exited(slot.process):  # not reaped, so the pid is still that worker's
+                os.kill(slot.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
-        for proc in running:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        for slot in running:
+            proc = slot.process
+            if not wait_exited(proc, max(0.0, deadline - time.monotonic())):
                 log.warning("worker pid %d did not stop within %.0fs, killing it", proc.pid,
                             self.stop_timeout)
-                proc.kill()
-                proc.wait()
+                os.kill(proc.pid, signal.SIGKILL)
+                wait_exited(proc, None)
+            self._finish(slot)
         for slot in self.slots:
-            slot.process = None
+            slot.restart_at = None

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl as ssl_module
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,50 @@ NODE_TYPES = ("driver", "worker", "supervisor")
 _node_counter = itertools.count()
 PORT_WALK = 100  # tcp://host:port+ walks up at most this far
 FORGET_AFTER = 600.0  # a lost peer that was not a seed is redialled this long
+
+
+# -- forked children ------------------------------------------------------------------------
+# A process forked from one running a node (a task's os.fork, multiprocessing's fork) inherits
+# its descriptors. A child holding the listening socket keeps the port bound, and one holding a
+# connection keeps it open after this process died: the peer sees no EOF and waits for the
+# heartbeat timeout. So the child drops its copies at once.
+_live_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+def _release_in_child(obj) -> None:
+    """Close a forked child's copy of a socket's descriptor, the parent's stays as it is.
+
+    ``detach`` first, so no later close of the object closes whatever reuses the number; never
+    ``shutdown``, which would end the connection for the parent too."""
+    sock = getattr(obj, "_sock", obj)  # asyncio's TransportSocket wraps the socket
+    if not isinstance(sock, socket.socket):
+        return
+    fd = sock.detach()
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _release_node_sockets() -> None:
+    """``os.register_at_fork(after_in_child=...)``: the child gives up every node's sockets."""
+    nodes = list(_live_nodes)
+    _live_nodes.clear()  # none of them runs in the child
+    for node in nodes:
+        try:
+            sockets = node._sockets_held()
+        except Exception:  # pragma: no cover - best effort, the child must go on
+            continue
+        for sock in sockets:
+            try:
+                _release_in_child(sock)
+            except Exception:  # pragma: no cover
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_node_sockets)
 
 
 def _is_local(peer: Peer) -> bool:
@@ -287,10 +332,12 @@ class Node:
         await self._runner.setup()
         self._guard_http(self._runner.server)
         self._sock = self._bind()
+        _live_nodes.add(self)
         try:
             self._server = await self.loop.create_server(lambda: _FrontDoor(self), sock=self._sock,
                                                          ssl=self.ssl_context, backlog=512)
         except BaseException:
+            _live_nodes.discard(self)
             self._sock.close()
             self._sock = None
             await self._runner.cleanup()
@@ -302,6 +349,24 @@ class Node:
         self._spawn(self._discovery_loop(), "discovery")
         self._spawn(self._heartbeat_loop(), "heartbeat")
         log.info("%s (%s) listening on %s", self.name, self.node_type, ", ".join(self.addresses))
+
+    def _sockets_held(self) -> list:
+        """The listening socket and those of every connection in any state (before the
+        upgrade, HTTP, RMI, closing), for a forked child to release."""
+        transports = [conn.transport for conn in list(self._connections)]
+        transports += list(self._handler_transports.values())
+        if self._guard is not None:
+            transports += list(self._guard._entries)
+        # a connection closed but not yet flushed is only in its loop's registry (asyncio's
+        # selector loops keep one, by descriptor)
+        registry = getattr(getattr(self, "loop", None), "_transports", None)
+        if registry is not None:
+            transports += list(registry.values())
+        found = [self._sock]
+        for transport in transports:
+            if transport is not None:
+                found.append(transport.get_extra_info("socket"))
+        return found
 
     def _guard_http(self, server: web.Server) -> None:
         """An HTTP connection handed to aiohttp counts against the pre-authentication caps
@@ -417,6 +482,7 @@ class Node:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        _live_nodes.discard(self)
         self.running = False
         log.info("%s stopped", self.name)
 
