@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -179,6 +180,13 @@ class Task:
                 if pair[which] is not None:
                     pair[which](self)
 
+    def __reduce_ex__(self, protocol):
+        # a Task holds its context (node, sockets, threads): it goes to a worker only as a
+        # dependency, replaced by a marker; say so instead of failing deep inside the context
+        raise TypeError(f"task {self.id!r} cannot be sent to a worker as an object: put it directly "
+                        "among a FuncTask's arguments (or in a list, tuple, dict, set or deque there) "
+                        "to make it a dependency")
+
     def __repr__(self) -> str:
         from ..display import task_repr
         return task_repr(self)
@@ -203,42 +211,236 @@ class _Dependency:
         return f"<output of {self.task_id!r}>"
 
 
-def extract_dependencies(value, found: dict):
-    """Replace every Task in ``value`` (nested in lists, tuples, dicts) by a marker."""
+# -- where dependencies are found in a task's arguments ------------------------------------------
+#
+# The walks below enter tuples (namedtuples too), lists, dicts (their values), OrderedDicts,
+# defaultdicts, sets, frozensets and deques, nested in any way, and rebuild them with the same
+# type (default_factory, maxlen, namedtuple class kept). Other objects, subclasses of these
+# included, are not entered: a Task inside one is refused when the arguments are pickled.
+# Most arguments are ints, strings, arrays: the walks test exact types first and remember the
+# types they do not enter, so such an argument costs one set lookup.
+
+_SET, _DEQUE, _ODICT, _DDICT, _NAMEDTUPLE, _TASK, _MARKER = range(7)
+_KINDS: dict = {set: _SET, frozenset: _SET, deque: _DEQUE, OrderedDict: _ODICT,
+                defaultdict: _DDICT, _Dependency: _MARKER}  # the rarer types entered, by type
+# types not entered (no Task or marker inside), grown as types are met, up to _TYPES_MAX
+_OPAQUE: set = {int, float, complex, bool, str, bytes, bytearray, type(None), range, slice}
+_TASK_TYPES: set = set()  # Task and its subclasses met (tested first when extracting)
+_TYPES_MAX = 1024  # each cache stays bounded when classes are made at run time
+
+
+def _kind(cls: type) -> int | None:
+    """What the walks do with an object of type ``cls`` other than tuple, list and dict: its
+    ``_KINDS`` code, or None for a type they do not enter. Remembered for the next time."""
+    kind = _KINDS.get(cls)
+    if kind is not None:
+        return kind
+    if issubclass(cls, Task):
+        kind = _TASK
+        _TASK_TYPES.add(cls)  # bounded by the Task classes there are
+    elif issubclass(cls, tuple) and hasattr(cls, "_make") and hasattr(cls, "_fields"):
+        kind = _NAMEDTUPLE
+    if kind is None:
+        if len(_OPAQUE) < _TYPES_MAX:
+            _OPAQUE.add(cls)
+    elif len(_KINDS) < _TYPES_MAX:
+        _KINDS[cls] = kind
+    return kind
+
+
+def _entered(value) -> bool:
+    """Whether the walks enter ``value`` (the slow form of their test, for error messages)."""
     cls = type(value)
+    if cls is tuple or cls is list or cls is dict:
+        return True
+    if cls in _OPAQUE or getattr(value, "__dict__", None):
+        return False
+    return _kind(cls) in (_SET, _DEQUE, _ODICT, _DDICT, _NAMEDTUPLE)
+
+
+def _items(value, path: str) -> list:
+    """``(path, item)`` for the items of a container the walks enter (a dict's values)."""
+    if isinstance(value, dict):
+        return [(f"{path}[{_key_text(k)}]", v) for k, v in value.items()]
+    if isinstance(value, (set, frozenset)):  # no order: the i-th item as listed
+        return [(f"list({path})[{i}]", v) for i, v in enumerate(value)]
+    return [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _key_text(key) -> str:
+    try:
+        text = repr(key)
+    except Exception:
+        return "..."
+    return text if len(text) <= 40 else "..."
+
+
+def _tasks_in(value, tasks: list) -> list:
+    """The Tasks in ``value``, also inside the containers the walks enter (keys of dicts too)."""
     if isinstance(value, Task):
+        tasks.append(value)
+    elif _entered(value):
+        if isinstance(value, dict):
+            for key in value:
+                _tasks_in(key, tasks)
+        for _, item in _items(value, ""):
+            _tasks_in(item, tasks)
+    return tasks
+
+
+def _task_in_key(value, path: str) -> tuple | None:
+    """``(task, path, whole key)`` for the first dict key under ``value`` that holds a Task."""
+    if not _entered(value):
+        return None
+    if isinstance(value, dict):
+        for key in value:
+            tasks = _tasks_in(key, [])
+            if tasks:
+                return tasks[0], path, tasks[0] is key
+    for item_path, item in _items(value, path):
+        found = _task_in_key(item, item_path)
+        if found is not None:
+            return found
+    return None
+
+
+class _TaskInKey(Exception):
+    """A dict key holds a Task (raised inside the walk; the caller finds the path)."""
+
+
+def _check_keys(value: dict) -> None:
+    """Raise _TaskInKey when a key of ``value`` is or holds a Task."""
+    for key in value:
+        if type(key) not in _OPAQUE and _tasks_in(key, []):
+            raise _TaskInKey
+
+
+def extract_dependencies(value, found: dict, root: str = "args"):
+    """``value`` with every Task in it replaced by a marker, the Tasks put in ``found``
+    (``id(task) -> task``). Finds them in tuples (namedtuples too), lists, dicts' values,
+    OrderedDicts, defaultdicts, sets, frozensets and deques, nested in any way.
+
+    A Task in a dict key is a ``TypeError`` naming the task and where it is (under ``root``).
+    """
+    try:
+        return _extract(value, found)
+    except _TaskInKey:
+        where = _task_in_key(value, root)
+        if where is None:  # not expected: the walks agree on what they enter
+            raise TypeError(f"a Task is used in a dict key in {root}; a Task can be a dependency "
+                            "only as a value") from None
+        task, path, whole = where
+        raise TypeError(f"task {task.id!r} is used {'as' if whole else 'in'} a dict key at {path}; "
+                        "a Task can be a dependency only as a value") from None
+
+
+def _extract(value, found: dict):
+    cls = type(value)
+    if cls in _TASK_TYPES:
         found[id(value)] = value
         return _Dependency(value.id)
-    if cls is list or cls is tuple:
-        items = [extract_dependencies(v, found) for v in value]
-        return items if cls is list else tuple(items)
+    if cls is tuple:
+        return tuple([v if type(v) in _OPAQUE else _extract(v, found) for v in value])
+    if cls is list:
+        return [v if type(v) in _OPAQUE else _extract(v, found) for v in value]
     if cls is dict:
-        return {k: extract_dependencies(v, found) for k, v in value.items()}
-    return value
+        _check_keys(value)
+        return {k: v if type(v) in _OPAQUE else _extract(v, found) for k, v in value.items()}
+    if cls in _OPAQUE:
+        return value
+    kind = _kind(cls)
+    if kind == _TASK:  # the first of its class
+        found[id(value)] = value
+        return _Dependency(value.id)
+    if kind is None or kind == _MARKER or getattr(value, "__dict__", None):
+        return value  # not entered; or with attributes of its own, which a rebuild would lose
+    if kind == _SET:
+        return cls([_extract(v, found) for v in value])
+    if kind == _DEQUE:
+        return deque([_extract(v, found) for v in value], value.maxlen)
+    if kind == _NAMEDTUPLE:
+        return cls._make([_extract(v, found) for v in value])
+    _check_keys(value)
+    items = [(k, _extract(v, found)) for k, v in value.items()]
+    return OrderedDict(items) if kind == _ODICT else defaultdict(value.default_factory, items)
 
 
 def has_markers(value) -> bool:
+    """Whether ``value`` holds a dependency marker (where :func:`extract_dependencies` puts them)."""
     cls = type(value)
+    if cls is tuple or cls is list:
+        for v in value:
+            if type(v) not in _OPAQUE and has_markers(v):
+                return True
+        return False
+    if cls is dict:
+        for v in value.values():
+            if type(v) not in _OPAQUE and has_markers(v):
+                return True
+        return False
     if cls is _Dependency:
         return True
-    if cls is list or cls is tuple:
-        return any(has_markers(v) for v in value)
-    if cls is dict:
-        return any(has_markers(v) for v in value.values())
-    return False
+    if cls in _OPAQUE:
+        return False
+    kind = _kind(cls)
+    if kind is None or kind == _TASK or getattr(value, "__dict__", None):
+        return False
+    return any(has_markers(v) for v in (value.values() if kind == _ODICT or kind == _DDICT else value))
 
 
 def fill_dependencies(value, outputs: dict):
-    """The inverse of :func:`extract_dependencies`, on the worker."""
+    """The inverse of :func:`extract_dependencies`, on the worker: each marker replaced by the
+    output of its task in ``outputs`` (task id -> output)."""
     cls = type(value)
     if cls is _Dependency:
         return outputs[value.task_id]
-    if cls is list or cls is tuple:
-        items = [fill_dependencies(v, outputs) for v in value]
-        return items if cls is list else tuple(items)
+    if cls is tuple:
+        return tuple([v if type(v) in _OPAQUE else fill_dependencies(v, outputs) for v in value])
+    if cls is list:
+        return [v if type(v) in _OPAQUE else fill_dependencies(v, outputs) for v in value]
     if cls is dict:
-        return {k: fill_dependencies(v, outputs) for k, v in value.items()}
-    return value
+        return {k: v if type(v) in _OPAQUE else fill_dependencies(v, outputs) for k, v in value.items()}
+    if cls in _OPAQUE:
+        return value
+    kind = _kind(cls)
+    if kind is None or kind == _TASK or getattr(value, "__dict__", None):
+        return value
+    if kind == _SET:
+        items = [fill_dependencies(v, outputs) for v in value]
+        try:
+            return cls(items)
+        except TypeError:
+            raise _unhashable_output(value, outputs, cls) from None
+    if kind == _DEQUE:
+        return deque([fill_dependencies(v, outputs) for v in value], value.maxlen)
+    if kind == _NAMEDTUPLE:
+        return cls._make([fill_dependencies(v, outputs) for v in value])
+    items = [(k, fill_dependencies(v, outputs)) for k, v in value.items()]
+    return OrderedDict(items) if kind == _ODICT else defaultdict(value.default_factory, items)
+
+
+def _markers_in(value, markers: list) -> list:
+    if type(value) is _Dependency:
+        markers.append(value)
+    elif _entered(value):
+        for _, item in _items(value, ""):
+            _markers_in(item, markers)
+    return markers
+
+
+def _unhashable_output(value, outputs: dict, cls: type) -> TypeError:
+    """The error for a set (or frozenset) of the arguments that cannot hold a dependency's output."""
+    for marker in _markers_in(value, []):
+        output = outputs[marker.task_id]
+        try:
+            hash(output)
+        except TypeError as exc:
+            name = type(output).__name__
+            article = "an" if name[:1] in "aeiou" else "a"
+            return TypeError(f"the result of task {marker.task_id!r} is {article} {name}, which cannot "
+                             f"go in a {cls.__name__} among the arguments ({exc}); "
+                             "put the task in a list or tuple instead")
+    return TypeError(f"a {cls.__name__} among the arguments cannot hold the results of its tasks")
 
 
 _NO_KWARGS: dict = {}  # shared by tasks without keyword arguments; never mutated
@@ -294,10 +496,10 @@ class RmiTask(Task):
 class FuncTask(RmiTask):
     """An RmiTask whose Task arguments are dependencies, replaced by their results.
 
-    A Task among ``args``/``kwargs`` (also inside lists, tuples and dicts) is a
-    dependency; ``dependencies=`` adds more. By default the task prefers the
-    worker holding most of its dependencies' output bytes; ``locality`` is a
-    ``{worker name: int}`` dict or a callable ``workers -> [(worker, int)]``.
+    A Task among ``args``/``kwargs`` (also inside tuples, lists, dicts' values, sets and
+    deques, nested in any way) is a dependency; ``dependencies=`` adds more. By default
+    the task prefers the worker holding most of its dependencies' output bytes;
+    ``locality`` is a ``{worker name: int}`` dict or a callable ``workers -> [(worker, int)]``.
     """
 
     __slots__ = ("_locality",)
@@ -305,8 +507,14 @@ class FuncTask(RmiTask):
     def __init__(self, ctx, task_id, fn: Callable, args=(), kwargs=None, *, dependencies=(),
                  locality=None, **task_kw):
         found: dict = {}
-        args = extract_dependencies(tuple(args) if isinstance(args, list) else args, found)
-        kwargs = extract_dependencies(kwargs or {}, found) if kwargs is not None else None
+        try:
+            args = extract_dependencies(tuple(args) if isinstance(args, list) else args, found)
+            kwargs = extract_dependencies(kwargs or {}, found, "kwargs") if kwargs is not None else None
+        except TypeError as exc:  # a Task in a dict key
+            raise TypeError(f"task {task_id!r}: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"task {task_id!r}: its arguments nest too deep, or hold a list or dict "
+                             "that contains itself, for the search of dependencies") from None
         super().__init__(ctx, task_id, fn, args, kwargs, **task_kw)
         for dep in found.values():
             self.add_dependency(dep)
