@@ -392,7 +392,8 @@ class ExecutionContext(ExecutorMixin):
         self._loop.call_soon_threadsafe(run.start)
         return run
 
-    def _iterate(self, run: JobRun, progress: bool = False) -> Iterator:
+    def _iterate(self, run: JobRun, progress: bool = False, deadline: float | None = None,
+                 what: str = "") -> Iterator:
         __tracebackhide__ = True  # IPython and pytest fold this frame  # noqa: F841
         results = run.results
         finished = False
@@ -402,6 +403,12 @@ class ExecutionContext(ExecutorMixin):
                 bar = JobProgress(run.job)
             wait = 0.5 if bar is None else bar.min_interval
             while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"{what or run.job.name} did not finish in time; "
+                                           f"job {run.job.name} was cancelled")
+                    wait = min(wait, left)
                 try:
                     batch = results.get(timeout=wait)
                 except queue.Empty:
@@ -414,6 +421,7 @@ class ExecutionContext(ExecutorMixin):
                 if ended:
                     finished = True
                     if error is not None:
+                        run = results = None  # its traceback must not keep the job alive
                         raise error
                     return
         except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button
@@ -425,6 +433,7 @@ class ExecutionContext(ExecutorMixin):
                 self._cancel_run(run)
             if bar is not None:
                 bar.close()
+                bar = None
 
     def _cancel_run(self, run: JobRun) -> None:
         """Cancel and wait (bounded) until the workers were told."""

@@ -13,9 +13,11 @@ caller's loop through a wrapped future, so the caller's loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import math
 import queue
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,25 @@ def _unwrap_remote(exc: BaseException) -> BaseException:
             original.add_note(remote_note(f"raised on worker {exc.peer}", original))
         return original
     return exc
+
+
+def check_timeout(timeout) -> float | None:
+    """A ``timeout=`` in seconds: None or a positive number."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+# builtin TimeoutError since Python 3.11; their own classes in 3.10
+WAIT_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+
+
+def _timed_out(method: str, fn, timeout: float) -> TimeoutError:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return TimeoutError(f"{method}({name}) did not return within {timeout:g} s; the call was "
+                        "abandoned (a function already running on a worker runs to its end there)")
 
 
 def default_chunksize(item_count: int, worker_count: int) -> int:
@@ -183,27 +204,48 @@ class ExecutorMixin:
 
     # -- public -------------------------------------------------------------------------------------
 
-    def run_function(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    def _run_timed(self: ExecutionContext, method: str, fn, coro: Coroutine, timeout: float | None):
+        __tracebackhide__ = True  # noqa: F841
+        try:
+            return self._io.run(coro, timeout)
+        except WAIT_TIMEOUTS as exc:
+            if exc.args:  # raised by fn itself, not the wait
+                raise
+            raise _timed_out(method, fn, timeout) from None
+
+    def run_function(self: ExecutionContext, fn: Callable, /, *args: Any, timeout: float | None = None,
+                     **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on one worker (the least busy) and return its result.
 
         An exception raised by ``fn`` is raised here as its own type, with the
-        remote traceback in ``remote_traceback``.
+        remote traceback in ``remote_traceback``. ``timeout``: seconds to wait for the
+        result, then TimeoutError (``timeout`` is taken by the call: pass an argument of
+        that name to ``fn`` with ``functools.partial``).
         """
         __tracebackhide__ = True  # noqa: F841
-        return self._io.run(self._prepare_run_function(fn, args, kwargs))
+        timeout = check_timeout(timeout)
+        return self._run_timed("run_function", fn, self._prepare_run_function(fn, args, kwargs), timeout)
 
-    def run_each_worker(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Run ``fn(*args, **kwargs)`` on every worker at once; return ``{worker name: result}``."""
+    def run_each_worker(self: ExecutionContext, fn: Callable, /, *args: Any, timeout: float | None = None,
+                        **kwargs: Any) -> dict[str, Any]:
+        """Run ``fn(*args, **kwargs)`` on every worker at once; return ``{worker name: result}``.
+        ``timeout`` as for :meth:`run_function`."""
         __tracebackhide__ = True  # noqa: F841
-        return self._io.run(self._prepare_run_each_worker(fn, args, kwargs))
+        timeout = check_timeout(timeout)
+        return self._run_timed("run_each_worker", fn, self._prepare_run_each_worker(fn, args, kwargs),
+                               timeout)
 
-    def run_each_host(self: ExecutionContext, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Run ``fn(*args, **kwargs)`` once per host (on one of its workers); return ``{host: result}``."""
+    def run_each_host(self: ExecutionContext, fn: Callable, /, *args: Any, timeout: float | None = None,
+                      **kwargs: Any) -> dict[str, Any]:
+        """Run ``fn(*args, **kwargs)`` once per host (on one of its workers); return ``{host: result}``.
+        ``timeout`` as for :meth:`run_function`."""
         __tracebackhide__ = True  # noqa: F841
-        return self._io.run(self._prepare_run_each_host(fn, args, kwargs))
+        timeout = check_timeout(timeout)
+        return self._run_timed("run_each_host", fn, self._prepare_run_each_host(fn, args, kwargs), timeout)
 
     def map(self: ExecutionContext, fn: Callable, iterable: Iterable, /, *args: Any,
-            chunksize: int | None = None, progress: bool | None = None) -> list:
+            chunksize: int | None = None, progress: bool | None = None,
+            timeout: float | None = None) -> list:
         """``[fn(x, *args) for x in iterable]`` computed on the workers, in input order.
 
         ``args`` (the same for every item) may hold scatter handles and tasks' outputs.
@@ -212,14 +254,23 @@ class ExecutorMixin:
         Job. The default is ``ceil(len(items) / (worker_count * 8))`` bounded to
         ``[1, 10_000]`` (see ``default_chunksize``). The first failing item stops
         the job; its exception is raised here with the remote traceback. ``progress``
-        shows a bar over the chunks (default as for ``execute``).
+        shows a bar over the chunks (default as for ``execute``). ``timeout``: seconds
+        for the whole map, then the job is cancelled and TimeoutError raised.
         """
         __tracebackhide__ = True  # noqa: F841
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         job = self._map_job(fn, iterable, chunksize, args)
         if job is None:
             return []
         out: list = []
-        for chunk in self.execute(job, progress=progress):
+        show = progress_wanted(progress, self.progress)
+        run = self._start_job(job, None, True, None, None)
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        what = f"map({name})" if timeout is None else f"map({name}) (timeout={timeout:g} s)"
+        chunks = self._iterate(run, show, deadline, what)
+        job = run = None  # a traceback through here must not keep the job alive
+        for chunk in chunks:
             out.extend(chunk)
         return out
 
@@ -330,34 +381,58 @@ class AsyncExecutionContext:
         return await asyncio.to_thread(self._ctx.await_workers, worker_count, connect_timeout,
                                        stable_timeout)
 
-    async def run_function(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    async def _timed(self, method: str, fn, prepare, args, kwargs, timeout) -> Any:
+        timeout = check_timeout(timeout)
+        coro = await asyncio.to_thread(prepare, fn, args, kwargs)
+        try:
+            return await asyncio.wait_for(self._on_driver(coro), timeout)
+        except WAIT_TIMEOUTS as exc:
+            if exc.args:  # raised by fn itself, not the wait
+                raise
+            raise _timed_out(method, fn, timeout) from None
+
+    async def run_function(self, fn: Callable, /, *args: Any, timeout: float | None = None,
+                           **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on one worker; see ``ExecutionContext.run_function``."""
-        coro = await asyncio.to_thread(self._ctx._prepare_run_function, fn, args, kwargs)
-        return await self._on_driver(coro)
+        return await self._timed("run_function", fn, self._ctx._prepare_run_function, args, kwargs, timeout)
 
-    async def run_each_worker(self, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def run_each_worker(self, fn: Callable, /, *args: Any, timeout: float | None = None,
+                              **kwargs: Any) -> dict[str, Any]:
         """Run ``fn`` on every worker; return ``{worker name: result}``."""
-        coro = await asyncio.to_thread(self._ctx._prepare_run_each_worker, fn, args, kwargs)
-        return await self._on_driver(coro)
+        return await self._timed("run_each_worker", fn, self._ctx._prepare_run_each_worker, args, kwargs,
+                                 timeout)
 
-    async def run_each_host(self, fn: Callable, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def run_each_host(self, fn: Callable, /, *args: Any, timeout: float | None = None,
+                            **kwargs: Any) -> dict[str, Any]:
         """Run ``fn`` once per host; return ``{host: result}``."""
-        coro = await asyncio.to_thread(self._ctx._prepare_run_each_host, fn, args, kwargs)
-        return await self._on_driver(coro)
+        return await self._timed("run_each_host", fn, self._ctx._prepare_run_each_host, args, kwargs,
+                                 timeout)
 
     async def map(self, fn: Callable, iterable: Iterable, /, *args: Any,
-                  chunksize: int | None = None, progress: bool | None = None) -> list:
+                  chunksize: int | None = None, progress: bool | None = None,
+                  timeout: float | None = None) -> list:
         """``[fn(x, *args) for x in iterable]`` on the workers, in order; see ``ExecutionContext.map``."""
+        timeout = check_timeout(timeout)
         job = await asyncio.to_thread(self._ctx._map_job, fn, iterable, chunksize, args)
         if job is None:
             return []
         out: list = []
-        results = self.execute(job, progress=progress)
+
+        async def consume():
+            results = self.execute(job, progress=progress)
+            try:
+                async for chunk in results:
+                    out.extend(chunk)
+            finally:
+                await results.aclose()
         try:
-            async for chunk in results:
-                out.extend(chunk)
-        finally:
-            await results.aclose()
+            await asyncio.wait_for(consume(), timeout)
+        except WAIT_TIMEOUTS as exc:
+            if exc.args:
+                raise
+            name = getattr(fn, "__name__", None) or type(fn).__name__
+            raise TimeoutError(f"map({name}) did not finish within {timeout:g} s; job {job.name} "
+                               "was cancelled") from None
         return out
 
     async def scatter(self, obj: Any):
@@ -441,12 +516,14 @@ class AsyncExecutionContext:
                 if ended:
                     finished = True
                     if error is not None:
+                        job = run = None  # its traceback must not keep the job alive
                         raise error
         finally:
             if not finished:
                 await asyncio.shield(asyncio.to_thread(ctx._cancel_run, run))
             if bar is not None:
                 bar.close()
+                bar = None
 
     def __repr__(self) -> str:
         return f"<AsyncExecutionContext of {self._ctx!r}>"

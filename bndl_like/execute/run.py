@@ -7,6 +7,7 @@ scheduler events. Results go to the driver thread through a queue.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import time
@@ -15,7 +16,7 @@ from .. import config
 from ..rmi import NotConnected
 from ..rmi.errors import RemoteError, SerializationError
 from ..rmi.pickle_check import unpicklable_error
-from ..rmi.serialize import Payload, load_exception, load_value
+from ..rmi.serialize import LOAD_IN_THREAD, Payload, load_exception
 from . import scheduler as S
 from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkersLost
 from .tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult
@@ -71,6 +72,18 @@ def wanted_results(job, results) -> set | None:
             raise ValueError(f"results: {task!r} is not a task of job {job.name}")
         wanted.add(task.id)
     return wanted
+
+
+class _Unloadable:
+    """A result that failed to unpickle in a thread: loading it raises that again."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: SerializationError):
+        self.error = error
+
+    def load(self):
+        raise self.error
 
 
 class JobRun:
@@ -230,16 +243,20 @@ class JobRun:
             kind, key = event[0], event[1]
             if kind == SUCCEEDED:
                 value = event[3]
-                if type(value) is Payload:
+                if type(value) is Payload or type(value) is _Unloadable:
+                    if type(value) is Payload and value.nbytes >= LOAD_IN_THREAD:
+                        self._load_later(worker, event)
+                        continue
                     try:
-                        value = load_value(value)
+                        value = value.load()
                     except SerializationError as exc:
                         # unpickling it again will not help: the task fails, without a retry
                         error = SerializationError(f"the result of task {key!r} cannot be unpickled "
                                                    f"on the driver: {exc}")
                         stimuli.append(S.TaskFailed(key, worker, error, retry=False))
                         continue
-                self.task_results[key] = value
+                if self.wanted is None or key in self.wanted:
+                    self.task_results[key] = value
                 stimuli.append(S.TaskSucceeded(key, worker, event[4]))
             elif kind == STARTED:
                 stimuli.append(S.TaskStarted(key, worker))
@@ -317,6 +334,20 @@ class JobRun:
             runner = self.loop.create_task(self._run_generic(task, decision.worker))
             self.generic.add(runner)
             runner.add_done_callback(self.generic.discard)
+
+    def _load_later(self, worker: str, event: tuple) -> None:
+        """Unpickle a large result in a thread (the loop keeps its heartbeats going), then
+        hand the event on. The scheduler ignores it if the task moved on meanwhile."""
+        async def load():
+            payload = event[3]
+            try:
+                value = await asyncio.to_thread(payload.load)
+            except SerializationError as exc:
+                value = _Unloadable(exc)
+            self.on_task_events(worker, [(*event[:3], value, *event[4:])])
+        runner = self.loop.create_task(load())
+        self.generic.add(runner)
+        runner.add_done_callback(self.generic.discard)
 
     def _spec(self, task, attempt: int) -> tuple:
         """What a worker needs to run ``task``."""

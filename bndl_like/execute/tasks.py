@@ -15,6 +15,27 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "faile
 _job_ids = itertools.count(1)
 
 
+class _NoResult:
+    """Stands in for a result the driver does not hold; ``Task.result()`` raises with its text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<{self.text}>"
+
+
+# the driver holds a result only until execute() yields it
+HANDED_OUT = _NoResult("handed out by execute() and not kept by the driver; keep the value execute() "
+                       "yielded")
+# the job ended before its turn came (a failed or cancelled job)
+NOT_HANDED_OUT = _NoResult("not handed out before the job ended; the driver keeps no result after a job")
+# execute(job, results=...) left it on the worker
+NOT_FETCHED = _NoResult("not brought to the driver: execute(job, results=...) did not ask for it")
+
+
 class Task:
     """A unit of work with dependencies; subclasses say how it executes.
 
@@ -156,8 +177,12 @@ class Task:
             self._notify(1)
 
     def result(self) -> Any:
+        """The result while the driver holds it (see ``ExecutionContext.execute``)."""
         if self.state == DONE:
-            return self._result
+            result = self._result
+            if type(result) is _NoResult:
+                raise RuntimeError(f"the result of task {self.id!r} was {result.text}")
+            return result
         if self._exception is not None and self.state in (FAILED, CANCELLED):
             raise self._exception
         raise RuntimeError(f"task {self.id!r} has no result yet (state {self.state})")
@@ -549,6 +574,7 @@ class Job:
         self.retried = 0       # retries after failures and re-runs of lost outputs
         self.done_count = 0    # tasks done (kept up to date while running, for progress)
         self.failed_count = 0  # tasks that failed for good
+        self.error: BaseException | None = None  # what the last run ended with
         self._run = None  # the JobRun while executing
         self._cancel_requested = False
         self._hooks = Hooks()

@@ -297,14 +297,12 @@ class Connection(asyncio.BufferedProtocol):
         if kind == RESPONSE:
             pending = self._pending.pop(msg[1], None)
             if pending is not None and not pending[0].done():
-                try:
-                    result = msg[2].load()
-                except SerializationError as exc:
-                    pending[0].set_exception(SerializationError(
-                        f"the result of {_what(pending[1], pending[2])} from {self._who()} cannot be "
-                        f"unpickled on {self.node.node_type} {self.node.name}: {exc}"))
+                if msg[2].nbytes >= serialize.LOAD_IN_THREAD:
+                    task = self.loop.create_task(self._load_response(pending, msg[2]))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
                 else:
-                    pending[0].set_result(result)
+                    self._set_response(pending, msg[2].load)
             self.node._on_call_done(self)
         elif kind == FAILURE:
             pending = self._pending.pop(msg[1], None)
@@ -313,6 +311,36 @@ class Connection(asyncio.BufferedProtocol):
             self.node._on_call_done(self)
         else:
             self._handle_request(msg[1], msg[2], msg[3], msg[4])
+
+    def _set_response(self, pending: tuple, load) -> None:
+        future, service, method = pending
+        try:
+            result = load()
+        except SerializationError as exc:
+            result, error = None, SerializationError(
+                f"the result of {_what(service, method)} from {self._who()} cannot be "
+                f"unpickled on {self.node.node_type} {self.node.name}: {exc}")
+        else:
+            error = None
+        if not future.done():
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    async def _load_response(self, pending: tuple, payload: Payload) -> None:
+        """Unpickle a large response in a thread: the loop keeps serving meanwhile."""
+        try:
+            result = await asyncio.to_thread(payload.load)
+        except SerializationError as exc:
+            error = exc
+
+            def load():
+                raise error
+        else:
+            def load():
+                return result
+        self._set_response(pending, load)
 
     def _handle_request(self, request_id, service, method, payload) -> None:
         self.in_progress += 1

@@ -60,6 +60,16 @@ class _Raise(Exception):
     pass
 
 
+def _stand_in(code, module: str, filename: str):
+    """The traceback entry of ``code`` raising. A generator: the stand-in frame's caller is
+    its frame, which refers to no caller once suspended, so the traceback does not keep
+    the frames of whoever rebuilt it (and their locals) alive."""
+    try:
+        exec(code, {"__raise__": _Raise, "__name__": module, "__file__": filename})
+    except _Raise:
+        yield sys.exc_info()[2].tb_next  # the stand-in frame, without this one
+
+
 def rebuild(frames: list[Frame]) -> TracebackType | None:
     """A real traceback whose frames stand for ``frames`` (outermost first)."""
     top = last = None
@@ -71,10 +81,7 @@ def rebuild(frames: list[Frame]) -> TracebackType | None:
         if sys.version_info >= (3, 11):
             fields["co_qualname"] = qualname
         code = code.replace(**fields)
-        try:
-            exec(code, {"__raise__": _Raise, "__name__": module, "__file__": filename})
-        except _Raise:
-            tb = sys.exc_info()[2].tb_next  # the stand-in frame, without this one
+        tb = next(_stand_in(code, module, filename))
         if top is None:
             top = tb
         else:

@@ -11,8 +11,10 @@ over when that fails (lambdas, closures) or when the pickle refers to
 
 from __future__ import annotations
 
+import ctypes
 import pickle
 import reprlib
+import sys
 import traceback
 
 import cloudpickle
@@ -43,8 +45,28 @@ class _LargeBytes:
 
 def _rebuild(as_bytes: bool, buf):
     if as_bytes:
-        return bytes(buf)
+        return _to_bytes(buf)
     return buf if isinstance(buf, bytearray) else bytearray(buf)
+
+
+# copies larger than this into a new bytes object are made without holding the GIL
+COPY_WITHOUT_GIL = 1 << 24
+_BYTES_DATA = bytes.__basicsize__ - 1  # offset of a bytes object's data (CPython)
+
+
+def _to_bytes(buf) -> bytes:
+    """``bytes(buf)``; a large writable buffer is copied by ``ctypes.memmove``, which lets go
+    of the GIL, so that other threads (an event loop's heartbeats) go on meanwhile."""
+    view = memoryview(buf)
+    n = view.nbytes
+    if n < COPY_WITHOUT_GIL or view.readonly or not view.c_contiguous or sys.implementation.name != "cpython":
+        return bytes(view)
+    out = bytes(n)  # calloc'ed: untouched pages cost nothing until written
+    source = (ctypes.c_char * n).from_buffer(view.cast("B"))
+    # a new bytes object nobody else refers to yet: written once, before anyone sees it
+    ctypes.memmove(id(out) + _BYTES_DATA, ctypes.addressof(source), n)
+    del source
+    return out
 
 
 def _wrap(value):
@@ -131,6 +153,10 @@ def _describe(obj) -> str:
         text = text[:200] + "..."
     return f"{type(obj).__name__} {text}"
 
+
+# payloads this large are unpickled in a thread, not on the event loop (copies of large bytes
+# let go of the GIL there, so the loop keeps its heartbeats going)
+LOAD_IN_THREAD = 1 << 26
 
 # results of these types are pickled with the message: they always unpickle
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})

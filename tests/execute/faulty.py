@@ -1,0 +1,70 @@
+"""Task functions that produce what the driver or a worker cannot take (imported by workers)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+
+
+def only_on_worker(directory: str, module: str, value=1):
+    """An object of a class from a module that only this worker can import."""
+    path = os.path.join(directory, module + ".py")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.write("class OnlyHere:\n    def __init__(self, v):\n        self.v = v\n")
+        os.replace(path + ".tmp", path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    return importlib.import_module(module).OnlyHere(value)
+
+
+def _refuse(where: str):
+    raise ValueError(f"this object refuses to be unpickled ({where})")
+
+
+class RefusesUnpickling:
+    """Pickles fine; unpickling it raises."""
+
+    def __reduce__(self):
+        return _refuse, ("by design",)
+
+
+def refuses_unpickling(_=None):
+    return RefusesUnpickling()
+
+
+def nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def big_bytes(nbytes: int) -> bytes:
+    """``nbytes`` zero bytes: calloc'ed, so making them does not hold the GIL for long."""
+    return bytes(nbytes)
+
+
+def zeros_digest(nbytes: int) -> str:
+    """The SHA-1 of ``nbytes`` zero bytes, computed in steps."""
+    digest, step = hashlib.sha1(), bytes(1 << 24)
+    while nbytes:
+        n = min(nbytes, len(step))
+        digest.update(memoryview(step)[:n])
+        nbytes -= n
+    return digest.hexdigest()
+
+
+def megabytes(n: int, _=None):
+    import numpy as np
+    return np.full(n * (1 << 20) // 8, 1.0)
+
+
+def array_sum(*arrays) -> float:
+    return float(sum(a.sum() for a in arrays))
+
+
+def identity(x):
+    return x
