@@ -8,6 +8,7 @@ from .execute.errors import (
                                JobCancelled,
                                TaskCancelled,
                                TaskTimeout,
+                               WorkerDied,
                                WorkersLost,
 )
 from .execute.tasks import FuncTask, Job, RmiTask, Task
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
     "TaskCancelled", "TaskTimeout", "DependenciesFailed", "FailedDependency", "JobCancelled", "WorkersLost",
+    "WorkerDied",
     "CommandTask", "CommandResult", "CommandFailed", "CommandTimeout",
     "NotConnected", "RemoteError", "UnpicklableError", "current_worker", "task_context", "__version__",
 ]

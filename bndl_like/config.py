@@ -95,6 +95,10 @@ OPTIONS = {o.name: o for o in [
     Option("execute.prefetch", 16, _non_negative_int,
            "tasks handed to a worker ahead of its free slots"),
     Option("execute.attempts", 1, _positive_int, "maximum attempts per task"),
+    Option("execute.worker_deaths", 2, _positive_int,
+           "worker losses while running a task before it fails with WorkerDied"),
+    Option("execute.keep_jobs", 100, _non_negative_int,
+           "finished jobs kept in ctx.jobs (their states, counts, times, errors; not results)"),
     Option("execute.progress", "auto", _auto_bool,
            "progress bars for jobs: true, false or auto (on in an interactive session)"),
 ]}

@@ -149,6 +149,7 @@ class ExecutionContext(ExecutorMixin):
         self._hooks = Hooks()
         self._hook_runner = HookRunner()
         self._held: set[str] = set()  # held worker names (changed on the loop thread only)
+        self._worker_pids: dict[str, int] = {}  # worker name -> pid, for exit statuses
         self._local: LocalWorkers | None = None
         self._closed = False
         # None: the execute.progress option (auto: on in an interactive session)
@@ -175,8 +176,21 @@ class ExecutionContext(ExecutorMixin):
         self._node.on_peer_added.append(self._on_peer_added)
         self._node.on_peer_lost.append(self._on_peer_lost)
 
+    def _exit_status(self, worker: str, timeout: float) -> str | None:
+        """How ``worker`` ended ("killed by SIGKILL", "exited with code 3"), when this context
+        started it (a local cluster); None when unknown. Blocks up to ``timeout`` s."""
+        pid = self._worker_pids.get(worker)
+        if pid is None or self._local is None:
+            return None
+        return self._local.exit_status(pid, timeout)
+
     def _on_peer_added(self, peer) -> None:
         if peer.node_type == "worker":
+            if isinstance(peer.pid, int):
+                pids = self._worker_pids
+                pids[peer.name] = peer.pid
+                if len(pids) > 4096:  # bounded, however many workers come and go
+                    del pids[next(iter(pids))]
             self._hook_runner.fire("worker_joined", peer.name, self._hooks)
             if peer.name in self._held:
                 self._tell_held(peer.name, True)

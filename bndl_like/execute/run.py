@@ -18,7 +18,7 @@ from ..rmi.errors import RemoteError, SerializationError
 from ..rmi.pickle_check import unpicklable_error
 from ..rmi.serialize import LOAD_IN_THREAD, Payload, load_exception
 from . import scheduler as S
-from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkersLost
+from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost
 from .tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult
 from .worker import CANCELLED, DEPS_FAILED, FAILED, RESEND, STARTED, SUCCEEDED
 
@@ -95,6 +95,7 @@ class JobRun:
         self.order_results = order_results
         self.concurrency = config.get("execute.concurrency", concurrency)
         self.attempts = config.get("execute.attempts", attempts)
+        self.worker_deaths = config.get("execute.worker_deaths")
         self.prefetch = config.get("execute.prefetch")
         self.results: queue.SimpleQueue = queue.SimpleQueue()
         self.task_results: dict = {}     # task id -> result of the event being handled
@@ -108,6 +109,7 @@ class JobRun:
         self.result_batch: list | None = None
         self.drained: dict[str, list] = {}  # drained worker -> ids of the outputs it held
         self.wanted = wanted_results(job, results)  # ids of the results to bring (None: all)
+        self.suspects: dict = {}  # task id -> workers that died holding it, none known running
         # the tasks whose results are handed out, in task order
         self.handed = job.tasks if self.wanted is None else [t for t in job.tasks if t.id in self.wanted]
 
@@ -138,7 +140,8 @@ class JobRun:
                                  task.priority if task.priority is not None else 0,
                                  locality, isinstance(task, FuncTask))
         self.scheduler = S.Scheduler(specs(), names, concurrency=self.concurrency,
-                                     prefetch=self.prefetch, attempts=self.attempts)
+                                     prefetch=self.prefetch, attempts=self.attempts,
+                                     worker_deaths=self.worker_deaths)
         job.state = "running"
         job.started_at = time.time()
         job.stopped_at = None
@@ -185,7 +188,33 @@ class JobRun:
     def worker_lost(self, peer) -> None:
         if not self.finished and peer.name in self.scheduler.workers:
             self._fire("worker_lost", peer.name, ctx_too=False)
+            self._suspect_lost(peer.name)
             self.apply(self.scheduler.handle(S.WorkerLost(peer.name)))
+
+    def _suspect_lost(self, worker: str) -> None:
+        """Account for a worker that died without reporting the start of any task.
+
+        A task that ends its process at once (``os._exit``, a segfault) dies before its start
+        (and the events of the tasks before it) leave the worker, so the driver cannot tell
+        which one ran. Every task the worker held becomes a suspect: it is sent again asking
+        for a confirmed start (reported before it runs). When a worker then dies with a
+        suspect's start confirmed, the earlier deaths count against it too (worker_deaths).
+        """
+        sched = self.scheduler
+        w = sched._workers.get(worker)
+        if w is None:
+            return
+        suspects = self.suspects
+        if not w.started:
+            for task_id in sched.assigned(worker):
+                suspects.setdefault(task_id, []).append(worker)
+        else:  # the scheduler counts this death for the started ones: add the earlier ones
+            deaths = sched._deaths
+            for t in w.assigned:
+                if sched._started[t]:
+                    earlier = suspects.pop(sched._ids[t], None)
+                    if earlier:
+                        deaths.setdefault(t, [])[:0] = earlier
 
     def set_held(self, worker: str, held: bool) -> None:
         """The context held or released ``worker``: tell the scheduler (a drained worker that
@@ -311,6 +340,12 @@ class JobRun:
                 self._finish("done")
             elif kind is S.JobFailed:
                 error = decision.error
+                if type(error) is WorkerDied and error.exit_status is None:
+                    # the job fails once the worker's exit status is known (or not, in 2 s)
+                    runner = self.loop.create_task(self._fail_with_exit_status(decision))
+                    self.generic.add(runner)
+                    runner.add_done_callback(self.generic.discard)
+                    continue
                 if decision.task_id is not None:
                     task = job.task(decision.task_id)
                     task.mark_failed(error)
@@ -335,6 +370,18 @@ class JobRun:
             self.generic.add(runner)
             runner.add_done_callback(self.generic.discard)
 
+    async def _fail_with_exit_status(self, decision) -> None:
+        error = decision.error
+        error.limit = self.worker_deaths
+        try:
+            error.exit_status = await asyncio.to_thread(self.ctx._exit_status, error.worker, 2.0)
+        except Exception:
+            log.debug("no exit status for %s", error.worker, exc_info=True)
+        if error.exit_status is None:
+            error.exit_status = "exit status unknown"
+        if not self.finished:
+            self.apply([decision])
+
     def _load_later(self, worker: str, event: tuple) -> None:
         """Unpickle a large result in a thread (the loop keeps its heartbeats going), then
         hand the event on. The scheduler ignores it if the task moved on meanwhile."""
@@ -354,7 +401,8 @@ class JobRun:
         location = self.scheduler.location
         deps = {d.id: location(d.id) for d in task.dependencies}
         send = self.wanted is None or task.id in self.wanted
-        return task.id, attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout, send
+        return (task.id, attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout, send,
+                task.id in self.suspects)
 
     def _resend(self, worker: str, key, attempt: int) -> None:
         """A batch did not unpickle on ``worker``: send this task of it on its own."""

@@ -31,6 +31,8 @@ from operator import attrgetter, itemgetter
 
 from sortedcontainers import SortedList
 
+from .errors import WorkerDied
+
 TaskId = Hashable
 WorkerName = str
 
@@ -175,6 +177,8 @@ class JobDone:
 
 @dataclass(frozen=True, slots=True)
 class JobFailed:
+    """The job failed: a task failed for good (``task_id``, ``error``: its exception or a
+    :class:`~bndl_like.execute.errors.WorkerDied`), or every worker was lost (both None)."""
     task_id: TaskId | None
     error: BaseException | None
     reason: str
@@ -295,17 +299,23 @@ class Scheduler:
 
     A locality queue orders by locality (highest first), then rank, with one int per entry:
     ``rank - locality * n`` for ``n`` tasks, so that ``rank == key % n``.
+
+    A worker lost while a task was started on it (TaskStarted for that run) counts against the
+    task, not as an attempt: at ``worker_deaths`` such losses the job fails with
+    :class:`~bndl_like.execute.errors.WorkerDied` (a task that kills its worker would kill
+    them all). Tasks handed to the worker and not started do not count, nor do re-runs reset it.
     """
 
     _STEAL_PATIENCE = 16  # extra quiet fills before the take-back queue is dropped (see _fill)
 
     def __init__(self, tasks: Iterable[TaskSpec], workers: Iterable[WorkerName] = (), *,
-                 concurrency: int = 1, prefetch: int = 0, attempts: int = 1):
+                 concurrency: int = 1, prefetch: int = 0, attempts: int = 1, worker_deaths: int = 2):
         for name, value, low in (("concurrency", concurrency, 1), ("prefetch", prefetch, 0),
-                                 ("attempts", attempts, 1)):
+                                 ("attempts", attempts, 1), ("worker_deaths", worker_deaths, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self._concurrency, self._cap, self._attempts = concurrency, concurrency + prefetch, attempts
+        self._worker_deaths = worker_deaths
         specs = list(tasks)
         n = self._n = len(specs)
         index = self._index = {}
@@ -381,12 +391,14 @@ class Scheduler:
         self._succeeded = bytearray(n)
         self._failures: dict[int, int] = {}
         self._depfails: dict[int, int] = {}
+        self._deaths: dict[int, list[WorkerName]] = {}       # workers lost while running it, oldest first
         self._lost_from: dict[int, WorkerName] = {}
         self._retry_banned: dict[int, set[WorkerName]] = {}
         self._retry_index: dict[WorkerName, set[int]] = {}
         self._prefs: dict[int, dict[WorkerName, int]] = {}   # ready tasks: live worker -> locality
         self._pending: dict[int, WorkerName | None] = {}     # TakeBack outstanding -> thief (or None)
         self._n_succeeded = self._n_failed = self._n_retried = self._n_lost = self._n_taken_back = 0
+        self._n_deaths = 0
         # queues and workers
         self._workers: dict[WorkerName, _Worker] = {}
         self._free: set[WorkerName] = set()    # live, not held, below concurrency + prefetch
@@ -543,7 +555,8 @@ class Scheduler:
                 "pending": self._n - self._n_succeeded, "waiting": c[WAITING], "ready": c[READY],
                 "assigned": c[ASSIGNED], "running": sum(w.started for w in self._workers.values()),
                 "failed_attempts": self._n_failed, "retried": self._n_retried,
-                "dependencies_lost": self._n_lost, "taken_back": self._n_taken_back}
+                "dependencies_lost": self._n_lost, "taken_back": self._n_taken_back,
+                "worker_deaths": self._n_deaths}
 
     def validate_state(self) -> None:
         """Assert the invariants (for tests: O(tasks + edges + queue entries))."""
@@ -586,6 +599,7 @@ class Scheduler:
             self._pending[t] = None
         w.stealing.clear()
         requeue = sorted(w.assigned, key=self._rank.__getitem__)
+        died = [t for t in requeue if self._started[t]] if w.started else None
         for t in requeue:
             self._unassign(t)
         lost = sorted(w.outputs, key=self._rank.__getitem__)
@@ -602,6 +616,8 @@ class Scheduler:
         del self._workers[w.name]
         for t in lost:
             self._lose_output(t)
+        if died and self._count_deaths(died, w.name, requeue):
+            return
         for t in requeue:
             self._requeue(t)
         self._rerun_needed(lost)
@@ -611,6 +627,32 @@ class Scheduler:
                                             f"{left} of {self._n} tasks never finished"))
             return
         self._lift_retry_bans()
+
+    def _count_deaths(self, died: list[int], name: WorkerName, requeue: list[int]) -> bool:
+        """Count the loss of ``name`` against the tasks it was running (``died``, by rank). When
+        one reaches the limit, end the job with WorkerDied for the first such task: True."""
+        deaths, limit = self._deaths, self._worker_deaths
+        self._n_deaths += len(died)
+        fatal = None
+        for t in died:
+            workers = deaths.get(t)
+            if workers is None:
+                workers = deaths[t] = [name]
+            else:
+                workers.append(name)
+            if fatal is None and len(workers) >= limit:
+                fatal = t
+        if fatal is None:
+            return False
+        for t in requeue:  # they went with the worker and will not run again
+            self._set(t, LOST if self._succeeded[t] else CANCELLED)
+        self._set(fatal, FAILED)
+        task_id, workers = self._ids[fatal], deaths[fatal]
+        error = WorkerDied(task_id, name, len(workers), workers)
+        self._end(JobFailed(task_id, error, f"task {task_id!r} was running on {len(workers)} worker(s) "
+                                            f"that died ({', '.join(workers)}), the maximum "
+                                            f"(worker_deaths={limit})"))
+        return True
 
     def _on_worker_held(self, event: WorkerHeld) -> None:
         w = self._workers.get(event.worker)

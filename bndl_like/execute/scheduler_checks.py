@@ -26,9 +26,16 @@ def validate_state(sched: Scheduler) -> None:
     status, rank, n = sched._status, sched._rank, sched._n
     assert [status.count(s) for s in range(len(_STATE_NAMES))] == sched._counts, "status counts"
     assert sched._n_succeeded == sum(sched._succeeded), "succeeded count"
+    deaths, limit = sched._deaths, sched._worker_deaths
+    assert sched._n_deaths == sum(map(len, deaths.values())), "worker deaths count"
+    assert all(0 <= t < n and workers for t, workers in deaths.items()), "worker deaths entries"
     if sched._over:
         assert not any(w.assigned for w in sched._workers.values()) and not sched._pending
+        # a job ended by WorkerDied failed one task (the first of those that reached the limit at once)
+        at_limit = [t for t, workers in deaths.items() if len(workers) >= limit]
+        assert not at_limit or sum(status[t] == FAILED for t in at_limit) == 1, "worker deaths at the end"
         return
+    assert all(len(workers) < limit for workers in deaths.values()), "a task died too often"
     assert sched._n_succeeded < n, "every task succeeded but the job is not over"
     assert not sched._staged, "staged tasks left after filling"
     ready_banned: dict[WorkerName, list[int]] = {}

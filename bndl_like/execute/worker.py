@@ -93,11 +93,13 @@ class _Run:
     """One task handed to this worker."""
 
     __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
-                 "started", "ready", "failure", "timeout", "send")
+                 "started", "ready", "failure", "timeout", "send", "confirm")
 
-    def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None, send=True):
+    def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None, send=True, confirm=False):
         self.key = key
         self.send = send  # the driver wants the result (else only its size)
+        # a worker died while it may have run this task: its start reaches the driver before it runs
+        self.confirm = confirm
         self.attempt = attempt
         self.fn = fn
         self.args = args
@@ -338,7 +340,10 @@ class WorkerService:
             if picked is None:
                 return
             job, run = picked
-            self._post(job, (STARTED, run.key, run.attempt))
+            if run.confirm:
+                self._confirm_start(job, run)
+            else:
+                self._post(job, (STARTED, run.key, run.attempt))
             event = self._execute(job, run)
             with self._cond:
                 if job.running.get(run.key) is run:
@@ -383,6 +388,27 @@ class WorkerService:
                 self.loop.call_soon_threadsafe(self._drain_completed)
             except RuntimeError:  # the loop is closed: the worker is stopping
                 pass
+
+    def _confirm_start(self, job: _JobState, run: _Run, timeout: float = 5.0) -> None:
+        """Report the start and wait (bounded) until it left for the driver: if this task ends
+        the process, the driver knows it was the one running."""
+        sent = threading.Event()
+
+        def send() -> None:
+            try:
+                self._drain_completed()
+                self._report(job, (STARTED, run.key, run.attempt))
+                self._flush()
+                peer = self.node.peers.get(job.driver)
+                if peer is not None and peer.connection is not None:
+                    peer.connection._flush()  # out of the cork, into the socket
+            finally:
+                sent.set()
+        try:
+            self.loop.call_soon_threadsafe(send)
+        except RuntimeError:  # the loop is closed: the worker is stopping
+            return
+        sent.wait(timeout)
 
     def _drain_completed(self) -> None:
         self._wakeup_pending = False
