@@ -377,8 +377,6 @@ class JobRun:
             error.exit_status = await asyncio.to_thread(self.ctx._exit_status, error.worker, 2.0)
         except Exception:
             log.debug("no exit status for %s", error.worker, exc_info=True)
-        if error.exit_status is None:
-            error.exit_status = "exit status unknown"
         if not self.finished:
             self.apply([decision])
 

@@ -284,10 +284,12 @@ class Driver:
         from tests.execute import helpers
         ctx = self.ctx
         done: list = []  # (task id, worker, monotonic time) for every success, re-runs included
+        results: dict = {}  # task id -> its last result (the driver keeps none once handed out)
 
         def on_done(task):
             if task.succeeded:
                 done.append((str(task.id), task.executed_on_last(), time.monotonic()))
+                results[task.id] = task.result()
         layer1 = [FuncTask(ctx, ("a", i), helpers.sleep_then, (sleep, i)) for i in range(first)]
         layer2 = [FuncTask(ctx, ("b", k), helpers.total, (layer1[k::second],)) for k in range(second)]
         for task in layer1 + layer2:
@@ -300,7 +302,7 @@ class Driver:
             if got == progress_after:
                 self.emit({"event": "progress", "results": got, "at": time.monotonic()})
         return {"started": started, "ended": time.monotonic(), "results": got,
-                "first": [t.result() for t in layer1], "second": [t.result() for t in layer2],
+                "first": [results[t.id] for t in layer1], "second": [results[t.id] for t in layer2],
                 "executed_on": {str(t.id): list(t.executed_on) for t in layer1 + layer2},
                 "done": done, "retried": job.retried, **self.op_events()}
 
