@@ -20,7 +20,7 @@ from ..rmi.serialize import LOAD_IN_THREAD, Payload, load_exception
 from . import scheduler as S
 from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost
 from .tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult
-from .worker import CANCELLED, DEPS_FAILED, FAILED, RESEND, STARTED, SUCCEEDED
+from .worker import CANCELLED, DEPS_FAILED, FAILED, PLAIN_KEYS, RESEND, STARTED, SUCCEEDED, plain_key
 
 log = logging.getLogger(__name__)
 
@@ -409,9 +409,13 @@ class JobRun:
         self._notify_run(worker, [self._spec(self.job.task(key), attempt)])
 
     def _notify_run(self, worker: str, batch: list) -> None:
-        self.ctx._node.peers[worker].notify("tasks", "run", self.job.id, self.concurrency,
-                                            [(spec[0], spec[1]) for spec in batch],
-                                            Payload.dump(batch))
+        keys = [(spec[0], spec[1]) for spec in batch]
+        peer = self.ctx._node.peers[worker]
+        if all(type(key) in PLAIN_KEYS or plain_key(key) for key, _ in keys):
+            # the keys always unpickle: they go in the envelope, the specs in their own payload
+            peer.notify_plain("tasks", "run", self.job.id, self.concurrency, keys, Payload.dump(batch))
+        else:
+            peer.notify("tasks", "run", self.job.id, self.concurrency, keys, Payload.dump(batch))
 
     async def _run_generic(self, task, worker: str) -> None:
         peer = self.ctx._node.peers.get(worker)

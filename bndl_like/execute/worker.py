@@ -34,6 +34,16 @@ _local = threading.local()
 STARTED, SUCCEEDED, FAILED, DEPS_FAILED, CANCELLED = "started", "succeeded", "failed", "deps", "cancelled"
 # a batch of tasks that did not unpickle here: the driver sends each task again on its own
 RESEND = "resend"
+PLAIN_KEYS = frozenset({int, str})
+
+
+def plain_key(key) -> bool:
+    """A task id made of ints, strings, floats, None and tuples of them: it always unpickles,
+    so it may travel in a message's envelope (see ``Connection.notify_plain``)."""
+    cls = type(key)
+    if cls is tuple:
+        return all(plain_key(k) for k in key)
+    return cls in PLAIN_KEYS or cls is float or key is None or cls is bool or cls is bytes
 
 
 def current_worker():
@@ -83,7 +93,7 @@ def _clear_async_exc(ident: int) -> None:
 def nbytes_of(value) -> int:
     size = getattr(value, "nbytes", None)
     if isinstance(size, int):
-        return size
+        return int(size)
     if isinstance(value, (bytes, bytearray, memoryview, str)):
         return len(value)
     return sys.getsizeof(value)
@@ -548,7 +558,12 @@ class WorkerService:
             if peer is None:
                 continue
             try:
-                peer.notify("driver", "task_events", job_id, events)
+                if all(type(e[1]) in PLAIN_KEYS or plain_key(e[1]) for e in events) and \
+                        all(type(e[3]) is not dict for e in events if e[0] == DEPS_FAILED):
+                    # keys and values (plain, or payloads of their own) always unpickle
+                    peer.notify_plain("driver", "task_events", job_id, events)
+                else:
+                    peer.notify("driver", "task_events", job_id, events)
             except (SerializationError, MessageTooLarge):
                 self._send_one_by_one(peer, job_id, events)
             except NotConnected:

@@ -346,7 +346,10 @@ class Connection(asyncio.BufferedProtocol):
         self.in_progress += 1
         try:
             try:
-                args, kwargs = payload.load()
+                if type(payload) is tuple:  # plain arguments, in the envelope (notify_plain)
+                    args, kwargs = payload, {}
+                else:
+                    args, kwargs = payload.load()
             except SerializationError as exc:
                 raise SerializationError(
                     f"the arguments of {_what(service, method)} from {self._who()} cannot be "
@@ -516,6 +519,14 @@ class Connection(asyncio.BufferedProtocol):
         self._pending[request_id] = (future, service, method)
         return future
 
+    def notify_plain(self, service: str, method: str, args: tuple) -> None:
+        """A notice whose arguments go in the envelope itself, not in a payload of their own:
+        for arguments the caller knows always unpickle (builtins — ints, strings, tuples and
+        lists of them — and :class:`Payload`). One pickle less each way on hot paths."""
+        if self.is_closed:
+            raise NotConnected(self._lost_message())
+        self._send_message((NOTICE, None, service, method, args))
+
     def notify(self, service: str, method: str, args: tuple, kwargs: dict) -> None:
         if self.is_closed:
             raise NotConnected(self._lost_message())
@@ -596,7 +607,8 @@ def _envelope_kind(msg) -> int:
     if kind in (REQUEST, NOTICE) and len(msg) == 5:
         _, request_id, service, method, payload = msg
         if ((type(request_id) is int) == (kind == REQUEST) and (kind == REQUEST or request_id is None)
-                and type(service) is str and type(method) is str and type(payload) is Payload):
+                and type(service) is str and type(method) is str
+                and (type(payload) is Payload or (kind == NOTICE and type(payload) is tuple))):
             return kind
         raise ProtocolError(f"malformed message: a {'request' if kind == REQUEST else 'notice'} "
                             "needs an id, service and method names and its arguments' payload")

@@ -171,6 +171,11 @@ class Peer:
         """Send a one-way call; errors on the peer are logged there."""
         self._connection().notify(service, method, args, kwargs)
 
+    def notify_plain(self, service: str, method: str, *args) -> None:
+        """:meth:`notify` with arguments the caller knows to be plain: see
+        :meth:`Connection.notify_plain`."""
+        self._connection().notify_plain(service, method, args)
+
     def service(self, name: str) -> ServiceProxy:
         return ServiceProxy(self, name)
 

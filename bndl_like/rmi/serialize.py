@@ -196,6 +196,8 @@ class Payload:
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
     def __reduce_ex__(self, protocol):
+        if not self.buffers and type(self.data) is bytes and len(self.data) < OUT_OF_BAND_MIN:
+            return _received, (self.data,)  # small: in band as it is
         if protocol < 5:  # no out-of-band buffers: copies
             return _received, (bytes(self.data), *map(bytes, self.buffers))
         return _received, (pickle.PickleBuffer(self.data), *map(pickle.PickleBuffer, self.buffers))
