@@ -268,3 +268,13 @@ def test_two_gib_bytes_result_arrives_intact_and_no_worker_is_lost():
         del data
         assert rest == list(range(20))
         assert lost == [] and {w.name for w in ctx.workers} == names
+
+
+def test_task_ids_of_any_hashable_type_travel_in_payloads(ctx):
+    first = [FuncTask(ctx, faulty.Key(i), helpers.identity, (i,)) for i in range(6)]
+    then = FuncTask(ctx, faulty.Key(100), helpers.total, (first,))
+    job = Job(ctx, [*first, then])
+    assert list(ctx.execute(job)) == [0, 1, 2, 3, 4, 5, 15]
+    failing = FuncTask(ctx, faulty.Key(7), helpers.fail, ("boom",))
+    with pytest.raises(helpers.TaskError, match="boom"):
+        list(ctx.execute(Job(ctx, [failing])))
