@@ -581,6 +581,18 @@ class JobRun:
                     peer.notify("tasks", "release", job.id)
                 except NotConnected:
                     pass
+        if state == "done" and self.order_results:
+            # a task whose output was lost after it succeeded is marked failed for its re-run; the
+            # job may end before that re-run (nothing needs it any more): its result still counts
+            for task in self.handed[self.next_index:]:
+                if task._result is not None and type(task._result) is _NoResult:
+                    continue
+                if task.state != "done":
+                    task.state = "done"
+                    task._exception = None
+                self._put(task._result)
+                task._result = HANDED_OUT
+            self.next_index = len(self.handed)
         handed = self.emitted if not self.order_results else {t.id for t in self.handed[:self.next_index]}
         for task in job.tasks:  # results still held: of re-runs, or never handed out (a failed job)
             if task._result is not None and type(task._result) is not _NoResult:
