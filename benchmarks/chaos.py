@@ -144,7 +144,9 @@ for _path in (ROOT, HERE):  # this checkout's bndl_like, as the workers get it (
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from execute import err_text, prepare_environment, progress, stdout_to_stderr, stop_leftovers  # noqa: E402
+from execute import err_text, note_leftovers, prepare_environment, progress, rss, stdout_to_stderr  # noqa: E402
+
+from bndl_like.deploy.supervisor import describe_exit  # noqa: E402
 
 BIG_SHARE = 0.25  # tasks below the last layer that return an array
 BIG_SIZES = (1 * MIB, 2 * MIB, 4 * MIB)
@@ -212,14 +214,6 @@ def build_job(ctx, fns, plan: list[list[Spec]], salt: int, name: str):
     return Job(ctx, list(made.values()), name=name)
 
 
-def rss(pid: int | str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def alive(proc) -> bool:
     """Whether a worker process (a Popen) runs, without reaping it: the local cluster reaps its
     workers, and until then their pids cannot be taken by another process. A stopped one runs."""
@@ -240,17 +234,6 @@ def send(proc, signum: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def _inject_name(kind: str) -> str:
@@ -325,7 +308,7 @@ class Drill:
             old, proc = self.slot_proc.get(slot.index), slot.process
             if old is not None and old is not proc:
                 if old.pid not in self.killed:
-                    how = describe_exit(old.returncode)
+                    how = "exited" if old.returncode is None else describe_exit(old.returncode)
                     self.exits.append({"t": round(self.now(), 2), "worker": self.label(old.pid), "exit": how})
                     self.record("exit (not a kill)", self.label(old.pid), how, fault=False)
                 del self.slot_proc[slot.index]
@@ -879,10 +862,7 @@ def main(argv=None) -> int:
         traceback.print_exc(file=sys.stderr)
     finally:
         faulthandler.cancel_dump_traceback_later()
-        leftovers = stop_leftovers()
-        if leftovers:
-            report["notes"].append("processes still alive at the end, stopped by pid: "
-                                   + "; ".join(leftovers))
+        note_leftovers(report)
     summarize(args, report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))

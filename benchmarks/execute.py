@@ -298,6 +298,22 @@ def descendants(pid: int) -> list[tuple[int, str]]:
     return out
 
 
+def rss(pid: int | str = "self") -> int | None:
+    """Resident set size of a process in bytes (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def note_leftovers(report: dict) -> None:
+    """Stop by pid what is still alive at the end of a run; a note in the report says what."""
+    leftovers = stop_leftovers()
+    if leftovers:
+        report["notes"].append("processes still alive at the end, stopped by pid: " + "; ".join(leftovers))
+
+
 def stop_leftovers() -> list[str]:
     """SIGTERM, then SIGKILL, every live descendant of this process, by pid; describe them."""
     left = [(pid, cmd) for pid, cmd in descendants(os.getpid()) if "resource_tracker" not in cmd]

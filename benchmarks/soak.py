@@ -46,24 +46,15 @@ for _path in (ROOT, HERE):  # this checkout's bndl_like, as the workers get it (
 from execute import (  # noqa: E402
     Watchdog,
     err_text,
+    note_leftovers,
     prepare_environment,
     progress,
+    rss,
     stdout_to_stderr,
-    stop_leftovers,
 )
 from execute_tasks import noop  # noqa: E402
 
 MIB = 1 << 20
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss(pid: int | str = "self") -> int | None:
-    """Resident set size of a process in bytes (None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def slope(values: list[float]) -> float:
@@ -268,10 +259,7 @@ def main(argv=None) -> int:
         report["error"] = err_text(exc)
         progress(f"soak failed: {report['error']}")
     finally:
-        leftovers = stop_leftovers()
-        if leftovers:
-            report["notes"].append("processes still alive at the end, stopped by pid: "
-                                   + "; ".join(leftovers))
+        note_leftovers(report)
     judge(args, report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))

@@ -109,7 +109,6 @@ class JobRun:
         self.result_batch: list | None = None
         self.drained: dict[str, list] = {}  # drained worker -> ids of the outputs it held
         self.wanted = wanted_results(job, results)  # ids of the results to bring (None: all)
-        self.suspects: dict = {}  # task id -> workers that died holding it, none known running
         # the tasks whose results are handed out, in task order
         self.handed = job.tasks if self.wanted is None else [t for t in job.tasks if t.id in self.wanted]
 
@@ -141,7 +140,7 @@ class JobRun:
                                  locality, isinstance(task, FuncTask))
         self.scheduler = S.Scheduler(specs(), names, concurrency=self.concurrency,
                                      prefetch=self.prefetch, attempts=self.attempts,
-                                     worker_deaths=self.worker_deaths)
+                                     worker_deaths=self.worker_deaths, suspects=True)
         job.state = "running"
         job.started_at = time.time()
         job.stopped_at = None
@@ -188,33 +187,7 @@ class JobRun:
     def worker_lost(self, peer) -> None:
         if not self.finished and peer.name in self.scheduler.workers:
             self._fire("worker_lost", peer.name, ctx_too=False)
-            self._suspect_lost(peer.name)
             self.apply(self.scheduler.handle(S.WorkerLost(peer.name)))
-
-    def _suspect_lost(self, worker: str) -> None:
-        """Account for a worker that died without reporting the start of any task.
-
-        A task that ends its process at once (``os._exit``, a segfault) dies before its start
-        (and the events of the tasks before it) leave the worker, so the driver cannot tell
-        which one ran. Every task the worker held becomes a suspect: it is sent again asking
-        for a confirmed start (reported before it runs). When a worker then dies with a
-        suspect's start confirmed, the earlier deaths count against it too (worker_deaths).
-        """
-        sched = self.scheduler
-        w = sched._workers.get(worker)
-        if w is None:
-            return
-        suspects = self.suspects
-        if not w.started:
-            for task_id in sched.assigned(worker):
-                suspects.setdefault(task_id, []).append(worker)
-        else:  # the scheduler counts this death for the started ones: add the earlier ones
-            deaths = sched._deaths
-            for t in w.assigned:
-                if sched._started[t]:
-                    earlier = suspects.pop(sched._ids[t], None)
-                    if earlier:
-                        deaths.setdefault(t, [])[:0] = earlier
 
     def set_held(self, worker: str, held: bool) -> None:
         """The context held or released ``worker``: tell the scheduler (a drained worker that
@@ -400,7 +373,7 @@ class JobRun:
         deps = {d.id: location(d.id) for d in task.dependencies}
         send = self.wanted is None or task.id in self.wanted
         return (task.id, attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout, send,
-                task.id in self.suspects)
+                self.scheduler.suspect(task.id))
 
     def _resend(self, worker: str, key, attempt: int) -> None:
         """A batch did not unpickle on ``worker``: send this task of it on its own."""

@@ -309,7 +309,8 @@ class Scheduler:
     _STEAL_PATIENCE = 16  # extra quiet fills before the take-back queue is dropped (see _fill)
 
     def __init__(self, tasks: Iterable[TaskSpec], workers: Iterable[WorkerName] = (), *,
-                 concurrency: int = 1, prefetch: int = 0, attempts: int = 1, worker_deaths: int = 2):
+                 concurrency: int = 1, prefetch: int = 0, attempts: int = 1, worker_deaths: int = 2,
+                 suspects: bool = False):
         for name, value, low in (("concurrency", concurrency, 1), ("prefetch", prefetch, 0),
                                  ("attempts", attempts, 1), ("worker_deaths", worker_deaths, 1)):
             if not isinstance(value, int) or value < low:
@@ -399,6 +400,9 @@ class Scheduler:
         self._pending: dict[int, WorkerName | None] = {}     # TakeBack outstanding -> thief (or None)
         self._n_succeeded = self._n_failed = self._n_retried = self._n_lost = self._n_taken_back = 0
         self._n_deaths = 0
+        # task -> workers lost holding it when no start on them was known (see _on_worker_lost)
+        self._suspects: dict[int, list[WorkerName]] = {}
+        self._track_suspects = suspects  # the shell confirms the starts of suspects (see suspect())
         # queues and workers
         self._workers: dict[WorkerName, _Worker] = {}
         self._free: set[WorkerName] = set()    # live, not held, below concurrency + prefetch
@@ -544,6 +548,11 @@ class Scheduler:
         w = self._workers.get(worker)
         return [self._ids[t] for t in sorted(w.outputs, key=self._rank.__getitem__)] if w else []
 
+    def suspect(self, task_id: TaskId) -> bool:
+        """True when ``task_id`` was held by a worker that died before reporting any start:
+        its next run should report its start before it runs (see ``_on_worker_lost``)."""
+        return self._index[task_id] in self._suspects if self._suspects else False
+
     def location(self, task_id: TaskId) -> WorkerName | None:
         """The worker holding the task's output, if it is available."""
         return self._location[self._task(task_id)]
@@ -600,6 +609,12 @@ class Scheduler:
         w.stealing.clear()
         requeue = sorted(w.assigned, key=self._rank.__getitem__)
         died = [t for t in requeue if self._started[t]] if w.started else None
+        if not w.started and self._track_suspects:
+            # a task that ends its process at once dies before its start (and the events before
+            # it) leave the worker: every task it held is a suspect, run next with a confirmed
+            # start; a later death with that start known counts these too
+            for t in requeue:
+                self._suspects.setdefault(t, []).append(w.name)
         for t in requeue:
             self._unassign(t)
         lost = sorted(w.outputs, key=self._rank.__getitem__)
@@ -632,14 +647,15 @@ class Scheduler:
         """Count the loss of ``name`` against the tasks it was running (``died``, by rank). When
         one reaches the limit, end the job with WorkerDied for the first such task: True."""
         deaths, limit = self._deaths, self._worker_deaths
-        self._n_deaths += len(died)
         fatal = None
         for t in died:
             workers = deaths.get(t)
             if workers is None:
-                workers = deaths[t] = [name]
-            else:
-                workers.append(name)
+                workers = deaths[t] = []
+            earlier = self._suspects.pop(t, ())
+            workers.extend(earlier)
+            workers.append(name)
+            self._n_deaths += len(earlier) + 1
             if fatal is None and len(workers) >= limit:
                 fatal = t
         if fatal is None:

@@ -294,3 +294,30 @@ def test_options(monkeypatch):
         config.get("execute.worker_deaths", 0)
     with pytest.raises(ValueError, match=r"execute.keep_jobs \(argument\): -1: must be >= 0"):
         config.get("execute.keep_jobs", -1)
+
+
+def test_a_worker_lost_before_any_start_makes_suspects_counted_at_the_next_death():
+    from bndl_like.execute import scheduler as S
+    sched = S.Scheduler([S.TaskSpec("pill"), S.TaskSpec("other")], ["w1", "w2"], suspects=True)
+    first = sched.start()
+    where = {d.task_id: d.worker for d in first if type(d) is S.RunTask}
+    victim = where["pill"]
+    sched.handle(S.WorkerLost(victim))  # died before reporting a start
+    sched.validate_state()
+    assert sched.suspect("pill")
+    sched.handle(S.WorkerAdded(victim + "b"))
+    holder = next((w for w in sched.workers if "pill" in sched.assigned(w)), None)
+    assert holder is not None
+    out = sched.handle(S.TaskStarted("pill", holder), S.WorkerLost(holder))
+    failed = [d for d in out if type(d) is S.JobFailed]
+    assert failed and isinstance(failed[0].error, WorkerDied)
+    assert failed[0].error.task_id == "pill" and failed[0].error.workers == [victim, holder]
+    sched.validate_state()
+
+
+def test_without_suspects_an_unreported_start_counts_nothing():
+    from bndl_like.execute import scheduler as S
+    sched = S.Scheduler([S.TaskSpec("t")], ["w1", "w2"])
+    holder = next(d.worker for d in sched.start() if type(d) is S.RunTask)
+    sched.handle(S.WorkerLost(holder))
+    assert not sched.suspect("t") and sched.counts()["worker_deaths"] == 0
