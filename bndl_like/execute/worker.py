@@ -404,6 +404,18 @@ class WorkerService:
         the process, the driver knows it was the one running."""
         sent = threading.Event()
 
+        deadline = time.monotonic() + timeout
+
+        def in_kernel() -> None:
+            """Done once the transport holds nothing more: the kernel delivers it even if the
+            process ends right after."""
+            peer = self.node.peers.get(job.driver)
+            transport = None if peer is None or peer.connection is None else peer.connection.transport
+            if transport is None or transport.get_write_buffer_size() == 0 or time.monotonic() > deadline:
+                sent.set()
+            else:
+                self.loop.call_later(0.001, in_kernel)
+
         def send() -> None:
             try:
                 self._drain_completed()
@@ -413,7 +425,7 @@ class WorkerService:
                 if peer is not None and peer.connection is not None:
                     peer.connection._flush()  # out of the cork, into the socket
             finally:
-                sent.set()
+                in_kernel()
         try:
             self.loop.call_soon_threadsafe(send)
         except RuntimeError:  # the loop is closed: the worker is stopping
