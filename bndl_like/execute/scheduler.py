@@ -304,6 +304,9 @@ class Scheduler:
     task, not as an attempt: at ``worker_deaths`` such losses the job fails with
     :class:`~bndl_like.execute.errors.WorkerDied` (a task that kills its worker would kill
     them all). Tasks handed to the worker and not started do not count, nor do re-runs reset it.
+    With ``suspects=True`` such tasks, and tasks that died with a worker, are suspects
+    (:meth:`suspect`): the shell runs them next alone on their worker with a confirmed start, so
+    that their next death is known to be their own, and it then counts the earlier ones too.
     """
 
     _STEAL_PATIENCE = 16  # extra quiet fills before the take-back queue is dropped (see _fill)
@@ -549,9 +552,13 @@ class Scheduler:
         return [self._ids[t] for t in sorted(w.outputs, key=self._rank.__getitem__)] if w else []
 
     def suspect(self, task_id: TaskId) -> bool:
-        """True when ``task_id`` was held by a worker that died before reporting any start:
-        its next run should report its start before it runs (see ``_on_worker_lost``)."""
-        return self._index[task_id] in self._suspects if self._suspects else False
+        """True when ``task_id`` was held by a worker that died before reporting any start, or
+        was running on a worker that died: its next run should report its start before it runs,
+        so that a next death is known to be its own (see ``_on_worker_lost``)."""
+        if not self._track_suspects:
+            return False
+        t = self._index[task_id]
+        return t in self._suspects or t in self._deaths
 
     def location(self, task_id: TaskId) -> WorkerName | None:
         """The worker holding the task's output, if it is available."""
@@ -609,12 +616,14 @@ class Scheduler:
         w.stealing.clear()
         requeue = sorted(w.assigned, key=self._rank.__getitem__)
         died = [t for t in requeue if self._started[t]] if w.started else None
-        if not w.started and self._track_suspects:
+        if self._track_suspects:
             # a task that ends its process at once dies before its start (and the events before
-            # it) leave the worker: every task it held is a suspect, run next with a confirmed
-            # start; a later death with that start known counts these too
+            # it) leave the worker: every task it held without a known start is a suspect, run
+            # next alone with a confirmed start; a later death of its own counts these too
+            started = self._started
             for t in requeue:
-                self._suspects.setdefault(t, []).append(w.name)
+                if not started[t]:
+                    self._suspects.setdefault(t, []).append(w.name)
         for t in requeue:
             self._unassign(t)
         lost = sorted(w.outputs, key=self._rank.__getitem__)

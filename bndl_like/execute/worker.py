@@ -99,6 +99,9 @@ def nbytes_of(value) -> int:
     return sys.getsizeof(value)
 
 
+_WAIT = object()  # a task that must run alone waits for the others to end
+
+
 class _Run:
     """One task handed to this worker."""
 
@@ -151,6 +154,10 @@ class WorkerService:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        # tasks a worker died running: each runs alone on this worker (nothing else of any job
+        # runs beside it), so that if it ends this process too, the death is its own
+        self._confirms: dict[_Run, _JobState] = {}
+        self._exclusive: _Run | None = None
         self._closing = False
         self._outbox: dict[tuple, list] = {}
         self._flush_handle = None
@@ -193,6 +200,9 @@ class WorkerService:
                 self._prepare(job, run)
         with self._cond:
             job.queue.extend(runs)
+            for run in runs:
+                if run.confirm:
+                    self._confirms[run] = job
             self._wake_runners(job)
 
     def _unreadable(self, driver: str, job_id: int, concurrency: int, keys: list, exc: Exception) -> None:
@@ -332,6 +342,16 @@ class WorkerService:
             while True:
                 if self._closing:
                     return None
+                if self._exclusive is not None:
+                    self._cond.wait()
+                    continue
+                if self._confirms:
+                    picked = self._next_exclusive()
+                    if picked is not None:
+                        if picked is _WAIT:
+                            self._cond.wait()
+                            continue
+                        return picked
                 for job in self.jobs.values():
                     if job.queue and len(job.running) < job.concurrency:
                         queue = job.queue
@@ -344,6 +364,28 @@ class WorkerService:
                                 return job, run
                 self._cond.wait()
 
+    def _next_exclusive(self):
+        """A ready task to run alone, _WAIT while others still run, or None (under the lock)."""
+        ready = None
+        for run, job in list(self._confirms.items()):
+            if run.started or run.cancelled or run not in job.queue or self.jobs.get(
+                    (job.driver, job.job_id)) is not job:
+                del self._confirms[run]  # taken back, cancelled or its job released
+            elif ready is None and run.ready:
+                ready = run, job
+        if ready is None:
+            return None
+        if any(j.running for j in self.jobs.values()):
+            return _WAIT
+        run, job = ready
+        del self._confirms[run]
+        job.queue.remove(run)
+        run.started = True
+        job.running[run.key] = run
+        self._idle -= 1
+        self._exclusive = run
+        return job, run
+
     def _runner(self) -> None:
         while True:
             picked = self._next_run()
@@ -351,15 +393,25 @@ class WorkerService:
                 return
             job, run = picked
             if run.confirm:
-                self._confirm_start(job, run)
+                self._confirm(job, (STARTED, run.key, run.attempt))
             else:
                 self._post(job, (STARTED, run.key, run.attempt))
             event = self._execute(job, run)
+            if run.confirm:  # it ran alone: its end leaves before anything else runs here
+                self._confirm(job, event)
+            else:
+                # posted before the run counts as ended: a task run alone next reports its
+                # start after this event, never before it
+                self._post(job, event)
             with self._cond:
                 if job.running.get(run.key) is run:
                     del job.running[run.key]
                 self._idle += 1
-            self._post(job, event)
+                if self._exclusive is run:
+                    self._exclusive = None
+                    self._cond.notify_all()
+                elif self._confirms:
+                    self._cond.notify_all()  # a task waiting to run alone may start now
             # an idle runner must not keep its last task's arguments or output alive
             picked = job = run = event = None
 
@@ -399,9 +451,9 @@ class WorkerService:
             except RuntimeError:  # the loop is closed: the worker is stopping
                 pass
 
-    def _confirm_start(self, job: _JobState, run: _Run, timeout: float = 5.0) -> None:
-        """Report the start and wait (bounded) until it left for the driver: if this task ends
-        the process, the driver knows it was the one running."""
+    def _confirm(self, job: _JobState, event: tuple, timeout: float = 5.0) -> None:
+        """Report ``event`` (after every event before it) and wait (bounded) until it left for
+        the driver: if the process ends next, the driver knows which task was running."""
         sent = threading.Event()
 
         deadline = time.monotonic() + timeout
@@ -419,7 +471,8 @@ class WorkerService:
         def send() -> None:
             try:
                 self._drain_completed()
-                self._report(job, (STARTED, run.key, run.attempt))
+                if not job.released:
+                    self._report(job, event)
                 self._flush()
                 peer = self.node.peers.get(job.driver)
                 if peer is not None and peer.connection is not None:

@@ -86,3 +86,29 @@ def kill_worker(_=None):
 class Key:
     """A task id that is not a builtin: messages naming it take the payload path."""
     n: int
+
+
+def _wait_for(path: str, timeout: float) -> bool:
+    import time
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def bystander(directory: str):
+    """First run: marks that it runs and blocks (it dies with its worker); later runs return."""
+    marker = os.path.join(directory, "bystander")
+    if os.path.exists(marker):
+        return "ran"
+    open(marker, "w").close()
+    _wait_for(os.path.join(directory, "never"), 60)
+    return "timed out"
+
+
+def pill_beside_bystander(directory: str, code: int = 3):
+    """Ends its worker once the bystander runs (at once on later runs)."""
+    _wait_for(os.path.join(directory, "bystander"), 60)
+    os._exit(code)

@@ -55,3 +55,17 @@ def test_one_death_is_enough_with_worker_deaths_1(monkeypatch):
         assert 1 <= info.value.deaths <= 2
         assert ctx.await_workers(2, stable_timeout=60) == 2
         assert ctx.run_function(helpers.add, 2, 2, timeout=30) == 4
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_died_beside_a_pill_runs_alone_next_and_is_not_blamed(ctx, tmp_path):
+    # both run on one worker and die with it; then each runs alone: the bystander succeeds,
+    # its end reported before the pill starts, and the pill alone is blamed
+    first = sorted(w.name for w in ctx.workers)[0]
+    bystander = FuncTask(ctx, "bystander", faulty.bystander, (str(tmp_path),), locality={first: 1})
+    pill = FuncTask(ctx, "pill", faulty.pill_beside_bystander, (str(tmp_path),), locality={first: 1})
+    job = Job(ctx, [bystander, pill])
+    with pytest.raises(WorkerDied) as info:
+        list(ctx.execute(job, concurrency=2))
+    assert info.value.task_id == "pill" and info.value.workers[0] == first
+    assert bystander.state == "done" and not bystander.failed and len(info.value.workers) == 2

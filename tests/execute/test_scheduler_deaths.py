@@ -321,3 +321,39 @@ def test_without_suspects_an_unreported_start_counts_nothing():
     holder = next(d.worker for d in sched.start() if type(d) is S.RunTask)
     sched.handle(S.WorkerLost(holder))
     assert not sched.suspect("t") and sched.counts()["worker_deaths"] == 0
+
+
+def test_a_task_whose_worker_died_runs_next_with_a_confirmed_start():
+    # its next death may come before a batched start notice leaves the worker: it must be counted
+    from bndl_like.execute import scheduler as S
+    sched = S.Scheduler([S.TaskSpec("pill"), S.TaskSpec("other")], ["w1", "w2"], suspects=True)
+    where = {d.task_id: d.worker for d in sched.start() if type(d) is S.RunTask}
+    victim = where["pill"]
+    assert not sched.suspect("pill")
+    sched.handle(S.TaskStarted("pill", victim), S.WorkerLost(victim))
+    assert sched.suspect("pill") and sched.counts()["worker_deaths"] == 1
+    sched.validate_state()
+    without = S.Scheduler([S.TaskSpec("pill")], ["w1", "w2"])
+    holder = next(d.worker for d in without.start() if type(d) is S.RunTask)
+    without.handle(S.TaskStarted("pill", holder), S.WorkerLost(holder))
+    assert not without.suspect("pill")
+
+
+def test_tasks_held_without_a_known_start_are_suspects_when_another_one_started():
+    # the worker ran 'first', then 'pill' ended it before its start (and the end of 'first')
+    # left: 'first' counts a death, 'pill' is a suspect; its own death then counts both
+    from bndl_like.execute import scheduler as S
+    sched = S.Scheduler([S.TaskSpec("first"), S.TaskSpec("pill")], ["w1"], prefetch=1,
+                        suspects=True)
+    run = [d for d in sched.start() if type(d) is S.RunTask]
+    assert [(d.task_id, d.worker) for d in run] == [("first", "w1"), ("pill", "w1")]
+    sched.handle(S.WorkerAdded("w2"))
+    sched.handle(S.TaskStarted("first", "w1"), S.WorkerLost("w1"))
+    sched.validate_state()
+    assert sched.suspect("first") and sched.suspect("pill")
+    assert sched.counts()["worker_deaths"] == 1
+    out = sched.handle(S.TaskStarted("first", "w2"), S.TaskSucceeded("first", "w2", 1),
+                       S.TaskStarted("pill", "w2"), S.WorkerLost("w2"))
+    failed = [d for d in out if type(d) is S.JobFailed]
+    assert failed and failed[0].error.task_id == "pill" and failed[0].error.workers == ["w1", "w2"]
+    sched.validate_state()
