@@ -28,6 +28,7 @@ setup(
             "nbformat>=5.1",
             "ipykernel>=6.0",
             "ipywidgets>=8.0",
+            "threadpoolctl>=3.1",  # the workers' BLAS threads, in the tests
         ],
         # progress bars as widgets in Jupyter (without it tqdm falls back to text)
         "notebook": ["ipykernel>=6.0", "ipywidgets>=8.0"],

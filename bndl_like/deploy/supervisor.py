@@ -24,6 +24,8 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from .threads import thread_limits, worker_concurrency
+
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
@@ -107,6 +109,8 @@ class Supervisor:
         self.count = workers
         self.command = [sys.executable, "-m", "bndl_like.cli", "worker", *worker_argv]
         self.env = env
+        # BLAS/OpenMP threads per worker: its task threads, not a thread per core each
+        self.threads = worker_concurrency(worker_argv, os.environ if env is None else env)
         self.initial_backoff = backoff
         self.max_backoff = max_backoff
         self.max_restarts = max_restarts
@@ -152,6 +156,7 @@ class Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         # the worker also watches that its parent is still this process (see cli._watch_parent)
         env = {**(self.env if self.env is not None else os.environ), "BNDL_LIKE_PARENT_PID": str(os.getpid())}
+        env.update(thread_limits(env, self.threads))  # before numpy loads in the worker
         slot.process = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with(os.getpid()))
         slot.started = time.monotonic()
