@@ -98,6 +98,8 @@ def _seeds(args) -> list[str]:
 
 async def _run_worker(args) -> None:
     from .deploy import logs
+    from .deploy.supervisor import SIBLINGS_ENV, watch_siblings
+    from .execute.output import WorkerOutput
     from .execute.scatter import ScatterService
     from .execute.worker import FunctionService, WorkerService
     from .profile.service import ProfilingService
@@ -108,9 +110,12 @@ async def _run_worker(args) -> None:
                 secret=_secret(args, args.listen, *seeds), heartbeat_timeout=args.heartbeat_timeout,
                 heartbeat_interval=min(1.0, args.heartbeat_timeout / 4), **_tls(args))
     logs.set_node_name(node.name)
-    functions = FunctionService(max(4, args.concurrency))
+    functions = FunctionService(max(4, args.concurrency), node=node)
     tasks = WorkerService(node, max_threads=max(64, args.concurrency))
+    task_output = WorkerOutput(node)
+    task_output.install()  # what tasks print and log goes to their driver when it asks
     node.add_service("functions", functions)
+    node.add_service("output", task_output)
     node.add_service("tasks", tasks)
     node.add_service("profiling", ProfilingService(node))
     node.add_service("scatter", ScatterService(node))
@@ -122,10 +127,16 @@ async def _run_worker(args) -> None:
     log.info("worker %s ready on %s, seeds %s", node.name, ", ".join(node.addresses),
              ", ".join(map(str, node.seeds)) or "none")
     watcher = asyncio.ensure_future(_watch_parent(stop))
+    siblings = os.environ.get(SIBLINGS_ENV)
+    # a supervisor's workers know each other, whatever their seeds (see deploy.supervisor)
+    sibling_watcher = asyncio.ensure_future(watch_siblings(siblings, node)) if siblings else None
     try:
         await stop.wait()
     finally:
         watcher.cancel()
+        if sibling_watcher is not None:
+            sibling_watcher.cancel()
+            await asyncio.gather(sibling_watcher, return_exceptions=True)
         log.info("%s stopping", node.name)
         # if stopping hangs, show where before a supervisor's SIGKILL comes
         faulthandler.dump_traceback_later(4, exit=False)

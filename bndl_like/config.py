@@ -101,6 +101,9 @@ OPTIONS = {o.name: o for o in [
            "finished jobs kept in ctx.jobs (their states, counts, times, errors; not results)"),
     Option("execute.progress", "auto", _auto_bool,
            "progress bars for jobs: true, false or auto (on in an interactive session)"),
+    Option("forward_output", "auto", _auto_bool,
+           "what tasks print and log, written on the driver: true, false or auto (on for a local "
+           "cluster and in an interactive session)"),
 ]}
 
 

@@ -13,8 +13,10 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -22,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 from .. import config
 from ..local import LocalWorkers
 from ..rmi import Node, takes_peer
-from .errors import JobCancelled
+from .errors import JobCancelled, trim_traceback
 from .executor import ExecutorMixin
 from .hooks import HookRunner, Hooks
+from .output import OutputMixin, resolve_forward_output
 from .progress import JobProgress
 from .progress import check as check_progress
 from .progress import wanted as progress_wanted
 from .recent import RecentJobs
-from .run import JobRun, split_batch
+from .run import JobResults, JobRun, split_batch
 from .tasks import Job
 
 if TYPE_CHECKING:
@@ -103,16 +106,75 @@ class _DriverService:
     """The ``driver`` service: receives batched task events from workers."""
 
     def __init__(self, ctx: ExecutionContext):
-        self.ctx = ctx
+        self.ctx = weakref.ref(ctx)  # the node must not keep its context alive
 
     @takes_peer
     def task_events(self, worker, job_id: int, events: list) -> None:
-        run = self.ctx._runs.get(job_id)
+        ctx = self.ctx()
+        run = None if ctx is None else ctx._runs.get(job_id)
         if run is not None:
             run.on_task_events(worker.name, events)
 
 
-class ExecutionContext(ExecutorMixin):
+def _weakly(method):
+    """A callback calling ``method`` while its object lives: what the node's loop holds must
+    not keep the context alive (it is stopped when garbage-collected)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+    return call
+
+
+class _Parts:
+    """What stopping a context needs, apart from the context: a garbage-collected context
+    is stopped from these (``weakref.finalize`` must not refer to the context itself)."""
+
+    def __init__(self, io: _LoopThread, hook_runner: HookRunner):
+        self.io = io
+        self.hook_runner = hook_runner
+        self.node: Node | None = None
+        self.local: LocalWorkers | None = None
+        self.name = "?"
+        self.closed = False  # close() was called (not a garbage collection)
+
+
+def _stop_parts(parts: _Parts) -> None:
+    """Stop the driver node, the local workers, the loop and the hook thread. Run once, by
+    ``close()`` or when the context is garbage-collected."""
+    if threading.current_thread() is parts.io.thread:  # collected on the loop: stop from outside it
+        threading.Thread(target=_stop_parts, args=(parts,), name="bndl-like-driver-stop").start()
+        return
+    if not parts.closed:
+        log.info("ExecutionContext %s was garbage-collected without close(): stopping it%s",
+                 parts.name, "" if parts.local is None else " and its local workers")
+    node = parts.node
+    try:
+        if node is not None and node.running:
+            parts.io.run(node.stop(), timeout=10)
+    except Exception:
+        log.exception("error while stopping the driver node")
+    if parts.local is not None:
+        parts.local.stop()
+    parts.io.stop()
+    parts.hook_runner.close()
+
+
+def _open_local_clusters() -> list:
+    return [c for c in list(_open_contexts) if c._local is not None and not c._closed]
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside this module, for a warning issued here."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class ExecutionContext(ExecutorMixin, OutputMixin):
     """The driver's handle on a cluster of workers.
 
     ``ExecutionContext()`` starts a local cluster of ``os.cpu_count()`` worker
@@ -124,7 +186,8 @@ class ExecutionContext(ExecutorMixin):
     def __init__(self, seeds: Iterable[str] | None = None, secret: str | bytes | None = None, *,
                  listen: str | None = None, workers: int | None = None, cluster: str | None = None,
                  progress: bool | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-                 tls_ca: str | None = None, **node_options):
+                 tls_ca: str | None = None, start_timeout: float = 60, forward_output: bool | None = None,
+                 **node_options):
         if seeds is None and not os.environ.get(config.env_name("seeds")):
             local_workers = workers if workers is not None else (os.cpu_count() or 1)
             if not isinstance(local_workers, int) or isinstance(local_workers, bool) or local_workers < 1:
@@ -137,33 +200,76 @@ class ExecutionContext(ExecutorMixin):
             if workers is not None:
                 raise ValueError("workers= starts a local cluster; it cannot be combined with seeds")
             local_workers = 0
+        # what tasks print and log, written here (None: auto, on for a local cluster and in notebooks)
+        forward_output = resolve_forward_output(forward_output, bool(local_workers))
+        if local_workers:
+            for other in _open_local_clusters():
+                warnings.warn("another local cluster of this process is still open: "
+                              f"{other._describe_local()}; close it (ctx.close(), or "
+                              "`with ExecutionContext.local() as ctx:`) unless you mean to run both "
+                              "(it also stops once nothing refers to it)",
+                              RuntimeWarning, stacklevel=_caller_stacklevel())
         self._io = _LoopThread("bndl-like-driver")
         self._loop = self._io.loop
+        self._hook_runner = HookRunner()
+        # stops what this context started when it is closed, or garbage-collected unclosed
+        self._parts = parts = _Parts(self._io, self._hook_runner)
+        self._finalizer = weakref.finalize(self, _stop_parts, parts)
+        self._finalizer.atexit = False  # _close_all closes what is open at exit, in full
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
-        self._node = Node(node_type="driver", listen=listen, seeds=seeds, secret=secret,
-                          cluster=cluster, **tls, **node_options)
+        try:
+            self._node = parts.node = Node(node_type="driver", listen=listen, seeds=seeds, secret=secret,
+                                           cluster=cluster, **tls, **node_options)
+        except BaseException:
+            self._finalizer()
+            raise
+        parts.name = self._node.name
         self._node.add_service("driver", _DriverService(self))
+        self._init_output(forward_output)
+        # the node (held by its loop's tasks) refers to this context weakly, so that a context
+        # garbage-collected unclosed is stopped (weakref.finalize above)
+        for service in list(self._node.services.values()):
+            if getattr(service, "ctx", None) is self:
+                service.ctx = weakref.proxy(self)
         self._runs: dict[int, JobRun] = {}
         # running jobs, and the last execute.keep_jobs ended ones (their summaries once dropped)
         self.jobs = RecentJobs(config.get("execute.keep_jobs"))
         self._hooks = Hooks()
-        self._hook_runner = HookRunner()
         self._held: set[str] = set()  # held worker names (changed on the loop thread only)
         self._worker_pids: dict[str, int] = {}  # worker name -> pid, for exit statuses
         self._local: LocalWorkers | None = None
         self._closed = False
         # None: the execute.progress option (auto: on in an interactive session)
         self.progress = check_progress(progress)
+        self._expected = local_workers
         try:
             self._io.run(self._start())
             if local_workers:
-                self._local = LocalWorkers(local_workers, self._node.addresses[0],
-                                           self._node.secret, self._node.cluster, **tls)
+                self._local = parts.local = LocalWorkers(local_workers, self._node.addresses[0],
+                                                         self._node.secret, self._node.cluster, **tls)
+                self._await_local(local_workers, start_timeout)
         except BaseException:
             self.close()
             raise
-        self._expected = local_workers
         _open_contexts.add(self)
+
+    def _await_local(self, count: int, timeout: float) -> None:
+        """Return once the ``count`` local workers joined; a clear error if they do not in time."""
+        try:
+            connected = self.await_workers(count, stable_timeout=timeout)
+        except TimeoutError:
+            connected = self.worker_count
+        if connected < count:
+            raise TimeoutError(f"the local cluster did not start: {connected} of {count} workers joined "
+                               f"within start_timeout={timeout:g} s (a loaded machine may need more; "
+                               f"workers log to this process's stderr)")
+
+    def _describe_local(self) -> str:
+        """One line for a warning: the context and its local workers' pids."""
+        local = self._local
+        pids = [] if local is None else [p.pid for p in local.processes]
+        return (f"ExecutionContext {self._node.name} with {len(pids)} worker "
+                f"process{'' if len(pids) == 1 else 'es'} (pids {', '.join(map(str, pids)) or '-'})")
 
     @classmethod
     def local(cls, workers: int | None = None, **options) -> ExecutionContext:
@@ -173,8 +279,8 @@ class ExecutionContext(ExecutorMixin):
 
     async def _start(self) -> None:
         await self._node.start()
-        self._node.on_peer_added.append(self._on_peer_added)
-        self._node.on_peer_lost.append(self._on_peer_lost)
+        self._node.on_peer_added.append(_weakly(self._on_peer_added))
+        self._node.on_peer_lost.append(_weakly(self._on_peer_lost))
 
     def _exit_status(self, worker: str, timeout: float) -> str | None:
         """How ``worker`` ended ("killed by SIGKILL", "exited with code 3"), when this context
@@ -319,6 +425,12 @@ class ExecutionContext(ExecutorMixin):
         wait until that many joined, at most ``stable_timeout`` s. Otherwise
         wait up to ``connect_timeout`` s for a first worker, then until the
         count stays the same for a moment (at most ``stable_timeout`` s).
+
+        TimeoutError when fewer than ``worker_count`` joined, or, joining through
+        seeds, none did: it names each seed not reached and why (refused, timed out,
+        authentication failed, no secret given, another cluster). A wrong secret or
+        cluster ends the wait at once. A driver without seeds, which workers join,
+        just waits and returns how many came.
         """
         self._check_open()
         target = worker_count or self._expected or None
@@ -326,11 +438,19 @@ class ExecutionContext(ExecutorMixin):
         if target:
             while self.worker_count < target and time.monotonic() - start < stable_timeout:
                 self._check_local_alive()
+                if self._seeds_hopeless(start):
+                    break
                 time.sleep(0.005)
+            if worker_count and self.worker_count < worker_count:
+                raise TimeoutError(self._too_few_workers(worker_count, time.monotonic() - start))
             return self.worker_count
         while self.worker_count == 0 and time.monotonic() - start < connect_timeout:
+            if self._seeds_hopeless(start):
+                break
             time.sleep(0.01)
         if self.worker_count == 0:
+            if self._node.seeds:
+                raise TimeoutError(self._too_few_workers(1, time.monotonic() - start))
             return 0
         last, since = self.worker_count, time.monotonic()
         while time.monotonic() - since < min(1.0, connect_timeout) and \
@@ -339,6 +459,31 @@ class ExecutionContext(ExecutorMixin):
             if self.worker_count != last:
                 last, since = self.worker_count, time.monotonic()
         return self.worker_count
+
+    def _seeds_hopeless(self, start: float) -> bool:
+        """No worker, and every seed refused us for a reason waiting does not cure (a wrong
+        secret, another cluster); looked at every 0.1 s, on the loop that owns the node."""
+        now = time.monotonic()
+        if self.worker_count or not self._node.seeds or now - getattr(self, "_seeds_checked", 0) < 0.1:
+            return False
+        self._seeds_checked = now
+        try:
+            return self._io.call(self._node.seeds_final, timeout=5)
+        except Exception:
+            return False
+
+    def _too_few_workers(self, wanted: int, waited: float) -> str:
+        """Why a wait for ``wanted`` workers ended with fewer: each seed or peer not reached
+        and its error (from the node, read on its loop)."""
+        try:
+            report = self._io.call(self._node.unreachable_report, timeout=5)
+        except Exception:
+            report = ""
+        have = self.worker_count
+        seeds = ", ".join(map(str, self._node.seeds))
+        text = ("no worker joined" if not have and wanted == 1 else f"{have} of {wanted} workers joined")
+        text += f" within {waited:.1f}s" + (f" through {seeds}" if seeds else "")
+        return text + (f"; not reached: {report}" if report else "")
 
     def _worker_load(self, names: list[str], timeout: float) -> dict[str, int] | None:
         """Tasks of running jobs assigned to each of ``names`` (running or handed ahead); None
@@ -365,29 +510,37 @@ class ExecutionContext(ExecutorMixin):
     # -- executing --------------------------------------------------------------------------------
 
     def execute(self, job: Job, workers=None, order_results: bool = True, concurrency: int | None = None,
-                attempts: int | None = None, progress: bool | None = None, results="all") -> Iterator:
+                attempts: int | None = None, progress: bool | None = None, results="all") -> JobResults:
         """Run ``job``; yield the result of each task (in task order when ``order_results``).
+
+        The arguments are checked here; the job starts on the first ``next()`` of what this
+        returns (``for result in ctx.execute(job)``, ``list(...)``), never before: results
+        dropped without being iterated run nothing and say so in a RuntimeWarning.
 
         ``results`` says which results come to the driver: ``"all"``, ``"sinks"`` (the tasks
         no task of the job depends on) or an iterable of tasks of the job; the other outputs
         stay on the workers for their dependents and are dropped when the job ends. The
         driver holds a result only until it is yielded (``task.result()`` then says so).
 
-        Closing the generator early, ``job.cancel()`` or Ctrl-C (Jupyter's stop button)
-        cancels the job on every worker. A task that fails ``attempts`` times stops the
-        job: its exception is raised here, with the remote traceback. ``progress`` shows
-        a progress bar (default: ``ctx.progress``, else on in an interactive session).
+        Leaving the loop early, ``close()`` on the results (or leaving ``with ctx.execute(job)
+        as results:``), ``job.cancel()`` or Ctrl-C (Jupyter's stop button) cancels the job on
+        every worker; results dropped half-read after ``next()`` calls cancel it with a warning.
+        A task that fails ``attempts`` times stops the job: its exception is raised here, with
+        the remote traceback. ``progress`` shows a progress bar (default: ``ctx.progress``,
+        else on in an interactive session).
         """
-        show = progress_wanted(progress, self.progress)
-        run = self._start_job(job, workers, order_results, concurrency, attempts, results)
-        results = self._iterate(run, show)
-        # a generator dropped before its first next() never runs its finally: cancel then too
-        weakref.finalize(results, _cancel_unfinished, run)
-        return results
+        __tracebackhide__ = True  # noqa: F841
+        try:
+            show = progress_wanted(progress, self.progress)
+            run = self._start_job(job, workers, order_results, concurrency, attempts, results, begin=False)
+        except BaseException as exc:
+            raise trim_traceback(exc)  # raised here: no framework frame below this one
+        return JobResults(self, run, show)
 
     def _start_job(self, job: Job, workers, order_results: bool, concurrency: int | None,
-                   attempts: int | None, results="all") -> JobRun:
-        """Check the arguments, start the job on the loop; the run whose queue yields results."""
+                   attempts: int | None, results="all", begin: bool = True) -> JobRun:
+        """Check the arguments, claim the job and (``begin``) start it on the loop; the run whose
+        queue yields results."""
         self._check_open()
         if not isinstance(job, Job):
             raise TypeError(f"execute() takes a Job, not {type(job).__name__}; "
@@ -402,9 +555,22 @@ class ExecutionContext(ExecutorMixin):
             self.await_workers()
         run = JobRun(self, job, workers, order_results, concurrency, attempts, results)
         run.prepare()
-        self.jobs.append(job)
-        self._loop.call_soon_threadsafe(run.start)
+        if begin:
+            self._begin_run(run)
         return run
+
+    def _begin_run(self, run: JobRun) -> None:
+        """Start a claimed run on the loop; JobCancelled when it was cancelled or released first."""
+        self._check_open()
+        if not run.begin():
+            raise JobCancelled(f"job {run.job.name} was cancelled before it started")
+        self.jobs.append(run.job)
+        self._loop.call_soon_threadsafe(run.start)
+
+    def _begin_job(self, run: JobRun, progress: bool) -> Iterator:
+        """JobResults' first next(): start the run; the generator of its results."""
+        self._begin_run(run)
+        return self._iterate(run, progress)
 
     def _iterate(self, run: JobRun, progress: bool = False, deadline: float | None = None,
                  what: str = "") -> Iterator:
@@ -436,7 +602,7 @@ class ExecutionContext(ExecutorMixin):
                     finished = True
                     if error is not None:
                         run = results = None  # its traceback must not keep the job alive
-                        raise error
+                        raise trim_traceback(error)
                     return
         except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button
             finished = True
@@ -454,6 +620,8 @@ class ExecutionContext(ExecutorMixin):
         if self._loop.is_closed():
             return
         run.cancel_threadsafe()
+        if threading.current_thread() is self._io.thread:
+            return  # dropped on the loop itself: it cancels once this callback returns
         deadline = time.monotonic() + 5
         while not run.finished and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -501,16 +669,8 @@ class ExecutionContext(ExecutorMixin):
                 self._io.call(run.cancel, timeout=5)
             except Exception:
                 pass
-        try:
-            if self._node.running:
-                self._io.run(self._node.stop(), timeout=10)
-        except Exception:
-            log.exception("error while stopping the driver node")
-        if getattr(self, "_local", None) is not None:
-            self._local.stop()
-        self._io.stop()
-        if getattr(self, "_hook_runner", None) is not None:
-            self._hook_runner.close()
+        self._parts.closed = True
+        self._finalizer()  # the node, the local workers, the loop, the hook thread
         _open_contexts.discard(self)
 
     def __enter__(self) -> ExecutionContext:
@@ -535,14 +695,6 @@ class ExecutionContext(ExecutorMixin):
         except Exception:
             from ..display import esc
             return f"<div><b>{esc(repr(self))}</b></div>"
-
-
-def _cancel_unfinished(run: JobRun) -> None:
-    if not run.finished and not run.loop.is_closed():
-        try:
-            run.cancel_threadsafe()
-        except RuntimeError:  # the loop closed meanwhile
-            pass
 
 
 @atexit.register

@@ -18,15 +18,17 @@ import functools
 import math
 import queue
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..rmi.errors import RemoteError, SerializationError
 from ..rmi.pickle_check import unpicklable_error
-from .errors import WorkersLost
+from ..rmi.remote_tb import attach_origin
+from .errors import WorkersLost, trim_traceback
 from .progress import JobProgress
 from .progress import wanted as progress_wanted
-from .run import remote_note, split_batch
+from .run import split_batch
 from .tasks import FuncTask, Job
 
 if TYPE_CHECKING:
@@ -53,9 +55,7 @@ def _unwrap_remote(exc: BaseException) -> BaseException:
     if isinstance(exc, RemoteError) and isinstance(exc.__cause__, Exception):
         original = exc.__cause__
         original.remote_traceback = exc.remote_traceback  # type: ignore[attr-defined]
-        if hasattr(original, "add_note"):
-            original.add_note(remote_note(f"raised on worker {exc.peer}", original))
-        return original
+        return attach_origin(original, f"raised on worker {exc.peer}")
     return exc
 
 
@@ -223,25 +223,36 @@ class ExecutorMixin:
         that name to ``fn`` with ``functools.partial``).
         """
         __tracebackhide__ = True  # noqa: F841
-        timeout = check_timeout(timeout)
-        return self._run_timed("run_function", fn, self._prepare_run_function(fn, args, kwargs), timeout)
+        try:
+            timeout = check_timeout(timeout)
+            return self._run_timed("run_function", fn, self._prepare_run_function(fn, args, kwargs),
+                                   timeout)
+        except BaseException as exc:
+            raise trim_traceback(exc)  # raised here: no framework frame below this one
 
     def run_each_worker(self: ExecutionContext, fn: Callable, /, *args: Any, timeout: float | None = None,
                         **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(*args, **kwargs)`` on every worker at once; return ``{worker name: result}``.
         ``timeout`` as for :meth:`run_function`."""
         __tracebackhide__ = True  # noqa: F841
-        timeout = check_timeout(timeout)
-        return self._run_timed("run_each_worker", fn, self._prepare_run_each_worker(fn, args, kwargs),
-                               timeout)
+        try:
+            timeout = check_timeout(timeout)
+            return self._run_timed("run_each_worker", fn, self._prepare_run_each_worker(fn, args, kwargs),
+                                   timeout)
+        except BaseException as exc:
+            raise trim_traceback(exc)  # raised here: no framework frame below this one
 
     def run_each_host(self: ExecutionContext, fn: Callable, /, *args: Any, timeout: float | None = None,
                       **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(*args, **kwargs)`` once per host (on one of its workers); return ``{host: result}``.
         ``timeout`` as for :meth:`run_function`."""
         __tracebackhide__ = True  # noqa: F841
-        timeout = check_timeout(timeout)
-        return self._run_timed("run_each_host", fn, self._prepare_run_each_host(fn, args, kwargs), timeout)
+        try:
+            timeout = check_timeout(timeout)
+            return self._run_timed("run_each_host", fn, self._prepare_run_each_host(fn, args, kwargs),
+                                   timeout)
+        except BaseException as exc:
+            raise trim_traceback(exc)  # raised here: no framework frame below this one
 
     def map(self: ExecutionContext, fn: Callable, iterable: Iterable, /, *args: Any,
             chunksize: int | None = None, progress: bool | None = None,
@@ -258,21 +269,24 @@ class ExecutorMixin:
         for the whole map, then the job is cancelled and TimeoutError raised.
         """
         __tracebackhide__ = True  # noqa: F841
-        timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        job = self._map_job(fn, iterable, chunksize, args)
-        if job is None:
-            return []
-        out: list = []
-        show = progress_wanted(progress, self.progress)
-        run = self._start_job(job, None, True, None, None)
-        name = getattr(fn, "__name__", None) or type(fn).__name__
-        what = f"map({name})" if timeout is None else f"map({name}) (timeout={timeout:g} s)"
-        chunks = self._iterate(run, show, deadline, what)
-        job = run = None  # a traceback through here must not keep the job alive
-        for chunk in chunks:
-            out.extend(chunk)
-        return out
+        try:
+            timeout = check_timeout(timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            job = self._map_job(fn, iterable, chunksize, args)
+            if job is None:
+                return []
+            out: list = []
+            show = progress_wanted(progress, self.progress)
+            run = self._start_job(job, None, True, None, None)
+            name = getattr(fn, "__name__", None) or type(fn).__name__
+            what = f"map({name})" if timeout is None else f"map({name}) (timeout={timeout:g} s)"
+            chunks = self._iterate(run, show, deadline, what)
+            job = run = None  # a traceback through here must not keep the job alive
+            for chunk in chunks:
+                out.extend(chunk)
+            return out
+        except BaseException as exc:
+            raise trim_traceback(exc)  # raised here: no framework frame below this one
 
     # -- scatter ------------------------------------------------------------------------------------
 
@@ -281,7 +295,8 @@ class ExecutorMixin:
         registry = self.__dict__.get("_scatter")
         if registry is None:
             from .scatter import ScatterRegistry
-            registry = self.__dict__["_scatter"] = self._io.call(ScatterRegistry, self)
+            # weakly: the registry listens on the node, which must not keep the context alive
+            registry = self.__dict__["_scatter"] = self._io.call(ScatterRegistry, weakref.proxy(self))
         return registry
 
     def scatter(self: ExecutionContext, obj: Any):
@@ -297,7 +312,11 @@ class ExecutorMixin:
         return self._io.run(registry.scatter(obj))
 
     def scatter_update(self: ExecutionContext, handle, obj: Any):
-        """Replace the object of ``handle`` on every worker holding it; return the handle."""
+        """Replace the object of ``handle`` on every worker holding it; return the handle.
+
+        Returns once every worker holding it holds ``obj``: every task that starts afterwards
+        gets ``obj``, tasks of running jobs already queued on a worker included.
+        """
         return self._io.run(self._scatter_registry().update(handle, obj))
 
     def scatter_update_patch(self: ExecutionContext, handle, patch: Any):
@@ -309,7 +328,13 @@ class ExecutorMixin:
         return self._io.run(self._scatter_registry().update_patch(handle, patch))
 
     def release(self: ExecutionContext, handle) -> None:
-        """Drop the object of ``handle`` from every worker; tasks using it afterwards fail."""
+        """Drop the object of ``handle`` from every worker; tasks that start afterwards using it
+        fail with ScatterError. Releasing twice, or after ``close()``, does nothing."""
+        if self._closed:  # the workers of a closed context hold nothing of it any more
+            from .scatter import ScatterHandle
+            if not isinstance(handle, ScatterHandle):
+                raise TypeError(f"a ScatterHandle is needed, not {type(handle).__name__}")
+            return
         self._io.run(self._scatter_registry().release(handle))
 
     def ensure_sync(self: ExecutionContext) -> ExecutionContext:
@@ -453,7 +478,9 @@ class AsyncExecutionContext:
         return await self._on_driver(registry.update_patch(handle, patch))
 
     async def release(self, handle) -> None:
-        """Drop the object of ``handle`` from every worker."""
+        """Drop the object of ``handle`` from every worker (nothing after ``close()``)."""
+        if self._ctx._closed:
+            return self._ctx.release(handle)  # checks the handle, sends nothing
         registry = await asyncio.to_thread(self._ctx._scatter_registry)
         await self._on_driver(registry.release(handle))
 
@@ -480,6 +507,11 @@ class AsyncExecutionContext:
     async def continue_task(self, task) -> bool:
         """As ``ExecutionContext.continue_task``."""
         return await asyncio.to_thread(self._ctx.continue_task, task)
+
+    async def worker_logs(self, n: int = 100, timeout: float | None = 30) -> dict[str, list[str]]:
+        """As ``ExecutionContext.worker_logs``: ``{worker name: [line, ...]}``."""
+        self._ctx._check_open()
+        return await self._on_driver(self._ctx._worker_logs(n, timeout))
 
     def cancel(self, job: Job) -> None:
         """Cancel ``job`` on every worker."""
@@ -517,7 +549,7 @@ class AsyncExecutionContext:
                     finished = True
                     if error is not None:
                         job = run = None  # its traceback must not keep the job alive
-                        raise error
+                        raise trim_traceback(error)
         finally:
             if not finished:
                 await asyncio.shield(asyncio.to_thread(ctx._cancel_run, run))

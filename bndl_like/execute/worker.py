@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ from typing import Any
 from ..rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
 from ..rmi.pickle_check import unpicklable_result
 from ..rmi.serialize import Payload, dump_exception, dump_value
-from . import scatter
+from . import output, scatter
 from .errors import DependenciesFailed, TaskCancelled, TaskTimeout
 from .tasks import fill_dependencies, has_markers
 
@@ -47,27 +48,42 @@ def plain_key(key) -> bool:
 
 
 def current_worker():
-    """The worker node running the current task; RuntimeError outside a task."""
+    """The worker node running the current task or function (``run_function``,
+    ``run_each_worker``, ``run_each_host``, ``map``); RuntimeError elsewhere."""
     worker = getattr(_local, "worker", None)
     if worker is None:
-        raise RuntimeError("current_worker() is only available inside a task running on a worker")
+        raise RuntimeError("current_worker() is only available inside a task or a function the "
+                           "cluster runs on a worker (execute, map, run_function, run_each_worker, "
+                           "run_each_host)")
     return worker
 
 
 @dataclass(frozen=True)
 class TaskContext:
+    """Where and as what the current code runs on a worker.
+
+    In a task: its id, job and attempt (``function`` is None). In a function called by
+    ``run_function``, ``run_each_worker`` or ``run_each_host`` (which run outside any job):
+    ``task_id`` and ``job_id`` are None, ``attempt`` is 1 and ``function`` is the function's
+    name.
+    """
+
     task_id: Any
-    job_id: int
+    job_id: int | None
     attempt: int
     worker: str
     driver: str
+    function: str | None = None
 
 
 def task_context() -> TaskContext:
-    """The id, job, attempt of the running task; RuntimeError outside a task."""
+    """The id, job, attempt of the running task (see :class:`TaskContext` for functions
+    called by ``run_function`` and its kin); RuntimeError elsewhere."""
     context = getattr(_local, "context", None)
     if context is None:
-        raise RuntimeError("task_context() is only available inside a task running on a worker")
+        raise RuntimeError("task_context() is only available inside a task or a function the "
+                           "cluster runs on a worker (execute, map, run_function, run_each_worker, "
+                           "run_each_host)")
     return context
 
 
@@ -106,7 +122,7 @@ class _Run:
     """One task handed to this worker."""
 
     __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
-                 "started", "ready", "failure", "timeout", "send", "confirm")
+                 "started", "ready", "failure", "timeout", "send", "confirm", "handles")
 
     def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None, send=True, confirm=False):
         self.key = key
@@ -125,6 +141,7 @@ class _Run:
         self.started = False
         self.ready = not deps  # dependency outputs in place in args/kwargs
         self.failure: tuple | None = None  # the event to report instead of running
+        self.handles: scatter.TaskHandles | None = None  # scatter handles its arguments resolved
 
 
 class _JobState:
@@ -183,11 +200,14 @@ class WorkerService:
         send each task on its own first, so that only the culprits fail.
         """
         try:
-            tasks = specs.load()
+            tasks, handles = scatter.load_tasks(specs)
         except SerializationError as exc:
             self._unreadable(driver.name, job_id, concurrency, keys, exc)
             return
         runs = [_Run(*spec) for spec in tasks]
+        if handles is not None:  # checked again as each starts: scatter_update reaches queued tasks
+            for run, task_handles in zip(runs, handles, strict=True):
+                run.handles = task_handles
         if scatter._missing_made and scatter.take_missing_count():
             for run in runs:  # a scattered object this worker does not hold: fail before running
                 missing = scatter.find_missing((run.args, run.kwargs))
@@ -250,6 +270,8 @@ class WorkerService:
 
     @staticmethod
     def _fill(run: _Run, outputs: dict) -> None:
+        if run.handles is not None:
+            run.handles.outputs = outputs  # to fill its arguments again if they are unpickled again
         try:
             if has_markers(run.args):
                 run.args = fill_dependencies(run.args, outputs)
@@ -417,6 +439,8 @@ class WorkerService:
 
     def _execute(self, job: _JobState, run: _Run) -> tuple:
         """Run one task in this thread; the event to report."""
+        if run.failure is None and run.handles is not None:
+            self._rescatter(run)
         if run.failure is not None:
             return run.failure
         outcome, value = self._call_in_thread(job, run, run.args, run.kwargs)
@@ -440,6 +464,25 @@ class WorkerService:
             return FAILED, run.key, run.attempt, dump_exception(value)
         except Exception as exc:  # pragma: no cover - dump_exception is defensive already
             return FAILED, run.key, run.attempt, (None, type(value).__name__, str(exc), "", None)
+
+    def _rescatter(self, run: _Run) -> None:
+        """As the task starts: when a scattered object its arguments hold was updated (or
+        released) since they were unpickled, unpickle them again, with the current versions."""
+        try:
+            spec = run.handles.updated()
+        except SerializationError as exc:
+            error = SerializationError(f"task {run.key!r} cannot be unpickled on worker "
+                                       f"{self.node.name}: {exc}")
+            run.failure = (FAILED, run.key, run.attempt, dump_exception(error), False)
+            return
+        if spec is None:
+            return
+        run.fn, run.args, run.kwargs = spec[2], spec[3], spec[4]
+        if run.handles.outputs is not None:
+            self._fill(run, run.handles.outputs)
+        missing = scatter.find_missing((run.args, run.kwargs))
+        if missing is not None and run.failure is None:
+            run.failure = (FAILED, run.key, run.attempt, dump_exception(missing.error()))
 
     def _post(self, job: _JobState, event: tuple) -> None:
         """Hand an event to the loop; wake it once per batch, not per event."""
@@ -543,6 +586,7 @@ class WorkerService:
     def _call_in_thread(self, job: _JobState, run: _Run, args, kwargs):
         ident = threading.get_ident()
         timer = None
+        sink = output.begin(job.driver, "task", run.key)
         try:
             try:
                 with run.lock:
@@ -560,6 +604,7 @@ class WorkerService:
                 if timer is not None:
                     timer.cancel()
                 _local.worker = _local.context = None
+                output.end(sink)
                 with run.lock:
                     run.thread = None
                 _clear_async_exc(ident)  # a cancel that lost the race must not hit this thread later
@@ -617,6 +662,7 @@ class WorkerService:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        output.flush_pending()  # what tasks printed reaches their driver before their ends
         outbox, self._outbox = self._outbox, {}
         for (driver, job_id), events in outbox.items():
             peer = self.node.peers.get(driver)
@@ -685,20 +731,48 @@ class WorkerService:
             thread.join(1.0)
 
 
-class FunctionService:
-    """Runs pickled callables in a thread pool so the event loop stays free."""
+def _function_name(fn) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
-    def __init__(self, threads: int = 4):
+
+class FunctionService:
+    """Runs pickled callables in a thread pool so the event loop stays free.
+
+    In the call, ``current_worker()`` is ``node`` and ``task_context()`` names the function
+    (see :class:`TaskContext`); what it prints and logs is the caller's task output.
+    """
+
+    def __init__(self, threads: int = 4, node=None):
         self.threads = threads
+        self.node = node
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="bndl-like-fn")
 
-    async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    @takes_peer
+    async def call(self, caller, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
         if scatter._missing_made and scatter.take_missing_count():
             missing = scatter.find_missing((fn, args, kwargs))
             if missing is not None:
                 raise missing.error()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self.executor, self._run, caller.name, fn, args, kwargs)
+        finally:
+            output.flush_pending()  # what the function printed leaves before its result
+
+    def _run(self, caller: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        node = self.node
+        name = _function_name(fn)
+        if node is not None:
+            _local.worker = node
+            _local.context = TaskContext(None, None, 1, node.name, caller, name)
+        sink = output.begin(caller, "call", name)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _local.worker = _local.context = None
+            output.end(sink)
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "hostname": socket.gethostname(), "threads": self.threads}
