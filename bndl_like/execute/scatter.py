@@ -9,6 +9,14 @@ names :func:`_resolve`, which reads this worker's :class:`ScatterService`.
 When a worker does not hold the object (it was released, or never sent there),
 the handle unpickles as a :class:`_Missing` placeholder and the task (or
 function call) fails with :class:`ScatterError` naming the handle before it runs.
+
+``ctx.scatter_update(handle, obj)`` returns once every worker holding the handle
+holds the new version, and applies to every task that starts after it returned,
+tasks already handed ahead to a worker (queued there) included: a batch of tasks
+whose arguments resolved handles keeps its pickle (:func:`load_tasks`), and a task
+whose handle was updated (or released) meanwhile is unpickled again as it starts
+(:meth:`TaskHandles.updated`). A handle is a context manager: ``with
+ctx.scatter(obj) as handle:`` releases it on exit (``async with`` on the async twin).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+import weakref
 from typing import Any
 
 from ..rmi import serialize
@@ -28,16 +37,54 @@ class ScatterError(LookupError):
 
 
 class ScatterHandle:
-    """A reference to an object scattered to the workers: an id and a version."""
+    """A reference to an object scattered to the workers: an id and a version.
 
-    __slots__ = ("id", "version")
+    ``with ctx.scatter(obj) as handle:`` (``async with await actx.scatter(obj) as
+    handle:``) releases the object from every worker when the block ends; after
+    ``ctx.close()`` that is a no-op.
+    """
 
-    def __init__(self, handle_id: str, version: int = 1):
+    __slots__ = ("id", "version", "_context")
+
+    def __init__(self, handle_id: str, version: int = 1, context=None):
         self.id = handle_id
         self.version = version
+        # the ExecutionContext that scattered it, weakly: a handle does not keep a driver alive
+        if context is not None and not isinstance(context, weakref.ProxyTypes):
+            context = weakref.proxy(context)
+        self._context = context
 
     def __reduce__(self):
         return _resolve, (self.id, self.version)
+
+    def _owner(self):
+        """The context that scattered it; None when that context is gone (and with it what it
+        scattered)."""
+        context = self._context
+        if context is None:
+            raise RuntimeError(f"{self!r} was not made by ctx.scatter() in this process; "
+                               "release it with the context that scattered it")
+        try:
+            context.release  # noqa: B018  a dead proxy raises ReferenceError
+        except ReferenceError:
+            return None
+        return context
+
+    def __enter__(self) -> ScatterHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        context = self._owner()
+        if context is not None:
+            context.release(self)
+
+    async def __aenter__(self) -> ScatterHandle:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        context = self._owner()
+        if context is not None:
+            await context.ensure_async().release(self)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ScatterHandle) and other.id == self.id
@@ -74,6 +121,8 @@ class _Missing:
 _service: ScatterService | None = None
 # placeholders made since the last check: lets the worker skip the scan of arguments otherwise
 _missing_made = 0
+# .versions: {handle id: version resolved} while load_tasks unpickles in this thread, else None
+_loading = threading.local()
 
 
 def _resolve(handle_id: str, version: int = 1) -> Any:
@@ -83,10 +132,81 @@ def _resolve(handle_id: str, version: int = 1) -> Any:
     if service is None:  # not a worker (e.g. a handle in a result back on the driver)
         return ScatterHandle(handle_id, version)
     entry = service.store.get(handle_id)
+    versions = getattr(_loading, "versions", None)
+    if versions is not None:
+        versions[handle_id] = None if entry is None else entry[0]
     if entry is not None:
         return entry[1]
     _missing_made += 1
     return _Missing(handle_id, version, service.node.name)
+
+
+def _held_version(handle_id: str) -> int | None:
+    entry = _service.store.get(handle_id) if _service is not None else None
+    return None if entry is None else entry[0]
+
+
+def _load_recording(payload) -> tuple[list, dict]:
+    """Unpickle ``payload``; with the versions of the handles it resolved."""
+    versions: dict = {}
+    _loading.versions = versions
+    try:
+        return payload.load(), versions
+    finally:
+        _loading.versions = None
+
+
+class _TaskBatch:
+    """A batch of task specs that resolved handles: its pickle, kept to unpickle it again
+    when a handle changed before one of its tasks started (once per change, for all)."""
+
+    __slots__ = ("payload", "_lock", "_latest")
+
+    def __init__(self, payload):
+        self.payload = payload
+        self._lock = threading.Lock()
+        self._latest: tuple[list, dict] | None = None  # (specs, versions) of the last reload
+
+    def reload(self) -> tuple[list, dict]:
+        with self._lock:
+            latest = self._latest
+            if latest is None or any(_held_version(h) != v for h, v in latest[1].items()):
+                latest = self._latest = _load_recording(self.payload)
+            return latest
+
+
+class TaskHandles:
+    """The handles a queued task's arguments were resolved with, and their versions."""
+
+    __slots__ = ("batch", "index", "versions", "outputs")
+
+    def __init__(self, batch: _TaskBatch, index: int, versions: dict):
+        self.batch = batch
+        self.index = index
+        self.versions = versions
+        self.outputs: dict | None = None  # the dependency outputs put in its arguments, if any
+
+    def updated(self) -> tuple | None:
+        """The task's spec unpickled again, when a handle it holds was updated or released
+        since it was unpickled (else None): called as the task starts, in its thread.
+        Raises SerializationError."""
+        for handle_id, version in self.versions.items():
+            if _held_version(handle_id) != version:
+                break
+        else:
+            return None
+        specs, self.versions = self.batch.reload()
+        return specs[self.index]
+
+
+def load_tasks(specs) -> tuple[list, list[TaskHandles] | None]:
+    """Unpickle a batch of task specs (a Payload); with, when they resolved handles, the
+    :class:`TaskHandles` of each task, to check as it starts. Raises SerializationError."""
+    tasks, versions = _load_recording(specs)
+    if not versions:
+        return tasks, None
+    batch = _TaskBatch(specs)
+    return tasks, [TaskHandles(batch, i, versions) for i in range(len(tasks))]
 
 
 def find_missing(value, depth: int = 0) -> _Missing | None:
@@ -222,7 +342,7 @@ class ScatterRegistry:
                                     "(e.g. with run_each_worker)", exc) from None
 
     async def scatter(self, obj: Any) -> ScatterHandle:
-        handle = ScatterHandle(uuid.uuid4().hex, 1)
+        handle = ScatterHandle(uuid.uuid4().hex, 1, self.ctx)
         self.objects[handle.id] = (handle.version, obj)
         peers = [w for w in self.ctx.workers if w.connected]
         self.holders[handle.id] = {p.name for p in peers}
@@ -245,6 +365,8 @@ class ScatterRegistry:
         return [w for w in self.ctx.workers if w.name in names and w.connected]
 
     async def update(self, handle: ScatterHandle, obj: Any) -> ScatterHandle:
+        """Returns once every worker holding the handle holds the new version: a task that
+        starts afterwards gets it, even one queued on a worker before (see load_tasks)."""
         self._known(handle)
         previous = self.objects[handle.id]
         version = previous[0] + 1
@@ -284,4 +406,5 @@ def _quiet(future) -> None:
         future.exception()
 
 
-__all__ = ["ScatterHandle", "ScatterService", "ScatterError", "ScatterRegistry", "find_missing"]
+__all__ = ["ScatterHandle", "ScatterService", "ScatterError", "ScatterRegistry", "TaskHandles",
+           "find_missing", "load_tasks"]
