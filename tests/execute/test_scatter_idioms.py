@@ -20,6 +20,13 @@ pytestmark = pytest.mark.timeout(60)
 QUEUED = 24  # tasks queued on the 2 workers (within concurrency 1 + prefetch 16 each)
 
 
+@pytest.fixture(autouse=True)
+def _prefetch(monkeypatch):
+    """Tasks handed ahead to the workers (read as each job starts)."""
+    monkeypatch.setenv("BNDL_LIKE_EXECUTE_PREFETCH", "16")
+    monkeypatch.setenv("BNDL_LIKE_EXECUTE_CONCURRENCY", "1")
+
+
 @pytest.fixture(scope="module")
 def ctx():
     with ExecutionContext.local(workers=2, progress=False) as ctx:
