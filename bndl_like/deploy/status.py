@@ -7,11 +7,19 @@ import asyncio
 from ..rmi import Node, NotConnected, RemoteError
 
 
+class ClusterUnreachable(TimeoutError):
+    """No worker answered through the seeds; the message names each seed not reached and why."""
+
+
 async def cluster_status(seeds: list, secret: bytes | None, cluster: str | None,
-                         timeout: float = 5.0, **node_options) -> list[dict]:
+                         timeout: float = 5.0, *, unreached: list | None = None,
+                         **node_options) -> list[dict]:
     """Join through ``seeds``, wait until the set of peers settles, ask each worker.
 
     ``node_options`` go to the Node that joins (``tls_cert``, ``tls_key``, ``tls_ca``).
+    :class:`ClusterUnreachable` when no worker answers, naming each seed not reached and
+    its error; with workers found, the seeds and peers not reached are appended to
+    ``unreached`` (if given) as ``"seed tcp://...: error"``.
     """
     node = Node(node_type="driver", listen="tcp://127.0.0.1:0", seeds=seeds, secret=secret,
                 cluster=cluster, **node_options)
@@ -26,8 +34,18 @@ async def cluster_status(seeds: list, secret: bytes | None, cluster: str | None,
                 last, since = count, loop.time()
             elif count and loop.time() - since > 0.5:
                 break
+            elif not count and node.seeds_final():
+                break  # a wrong secret or another cluster: waiting does not help
             await asyncio.sleep(0.05)
         workers = [p for p in node.peers.values() if p.node_type == "worker"]
+        report = node.unreachable_report()
+        if not workers:
+            waited = loop.time() - (deadline - timeout)
+            raise ClusterUnreachable(
+                f"no worker answered through {', '.join(map(str, seeds))} within {waited:.1f}s"
+                + (f"; not reached: {report}" if report else ""))
+        if report and unreached is not None:
+            unreached.extend(report.split("; "))
 
         async def ask(peer):
             try:

@@ -9,16 +9,26 @@ within seconds; workers also get SIGTERM if the supervisor itself dies.
 Each worker runs in a session of its own, so its process group holds what its
 tasks started: when a worker has exited, for whatever reason, what is left of
 its group is killed. How each worker ended is kept by pid (:meth:`exit_status`).
+
+The workers of one supervisor know each other, whatever their seeds: each writes its
+name and addresses into a directory the supervisor made (``BNDL_LIKE_SIBLINGS_DIR``)
+and dials the others found there (:func:`announce`, :func:`watch_siblings`); the
+supervisor removes a worker's file once it exited. So a driver that reaches any of
+them finds all, and a restarted worker rejoins through its live siblings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,6 +38,70 @@ from .threads import thread_limits, worker_concurrency
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+SIBLINGS_ENV = "BNDL_LIKE_SIBLINGS_DIR"
+SIBLINGS_POLL = 0.2  # seconds between looks at the siblings directory
+
+
+def _sibling_file(directory: str, pid: int) -> str:
+    return os.path.join(directory, f"{pid}.json")
+
+
+def announce(directory: str, node) -> str:
+    """Write ``node``'s name and addresses (loopback first: siblings share the host) where its
+    siblings look; returns the file's path."""
+    addresses = sorted(node.addresses, key=lambda a: "127.0.0.1" not in a)
+    entry = {"name": node.name, "node_type": node.node_type, "addresses": addresses}
+    path = _sibling_file(directory, os.getpid())
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".announce-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(entry, f)
+    os.replace(tmp, path)  # a sibling never reads it half written
+    return path
+
+
+def read_siblings(directory: str, own: str | None = None) -> list[dict]:
+    """The entries the workers in ``directory`` announced, ``own`` (a path) left out."""
+    entries = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.join(directory, name)
+        if not name.endswith(".json") or path == own:
+            continue
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            entries.append(entry)
+    return entries
+
+
+async def watch_siblings(directory: str, node, poll: float = SIBLINGS_POLL) -> None:
+    """Announce ``node`` in ``directory`` and have it dial every sibling announced there,
+    also those started (or restarted) later. Runs until cancelled; removes its file then."""
+    own = announce(directory, node)
+    seen: object = None
+    try:
+        while True:
+            try:
+                stamp = os.stat(directory).st_mtime_ns
+            except OSError:
+                return  # the supervisor is gone and took the directory along
+            if stamp != seen:
+                seen = stamp
+                entries = [e for e in read_siblings(directory, own) if e["name"] not in node.peers]
+                if entries:
+                    node.learn(entries)
+            await asyncio.sleep(poll)
+    finally:
+        try:
+            os.unlink(own)
+        except OSError:
+            pass
 
 
 def die_with(parent: int):
@@ -118,6 +192,7 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.stable_after = stable_after
         self.slots = [_Slot(i) for i in range(workers)]
+        self.siblings_dir: str | None = None  # where the workers announce themselves
         self._stop_signal: int | None = None
         # how recent workers ended, by pid; notified on each exit (see LocalWorkers.exit_status)
         self._exits: OrderedDict[int, str] = OrderedDict()
@@ -144,6 +219,11 @@ class Supervisor:
         proc = slot.process
         kill_group(proc.pid)  # before the reap, so the group id is still that worker's
         status = describe_exit(proc.wait())
+        if self.siblings_dir is not None:
+            try:
+                os.unlink(_sibling_file(self.siblings_dir, proc.pid))
+            except OSError:
+                pass
         with self.exited:
             self._exits[proc.pid] = status
             self._exits.move_to_end(proc.pid)
@@ -156,6 +236,9 @@ class Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         # the worker also watches that its parent is still this process (see cli._watch_parent)
         env = {**(self.env if self.env is not None else os.environ), "BNDL_LIKE_PARENT_PID": str(os.getpid())}
+        if self.siblings_dir is None:
+            self.siblings_dir = tempfile.mkdtemp(prefix="bndl-like-workers-")
+        env[SIBLINGS_ENV] = self.siblings_dir
         env.update(thread_limits(env, self.threads))  # before numpy loads in the worker
         slot.process = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with(os.getpid()))
@@ -241,3 +324,6 @@ class Supervisor:
             self._finish(slot)
         for slot in self.slots:
             slot.restart_at = None
+        if self.siblings_dir is not None:
+            shutil.rmtree(self.siblings_dir, ignore_errors=True)
+            self.siblings_dir = None

@@ -230,7 +230,8 @@ class Connection(asyncio.BufferedProtocol):
             self._write(exc.reject)
             self._flush()
         direction = "to" if self.role == "client" else "from"
-        if any(benign in exc.reason for benign in BENIGN_REFUSALS):
+        # a dial of this node's own fails to its caller, and discovery logs it once (Node.dial_log)
+        if self.role == "client" or any(benign in exc.reason for benign in BENIGN_REFUSALS):
             log.debug("%s: refused connection %s %s: %s", self.node.name, direction, self._who(), exc.reason)
         else:
             # one line per source and kind of refusal and interval, however many connections fail

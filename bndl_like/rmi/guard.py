@@ -7,6 +7,8 @@
   handshake in milliseconds.
 - :class:`RateLimitedLog` writes at most one line per source and interval, with
   the count of those it held back, so no peer can fill the disk with our logs.
+- :class:`OnceLog` is for what this node itself retries (dialling a seed): a message
+  is logged once, its repeats only counted, never logged again on a timer.
 - :func:`raise_open_files_limit` and :func:`quiet_accept_errors` keep running out
   of file descriptors rare and, when it happens anyway, short in the log.
 """
@@ -73,6 +75,49 @@ class RateLimitedLog:
             key = next(iter(self._last))
             del self._last[key]
             self._held.pop(key, None)
+
+
+class OnceLog:
+    """Log a message once per key; repeats of the same message go to DEBUG with their count.
+
+    For what this node retries by itself (dialling a seed every few seconds): the first
+    failure is a line at ``level``, the same failure again is only counted, and a different
+    message for the key is logged at ``level`` saying how often the previous one repeated.
+    :meth:`forget` (e.g. once the dial succeeded) makes the next failure news again.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, max_keys: int = 4096):
+        self.logger = logger
+        self.level = level
+        self.max_keys = max_keys
+        self._last: dict[str, list] = {}  # key -> [message text, repeats]
+
+    def log(self, key: str, message: str, *args, level: int | None = None) -> bool:
+        """Log ``message % args`` unless it is what ``key`` logged last; True if logged at
+        ``level`` (default: this log's level)."""
+        text = message % args if args else message
+        entry = self._last.get(key)
+        if entry is not None and entry[0] == text:
+            entry[1] += 1
+            self.logger.debug("%s (repeated %d times)", text, entry[1])
+            return False
+        if entry is None and len(self._last) >= self.max_keys:
+            del self._last[next(iter(self._last))]
+        if entry is not None and entry[1]:
+            text_logged = f"{text} (before: {entry[0]!r}, repeated {entry[1]} times)"
+        else:
+            text_logged = text
+        self._last.pop(key, None)
+        self._last[key] = [text, 0]
+        self.logger.log(self.level if level is None else level, "%s", text_logged)
+        return True
+
+    def repeats(self, key: str) -> int:
+        entry = self._last.get(key)
+        return entry[1] if entry is not None else 0
+
+    def forget(self, key: str) -> None:
+        self._last.pop(key, None)
 
 
 class PreAuthGuard:

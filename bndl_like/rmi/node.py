@@ -22,9 +22,9 @@ from . import protocol
 from .addresses import Address, advertised_hosts, parse_address, port_holder
 from .connection import Connection, takes_peer
 from .errors import HandshakeError, NotConnected
-from .guard import PreAuthGuard, RateLimitedLog, quiet_accept_errors, raise_open_files_limit
+from .guard import OnceLog, PreAuthGuard, RateLimitedLog, quiet_accept_errors, raise_open_files_limit
 from .protocol import Handshake
-from .secrets import resolve_secret, status_token
+from .secrets import local_secret_path, read_secret_file, resolve_secret, status_token
 from .tls import tls_contexts
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ NODE_TYPES = ("driver", "worker", "supervisor")
 _node_counter = itertools.count()
 PORT_WALK = 100  # tcp://host:port+ walks up at most this far
 FORGET_AFTER = 600.0  # a lost peer that was not a seed is redialled this long
+REDIAL_MAX = 5.0  # the longest wait between two dials of an address that failed
+# dial errors that waiting does not cure: the other side must change (its secret, its cluster)
+FINAL_ERRORS = ("authentication failed", "cluster name mismatch", "protocol version mismatch")
 
 
 # -- forked children ------------------------------------------------------------------------
@@ -279,7 +282,11 @@ class Node:
         self._dialing: dict[str, asyncio.Task] = {}  # address -> dial task
         self._next_dial: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
-        self._dial_errors: dict[str, str] = {}
+        self._dial_errors: dict[str, str] = {}    # address -> why its last dial failed
+        self._address_names: dict[str, str] = {}  # address dialled -> the node that answered
+        # a dial that keeps failing is logged once, then counted (see OnceLog)
+        self.dial_log = OnceLog(log)
+        self.redial_max = REDIAL_MAX
         self._self_addresses: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._wake: asyncio.Future | None = None
@@ -559,7 +566,7 @@ class Node:
     async def _dial(self, addr: str) -> Peer:
         host, port, _ = parse_address(addr)
         conn = Connection(self, "client", self._handshake("client"), remote=f"{host}:{port}")
-        conn.handshake.check_peer = lambda info: self._check_peer(conn, info)
+        conn.handshake.check_peer = lambda info: self._check_peer(conn, info, addr)
         self._connections.add(conn)
         async def open_and_handshake():
             await self.loop.create_connection(
@@ -585,14 +592,26 @@ class Node:
             conn.close("dial cancelled", notify=False, abort=True)
             self._connections.discard(conn)
             raise
+        self._dial_errors.pop(addr, None)
+        self.dial_log.forget(addr)
         return conn.peer
 
     # -- connection events ----------------------------------------------------------------------
 
-    def _check_peer(self, conn: Connection, info: dict) -> None:
+    def _check_peer(self, conn: Connection, info: dict, dialled: str | None = None) -> None:
         """Refuse an authenticated peer that is this node itself or already connected (a
-        crossing dial); raises HandshakeError."""
+        crossing dial); raises HandshakeError.
+
+        ``dialled``: the address this node dialled. A node is the same node whatever address
+        reached it (``localhost`` or ``127.0.0.1``, a seed or a gossiped address): the address
+        is remembered as that node's, so discovery does not dial it again while it is connected.
+        """
         name = info["name"]
+        if dialled is not None and name != self.name:
+            self._address_names.pop(dialled, None)
+            self._address_names[dialled] = name
+            if len(self._address_names) > 4096:  # bounded, however many nodes come and go
+                del self._address_names[next(iter(self._address_names))]
         if name == self.name:
             raise HandshakeError(f"{conn.remote} is this node itself")
         if conn.role != "client":
@@ -623,6 +642,7 @@ class Node:
         for addr in peer.addresses:
             self._backoff.pop(addr, None)
             self._dial_errors.pop(addr, None)
+            self.dial_log.forget(addr)
         if conn.role == "server":
             # the peer dialled again: it gave up on its older connections to us
             for old in [c for c in peer.connections if c.role == "server"]:
@@ -737,6 +757,11 @@ class Node:
             self._learned[name] = entry
         self._wake_discovery()
 
+    def learn(self, entries: list[dict]) -> None:
+        """Dial these nodes (``{"name", "node_type", "addresses"}`` each) as if a peer had told
+        of them; call on the node's loop."""
+        self._learn(entries)
+
     def _wake_discovery(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
@@ -745,7 +770,16 @@ class Node:
         return addr in self.addresses or addr in self._self_addresses
 
     def _connected_address(self, addr: str) -> bool:
+        """Whether a connected peer has ``addr``, as its own or as an address it answered at."""
+        if self._address_names.get(addr) in self.peers:
+            return True
         return any(addr in peer.addresses for peer in self.peers.values())
+
+    def _taken_by_another(self, name: str, addr: str) -> bool:
+        """Whether another node, connected now, answered at ``addr`` since ``name`` was seen
+        there: ``name`` is gone (a worker restarted on the same port under a new name)."""
+        other = self._address_names.get(addr)
+        return other is not None and other != name and other in self.peers
 
     async def _discovery_loop(self) -> None:
         """Dial seeds and gossiped peers that are not connected, with back-off."""
@@ -763,8 +797,9 @@ class Node:
                     self._learned.pop(name, None)
                     continue
                 learned_at = self._learned_at.get(name, now)
-                if now - learned_at > FORGET_AFTER:
-                    self._learned.pop(name, None)  # gone for long: only seeds are tried
+                first = entry.get("addresses", ())[:1]
+                if now - learned_at > FORGET_AFTER or (first and self._taken_by_another(name, first[0])):
+                    self._learned.pop(name, None)  # gone: only seeds are tried
                     continue
                 # between workers the smaller name dials first and the other waits a little,
                 # which avoids most crossing dials; a driver never waits
@@ -785,16 +820,90 @@ class Node:
             try:
                 await self.connect(addr)
             except (NotConnected, HandshakeError, OSError) as exc:
-                backoff = min(self._backoff.get(addr, 0.1) * 2, 5.0)
+                backoff = min(self._backoff.get(addr, 0.1) * 2, self.redial_max)
                 self._backoff[addr] = backoff
                 self._next_dial[addr] = self.loop.time() + backoff
-                reason = str(exc)
-                if isinstance(exc, HandshakeError) and self._dial_errors.get(addr) != reason:
-                    log.warning("%s: cannot join %s: %s", self.name, addr, reason)
-                else:
-                    log.debug("%s: cannot connect to %s: %s", self.name, addr, reason)
+                if isinstance(exc, HandshakeError) and exc.reason.startswith("already connected"):
+                    # the node at addr is connected through another address: not a failure,
+                    # and discovery no longer dials addr (see _check_peer)
+                    log.debug("%s: %s is %s", self.name, addr, exc.reason)
+                    return
+                reason = self._describe_dial_error(addr, exc)
                 self._dial_errors[addr] = reason
+                is_seed = any(addr == str(seed) for seed in self.seeds)
+                if is_seed or isinstance(exc, HandshakeError):
+                    self.dial_log.log(addr, "%s: cannot reach %s %s: %s", self.name,
+                                      "seed" if is_seed else "peer at", addr, reason)
+                else:  # a lost peer's address: expected to fail until it is back
+                    log.debug("%s: cannot connect to %s: %s", self.name, addr, reason)
         self._spawn(dial(), f"discover {addr}")
+
+    def _describe_dial_error(self, addr: str, exc: BaseException) -> str:
+        """Why dialling ``addr`` failed, in words a newcomer can act on."""
+        cause = exc.__cause__ if isinstance(exc, NotConnected) else exc
+        if isinstance(exc, HandshakeError):
+            reason = exc.reason
+            if "secrets of the two nodes differ" in reason or "could not prove the secret" in reason:
+                if self._uses_local_secret():
+                    return ("authentication failed: no secret given, so this node used the local "
+                            f"secret of this user ({local_secret_path()}), which {addr} does not "
+                            "share; give the cluster's secret (secret=..., BNDL_LIKE_SECRET or "
+                            "--secret-file)")
+                return "authentication failed: the secrets of the two nodes differ (a wrong secret)"
+            if reason.startswith("refused by the peer: "):
+                reason = reason[len("refused by the peer: "):]
+            if "cluster name mismatch" in reason:
+                return f"another cluster: {reason}"
+            return reason
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused: nothing listens on that port"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host: {cause.strerror or cause}"
+        if isinstance(cause, (asyncio.TimeoutError, TimeoutError)) and not isinstance(
+                cause, ConnectionError):
+            return f"timed out: no handshake within {self.connect_timeout}s"
+        text = str(exc) or type(exc).__name__
+        prefix = f"cannot connect to {addr}: "
+        return text[len(prefix):] if text.startswith(prefix) else text
+
+    def _uses_local_secret(self) -> bool:
+        """Whether this node's secret is the per-user local secret (none was given)."""
+        path = local_secret_path()
+        try:
+            return os.path.exists(path) and hmac.compare_digest(read_secret_file(path), self.secret)
+        except ValueError:
+            return False
+
+    def seed_errors(self) -> dict[str, str]:
+        """The seeds not connected now, each with why its last dial failed."""
+        errors = {}
+        for seed in self.seeds:
+            addr = str(seed)
+            if self._own_address(addr) or self._connected_address(addr):
+                continue
+            errors[addr] = self._dial_errors.get(addr) or (
+                "still dialling" if addr in self._dialing else "not dialled yet")
+        return errors
+
+    def seeds_final(self) -> bool:
+        """Whether every seed is unreachable for a reason waiting does not cure (a wrong
+        secret, another cluster): a caller waiting for peers can give up at once."""
+        errors = self.seed_errors()
+        return bool(self.seeds) and len(errors) == len(self.seeds) and all(
+            any(final in reason for final in FINAL_ERRORS) for reason in errors.values())
+
+    def unreachable_report(self, limit: int = 10) -> str:
+        """Each seed not connected, and each peer heard of but not reached, with its error
+        ("" when there is none), on one line."""
+        parts = [f"seed {addr}: {reason}" for addr, reason in self.seed_errors().items()]
+        for name, entry in list(self._learned.items()):
+            first = entry.get("addresses", ())[:1]
+            if first and first[0] in self._dial_errors and first[0] not in self.seed_errors():
+                parts.append(f"{entry.get('node_type', 'node')} {name} at {first[0]}: "
+                             f"{self._dial_errors[first[0]]}")
+        if len(parts) > limit:
+            parts[limit:] = [f"and {len(parts) - limit} more"]
+        return "; ".join(parts)
 
     # -- liveness ------------------------------------------------------------------------------
 
