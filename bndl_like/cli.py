@@ -257,19 +257,22 @@ def _supervise(args) -> int:
 
 
 def _status(args) -> int:
-    from .deploy.status import cluster_status, format_lines
+    from .deploy.status import ClusterUnreachable, cluster_status, format_lines
 
     seeds = _seeds(args)
     if not seeds:
         print("bndl-like status: no seeds given (--seeds or BNDL_LIKE_SEEDS)", file=sys.stderr)
         return 2
-    workers = asyncio.run(cluster_status(seeds, _secret(args, *seeds), args.cluster, args.timeout,
-                                         **_tls(args)))
-    if not workers:
-        print(f"bndl-like status: no worker answered through {', '.join(map(str, seeds))} "
-              f"within {args.timeout:.0f}s", file=sys.stderr)
+    unreached: list[str] = []
+    try:
+        workers = asyncio.run(cluster_status(seeds, _secret(args, *seeds), args.cluster, args.timeout,
+                                             unreached=unreached, **_tls(args)))
+    except ClusterUnreachable as exc:
+        print(f"bndl-like status: {exc}", file=sys.stderr)
         return 1
     print("\n".join(format_lines(workers)))
+    for line in unreached:  # workers answered, but not everything the seeds led to
+        print(f"bndl-like status: not reached: {line}", file=sys.stderr)
     return 0
 
 
@@ -283,7 +286,11 @@ def _shell(args) -> int:
         return 2
     secret = _secret(args, config.get("listen"), *seeds)
     with ExecutionContext(seeds=seeds, secret=secret, cluster=args.cluster, **_tls(args)) as ctx:
-        count = ctx.await_workers(connect_timeout=args.timeout)
+        try:
+            count = ctx.await_workers(connect_timeout=args.timeout)
+        except TimeoutError as exc:  # names each seed not reached and why
+            print(f"bndl-like shell: {exc}", file=sys.stderr)
+            return 1
         banner = (f"bndl_like {bndl_like.__version__}: ctx is connected to {count} workers "
                   f"through {', '.join(map(str, seeds))}")
         namespace = {"ctx": ctx, "bndl_like": bndl_like, **{n: getattr(bndl_like, n)
