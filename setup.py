@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "aiohttp>=3.9",
-        "cloudpickle>=2.1,<3.1",  # 3.1 renames pickled functions' files to <dynamic-code>
+        "cloudpickle>=2.1",  # code sent by value keeps its file name (bndl_like/rmi/code_location.py)
         "sortedcontainers>=2.4",
         "yappi>=1.4",
         "numpy>=1.22",

@@ -7,6 +7,7 @@ as frame parts of their own and are unpickled on top of the received buffer.
 The standard pickler is tried first because it is fast; cloudpickle takes
 over when that fails (lambdas, closures) or when the pickle refers to
 ``__main__``, whose functions and classes a remote process cannot import.
+Code pickled by value keeps its file name (``code_location``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import reprlib
 import sys
 import traceback
 
-import cloudpickle
-
-from . import remote_tb
+from . import code_location, remote_tb
 from .errors import SerializationError
 
 # buffers smaller than this are cheaper to keep in the pickle stream
@@ -110,7 +109,8 @@ def pickle_any(obj, buffers: list) -> bytes:
     except Exception:
         pass
     buffers.clear()
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
+    # cloudpickle, with the file names of code pickled by value kept (tracebacks, profiles)
+    return code_location.dumps(obj, protocol=5, buffer_callback=_buffer_callback(buffers))
 
 
 def dumps(obj) -> tuple[bytes, list]:
