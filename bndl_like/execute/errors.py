@@ -1,6 +1,42 @@
-"""Exceptions of the execute layer."""
+"""Exceptions of the execute layer, and how the public methods raise them."""
 
 from __future__ import annotations
+
+import dis
+from types import TracebackType
+
+_RAISE = dis.opmap["RAISE_VARARGS"]
+
+
+def _framework_frame(tb: TracebackType) -> bool:
+    """A frame of bndl_like's own code (not a stand-in for a remote frame, whatever its module)."""
+    f_globals = tb.tb_frame.f_globals
+    module = f_globals.get("__name__")
+    return (isinstance(module, str) and (module == "bndl_like" or module.startswith("bndl_like."))
+            and "__raise__" not in f_globals)
+
+
+def _raised_on_purpose(tb: TracebackType) -> bool:
+    """Whether the innermost frame of ``tb`` failed at a ``raise`` statement (not at an
+    operation that failed, which in the framework's own code would be a bug)."""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code.co_code
+    return 0 <= tb.tb_lasti < len(code) and code[tb.tb_lasti] == _RAISE
+
+
+def trim_traceback(exc: BaseException) -> BaseException:
+    """``exc`` without the framework's frames at the front of its traceback, for a public
+    method to raise: the user then sees their call, that method (one frame, which IPython
+    and pytest hide: ``__tracebackhide__``) and what failed below it (their own code, the
+    remote frames). An error the framework raised on purpose (a bad argument, a closed
+    context) keeps no frame of it; one that arose in its code otherwise (a bug) keeps all."""
+    tb = exc.__traceback__
+    while tb is not None and _framework_frame(tb):
+        tb = tb.tb_next
+    if tb is not None or exc.__traceback__ is None or _raised_on_purpose(exc.__traceback__):
+        exc.__traceback__ = tb
+    return exc
 
 
 class TaskCancelled(BaseException):

@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import threading
 import time
+import warnings
+import weakref
+from collections.abc import Iterator
 
 from .. import config
 from ..rmi import NotConnected
 from ..rmi.errors import RemoteError, SerializationError
 from ..rmi.pickle_check import unpicklable_error
+from ..rmi.remote_tb import attach_origin
 from ..rmi.serialize import LOAD_IN_THREAD, Payload, load_exception
 from . import scheduler as S
-from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost
+from .errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost, trim_traceback
 from .tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult
 from .worker import CANCELLED, DEPS_FAILED, FAILED, PLAIN_KEYS, RESEND, STARTED, SUCCEEDED, plain_key
 
@@ -35,19 +40,10 @@ def _remote_exception(info, worker: str, task) -> BaseException:
         exc = RemoteError(f"{exc_type}: {text}", exc_type, tb_text, worker)
     else:
         exc.remote_traceback = tb_text  # type: ignore[attr-defined]
-        if hasattr(exc, "add_note"):
-            exc.add_note(remote_note(f"task {task.id!r} failed on worker {worker}, "
-                                     f"attempt {max(task.attempts, 1)}", exc))
+        # where it failed goes into its __cause__ (with the remote frames), not into a note:
+        # str(exc), args and notes stay as raised, so pytest.raises(match=...) still matches
+        attach_origin(exc, f"task {task.id!r} failed on worker {worker}, attempt {max(task.attempts, 1)}")
     return exc
-
-
-def remote_note(where: str, exc: BaseException) -> str:
-    """The note under a re-raised remote exception: where it was raised, what was folded."""
-    folded = getattr(exc, "remote_frames_folded", 0)
-    if folded:
-        frames = "frame" if folded == 1 else "frames"
-        return f"({where}; {folded} bndl_like {frames} folded, all in exc.remote_traceback)"
-    return f"({where})"
 
 
 def wanted_results(job, results) -> set | None:
@@ -104,6 +100,9 @@ class JobRun:
         self.outbox: dict[str, list] = {}
         self.flush_handle = None
         self.used_workers: set[str] = set()
+        self._claim = threading.RLock()  # begin() against release_unbegun() from other threads
+        self.begun = False               # begin() called: the job runs (or ran)
+        self.cancelled_unbegun = False   # job.cancel() before it began
         self.finished = False
         self.generic: set = set()        # asyncio tasks of non-RMI tasks
         self.result_batch: list | None = None
@@ -141,13 +140,36 @@ class JobRun:
         self.scheduler = S.Scheduler(specs(), names, concurrency=self.concurrency,
                                      prefetch=self.prefetch, attempts=self.attempts,
                                      worker_deaths=self.worker_deaths, suspects=True)
+        job._run = self  # claimed: nothing else executes it until this run ends or is dropped
+
+    def begin(self) -> bool:
+        """The job runs from here on (in the caller's thread; :meth:`start` follows on the loop).
+        False when the run was released before (``job.cancel()``, closed results)."""
+        job = self.job
+        with self._claim:
+            if self.finished or job._run is not self:
+                return False
+            self.begun = True
         job.state = "running"
         job.started_at = time.time()
         job.stopped_at = None
         job.retried = job.done_count = job.failed_count = 0
         for task in job.tasks:
             task.state = "pending"
-        job._run = self
+        return True
+
+    def release_unbegun(self) -> bool:
+        """Give up the claim of a run that never began (its results were closed or dropped, or
+        ``job.cancel()`` came first); True when this call released it."""
+        with self._claim:
+            if self.begun or self.finished:
+                return False
+            self.finished = True
+            job = self.job
+            if job._run is self:
+                job._run = None
+                job._cancel_requested = False
+            return True
 
     def start(self) -> None:
         """Begin on the loop: first decisions out. Failures end up raised by execute()."""
@@ -156,10 +178,13 @@ class JobRun:
             self.ctx._runs[job.id] = self
             # workers lost or joined since prepare()
             live = {p.name for p in self.ctx._node.peers.values() if p.node_type == "worker"}
-            stimuli = [S.WorkerLost(w) for w in self.scheduler.workers if w not in live]
+            known = list(self.scheduler.workers)
+            joined = [w for w in sorted(live.difference(known))
+                      if self.restricted is None or w in self.restricted]
+            stimuli = [S.WorkerLost(w) for w in known if w not in live]
+            stimuli += [S.WorkerAdded(w) for w in joined]
             # workers held in the context get no task of this job (before the first fill)
-            stimuli += [S.WorkerHeld(w) for w in self.scheduler.workers
-                        if w in self.ctx._held and w in live]
+            stimuli += [S.WorkerHeld(w) for w in known + joined if w in self.ctx._held and w in live]
             self.apply(self.scheduler.handle(*stimuli) if stimuli else self.scheduler.start())
             if job._cancel_requested:
                 job._cancel_requested = False
@@ -169,6 +194,11 @@ class JobRun:
             self._finish("failed", exc)
 
     def cancel_threadsafe(self) -> None:
+        with self._claim:
+            if not self.begun:  # nothing runs anywhere: the job is free again
+                self.cancelled_unbegun = True
+                self.release_unbegun()
+                return
         self.loop.call_soon_threadsafe(self.cancel)
 
     def cancel(self) -> None:
@@ -576,6 +606,128 @@ class JobRun:
         self._put(END)
 
 
+class _ResultsStatus:
+    """What a JobResults' finalizer needs to know (it must not refer to the JobResults)."""
+
+    __slots__ = ("run", "begun", "ended", "closed", "looped", "read")
+
+    def __init__(self, run: JobRun):
+        self.run = run
+        self.begun = False   # the first next() started the job
+        self.ended = False   # the job's end was read (StopIteration or its error)
+        self.closed = False  # close() or a with block
+        self.looped = False  # iter() was called: a for loop, list(), ...
+        self.read = 0        # results handed to the caller
+
+
+class JobResults(Iterator):
+    """The results of ``ctx.execute(job)``: iterate them to run the job.
+
+    The job starts on the first ``next()`` (a ``for`` loop, ``list(...)``), never before, so
+    results dropped unread run nothing (a RuntimeWarning says so). Leaving a ``for`` loop
+    early, ``close()`` or the end of a ``with`` block cancels the rest of the job; results
+    dropped half-read after ``next()`` calls cancel it too, with a RuntimeWarning.
+    """
+
+    def __init__(self, ctx, run: JobRun, progress: bool):
+        self._ctx = ctx
+        self._run = run
+        self._progress = progress
+        self._results = None  # the generator reading the run's queue, from the first next()
+        self._status = _ResultsStatus(run)
+        weakref.finalize(self, _results_dropped, self._status)
+
+    @property
+    def job(self):
+        """The Job these are the results of."""
+        return self._run.job
+
+    def __iter__(self) -> JobResults:
+        self._status.looped = True
+        return self
+
+    def __next__(self):
+        __tracebackhide__ = True  # IPython and pytest fold this frame  # noqa: F841
+        status = self._status
+        results = self._results
+        if results is None:
+            if status.closed:
+                raise StopIteration
+            status.begun = True
+            try:
+                results = self._results = self._ctx._begin_job(self._run, self._progress)
+            except BaseException as exc:
+                status.ended = True
+                raise trim_traceback(exc)  # raised here: no framework frame below this one
+        try:
+            item = next(results)
+        except StopIteration:
+            status.ended = True
+            raise
+        except BaseException as exc:
+            status.ended = True
+            raise trim_traceback(exc)
+        status.read += 1
+        return item
+
+    def close(self) -> None:
+        """Stop here: a job not started never runs; a running one is cancelled on every worker."""
+        status = self._status
+        status.closed = True
+        if self._results is None:
+            self._run.release_unbegun()
+        else:
+            self._results.close()
+
+    def __enter__(self) -> JobResults:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        run, status = self._run, self._status
+        job = run.job
+        total = len(job.tasks)
+        head = f"<results of job {job.name!r} ({total} task{'' if total == 1 else 's'})"
+        if not status.begun:
+            if status.closed or run.cancelled_unbegun:
+                return f"{head}: closed before it started; the job did not run>"
+            return f"{head}: not started \N{EM DASH} iterate it (for r in \N{HORIZONTAL ELLIPSIS}, " \
+                   f"list(\N{HORIZONTAL ELLIPSIS})) to run the job>"
+        counts = job.counts
+        done = f"{counts['done']}/{total} done"
+        for key in ("failed", "cancelled"):
+            if counts[key]:
+                done += f", {counts[key]} {key}"
+        read = f"{status.read} of {len(run.handed)} results read"
+        state = "running" if not run.finished else job.state
+        return f"{head}: {state}, {done}; {read}>"
+
+
+def _results_dropped(status: _ResultsStatus) -> None:
+    """A JobResults was garbage-collected: say what happened to a job whose results were not
+    read (warnings point at the line that dropped them)."""
+    run = status.run
+    if status.closed or status.ended:
+        return
+    job = run.job
+    if not status.begun:
+        if run.release_unbegun():
+            warnings.warn(f"the results of job {job.name!r} ({len(job.tasks)} tasks) were dropped "
+                          "without being iterated, so the job never ran; iterate them to run it: "
+                          "`for result in ctx.execute(job): ...` or `list(ctx.execute(job))`",
+                          RuntimeWarning, stacklevel=3)
+        return
+    if status.looped or run.finished or job._cancel_requested:
+        return  # a for loop left early: cancelled as documented (the generator's close does it)
+    run.cancel_threadsafe()
+    warnings.warn(f"job {job.name!r} was cancelled because its results were not read: they were "
+                  f"dropped after {status.read} of {len(run.handed)}; read them all (a for loop, "
+                  "list(...)), or stop it on purpose with .close() on the results or job.cancel()",
+                  RuntimeWarning, stacklevel=3)
+
+
 def split_batch(batch: list | None, bar=None) -> tuple[list, bool, BaseException | None]:
     """A hand-over batch as (results, whether the job ended, the error it ended with); None
     when no batch came in time. ``bar`` (a JobProgress) is redrawn on the way."""
@@ -613,4 +765,4 @@ def _priority_order(tasks: list) -> list:
         return list(tasks)
 
 
-__all__ = ["JobRun", "END", "TaskCancelled"]
+__all__ = ["JobResults", "JobRun", "END", "TaskCancelled"]

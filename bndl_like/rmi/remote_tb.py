@@ -5,6 +5,12 @@ frames (one tiny code object per remote frame, with the remote file, line,
 function name, qualified name and first line), so that ``traceback``, IPython
 and debuggers show the remote code where it failed. The framework's own frames
 can be folded away so a failed task reads as the user's code failing.
+
+Re-raised on the driver, the exception keeps its message, ``args`` and notes as
+raised remotely; where it was raised (task, worker, attempt) goes into its
+``__cause__``, a :class:`RemoteTraceback` that carries the remote frames. That is
+how ``traceback`` and IPython show it, and what ``pytest.raises(match=...)`` (which
+also matches notes) does not see.
 """
 
 from __future__ import annotations
@@ -75,8 +81,9 @@ def rebuild(frames: list[Frame]) -> TracebackType | None:
     top = last = None
     for module, filename, name, qualname, first, line in frames:
         first = min(first, line) if first > 0 else line
-        # the raise sits on ``line`` of a code object starting at ``first``, as the remote one did
-        code = compile("\n" * max(line - first, 0) + "raise __raise__", filename, "exec")
+        # the raise sits on ``line`` of a code object starting at ``first``, as the remote one did;
+        # spread over two lines, it marks no columns (tracebacks would underline the wrong ones)
+        code = compile("\n" * max(line - first, 0) + "raise (\n__raise__)", filename, "exec")
         fields = {"co_firstlineno": max(first, 1), "co_name": name}
         if sys.version_info >= (3, 11):
             fields["co_qualname"] = qualname
@@ -90,4 +97,28 @@ def rebuild(frames: list[Frame]) -> TracebackType | None:
     return top
 
 
-__all__ = ["Frame", "extract", "fold", "rebuild"]
+class RemoteTraceback(Exception):
+    """The ``__cause__`` of a remote exception re-raised here: its message says where the
+    exception was raised, its traceback holds the remote frames."""
+
+
+def frames_folded(count: int) -> str:
+    """``"; 2 bndl_like frames folded, all in exc.remote_traceback"`` ("" for none)."""
+    if not count:
+        return ""
+    return f"; {count} bndl_like frame{'' if count == 1 else 's'} folded, all in exc.remote_traceback"
+
+
+def attach_origin(exc: BaseException, where: str) -> BaseException:
+    """``exc`` with its remote frames moved into a :class:`RemoteTraceback` cause saying
+    ``where`` it was raised (and what was folded). ``str(exc)``, ``exc.args`` and the notes
+    stay as they were. Returns ``exc``; a second call leaves it as it is."""
+    if isinstance(exc.__cause__, RemoteTraceback):
+        return exc
+    origin = RemoteTraceback(where + frames_folded(getattr(exc, "remote_frames_folded", 0)))
+    exc.__cause__ = origin.with_traceback(exc.__traceback__)  # also suppresses __context__
+    exc.__traceback__ = None
+    return exc
+
+
+__all__ = ["Frame", "RemoteTraceback", "attach_origin", "extract", "fold", "frames_folded", "rebuild"]
