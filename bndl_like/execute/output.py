@@ -57,7 +57,7 @@ class _Sink:
         self.driver = driver
         self.kind = kind  # "task" or "call"
         self.what = what  # the task id, or the called function's name
-        self.partial = ["", "", ""]  # per stream: the text after the last newline
+        self.partial: list[str] | None = None  # per stream: the text after the last newline
         self._label = None
 
     @property
@@ -83,7 +83,7 @@ def begin(driver: str, kind: str, what: Any) -> _Sink | None:
     the function's name) of ``driver``; None (and nothing done) when output is not captured."""
     if _active is None:
         return None
-    sink = _state.sink = _Sink(driver, kind, what)
+    _state.sink = sink = _Sink(driver, kind, what)
     return sink
 
 
@@ -92,11 +92,12 @@ def end(sink: _Sink | None) -> None:
     if sink is None:
         return
     _state.sink = None
+    partial = sink.partial
     out = _active
-    if out is not None and any(sink.partial):
-        for no, rest in enumerate(sink.partial):
+    if partial is not None and out is not None:
+        for no, rest in enumerate(partial):
             if rest:
-                sink.partial[no] = ""
+                partial[no] = ""
                 out.task_lines(sink, no, [rest])
 
 
@@ -246,12 +247,15 @@ class WorkerOutput:
     def task_write(self, sink: _Sink, no: int, text: str, original) -> int:
         if not text:
             return 0
-        pieces = (sink.partial[no] + text).split("\n")
+        partial = sink.partial
+        if partial is None:
+            partial = sink.partial = ["", "", ""]
+        pieces = (partial[no] + text).split("\n")
         rest = pieces.pop()
         if len(rest) > MAX_PARTIAL:
             pieces.append(rest)
             rest = ""
-        sink.partial[no] = rest
+        partial[no] = rest
         if forwarding(sink):
             if pieces:
                 self.task_lines(sink, no, pieces)
