@@ -304,7 +304,8 @@ class ExecutorMixin:
 
         The handle, as an argument of a FuncTask, ``map``, ``run_function`` or
         ``run_each_worker`` (also nested in lists, tuples, dicts), arrives as the
-        object kept on the worker. ``release(handle)`` drops it everywhere.
+        object kept on the worker. ``release(handle)`` drops it everywhere; so does
+        leaving ``with ctx.scatter(obj) as handle:``.
         """
         registry = self._scatter_registry()
         if not self.workers:
