@@ -34,6 +34,7 @@ _node_counter = itertools.count()
 PORT_WALK = 100  # tcp://host:port+ walks up at most this far
 FORGET_AFTER = 600.0  # a lost peer that was not a seed is redialled this long
 REDIAL_MAX = 5.0  # the longest wait between two dials of an address that failed
+DISCOVERY_INTERVAL = 0.25  # seconds between two looks at whom to dial, unless woken
 # dial errors that waiting does not cure: the other side must change (its secret, its cluster)
 FINAL_ERRORS = ("authentication failed", "cluster name mismatch", "protocol version mismatch")
 
@@ -287,6 +288,8 @@ class Node:
         # a dial that keeps failing is logged once, then counted (see OnceLog)
         self.dial_log = OnceLog(log)
         self.redial_max = REDIAL_MAX
+        self.discovery_interval = DISCOVERY_INTERVAL
+        self.discovery_rounds = 0  # looks at whom to dial so far
         self._self_addresses: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._wake: asyncio.Future | None = None
@@ -813,7 +816,8 @@ class Node:
                 self._dial_in_background(addr)
             # not wait_for(event.wait()): on 3.10/3.11 it can swallow the cancel of stop()
             # when the wake-up comes at the same moment (CPython gh-86296)
-            await asyncio.wait((self._wake,), timeout=0.25)
+            self.discovery_rounds += 1
+            await asyncio.wait((self._wake,), timeout=self.discovery_interval)
 
     def _dial_in_background(self, addr: str) -> None:
         async def dial():
