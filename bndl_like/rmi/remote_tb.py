@@ -7,10 +7,10 @@ and debuggers show the remote code where it failed. The framework's own frames
 can be folded away so a failed task reads as the user's code failing.
 
 Re-raised on the driver, the exception keeps its message, ``args`` and notes as
-raised remotely; where it was raised (task, worker, attempt) goes into its
-``__cause__``, a :class:`RemoteTraceback` that carries the remote frames. That is
-how ``traceback`` and IPython show it, and what ``pytest.raises(match=...)`` (which
-also matches notes) does not see.
+raised remotely, and the remote frames as its traceback; where it was raised (task,
+worker, attempt) is its ``__cause__``, a :class:`RemoteTraceback`, which ``traceback``
+and IPython show above it and ``pytest.raises(match=...)`` (which also matches notes)
+does not see.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def rebuild(frames: list[Frame]) -> TracebackType | None:
 
 class RemoteTraceback(Exception):
     """The ``__cause__`` of a remote exception re-raised here: its message says where the
-    exception was raised, its traceback holds the remote frames."""
+    exception was raised and how many of the framework's frames were folded."""
 
 
 def frames_folded(count: int) -> str:
@@ -110,14 +110,12 @@ def frames_folded(count: int) -> str:
 
 
 def attach_origin(exc: BaseException, where: str) -> BaseException:
-    """``exc`` with its remote frames moved into a :class:`RemoteTraceback` cause saying
-    ``where`` it was raised (and what was folded). ``str(exc)``, ``exc.args`` and the notes
-    stay as they were. Returns ``exc``; a second call leaves it as it is."""
-    if isinstance(exc.__cause__, RemoteTraceback):
-        return exc
-    origin = RemoteTraceback(where + frames_folded(getattr(exc, "remote_frames_folded", 0)))
-    exc.__cause__ = origin.with_traceback(exc.__traceback__)  # also suppresses __context__
-    exc.__traceback__ = None
+    """``exc`` with a :class:`RemoteTraceback` cause saying ``where`` it was raised (and what
+    was folded). ``str(exc)``, ``exc.args``, the notes and the traceback (the remote frames)
+    stay as they were, so the remote frames show last, right above the error, where IPython
+    does not hide them. Returns ``exc``; a second call leaves it as it is."""
+    if not isinstance(exc.__cause__, RemoteTraceback):
+        exc.__cause__ = RemoteTraceback(where + frames_folded(getattr(exc, "remote_frames_folded", 0)))
     return exc
 
 
