@@ -22,6 +22,7 @@ cell that runs. :class:`OutputMixin` gives the context ``forward_output`` and ``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import threading
@@ -398,6 +399,12 @@ class DriverOutput:
         if dropped:
             err.append(f"({worker.name}) {dropped} lines of task output dropped: "
                        "tasks wrote faster than they could be sent")
+        # in an empty context: ipykernel (7+) sends the output of a context that has no cell of
+        # its own to the cell running now, where this one would name the cell that made ctx
+        contextvars.Context().run(self._write, out, err)
+
+    @staticmethod
+    def _write(out: list[str], err: list[str]) -> None:
         for stream, lines in ((sys.stdout, out), (sys.stderr, err)):
             if lines and stream is not None:
                 try:

@@ -161,3 +161,57 @@ def test_forward_output_option(monkeypatch):
         resolve_forward_output(None, local_cluster=True)
     with pytest.raises(TypeError, match="forward_output must be True, False or None"):
         ExecutionContext(forward_output="yes", workers=1)
+
+
+def test_a_supervised_cluster_forwards_when_the_driver_asks(capsys):
+    from ..deploy.test_cli import SECRET, start, stop
+
+    with ExecutionContext(seeds=[], listen="tcp://127.0.0.1:0", secret=SECRET) as ctx:
+        assert ctx.forward_output is False  # neither a local cluster nor an interactive session
+        sup = start("supervisor", "--workers", "1", "--seeds", ctx.node.addresses[0],
+                    env={"PYTHONUNBUFFERED": "1"})
+        try:
+            assert ctx.await_workers(1, stable_timeout=30) == 1
+            assert ctx.run_function(chatty, 1) == 10
+            ctx.forward_output = True
+            assert ctx.run_function(chatty, 2) == 20
+            seen = Captured(capsys).read()
+        finally:
+            out, err = stop(sup)
+    # off: in the supervisor's terminal, as before; INFO records too (its workers log at INFO)
+    assert "hello 1" in out and "hello 1" not in seen.out
+    assert re.search(r"INFO \S+ user.module: info 1", err), err
+    # on: on the driver, and not in the supervisor's terminal
+    assert re.search(r"\(.+, call chatty\) hello 2\n", seen.out), seen.out
+    assert re.search(r"\(.+, call chatty\) INFO user.module: info 2\n", seen.err), seen.err
+    assert "hello 2" not in out and "info 2" not in err and "to stderr 2" not in err
+
+
+NOTEBOOK_CELLS = [
+    "import logging\n"
+    "from bndl_like import ExecutionContext\n"
+    "ctx = ExecutionContext.local(workers=1)\n"
+    "print('workers', ctx.await_workers(), 'forward', ctx.forward_output)",
+    "def shout(x):\n"
+    "    print('printed', x)\n"
+    "    logging.getLogger('nb').info('logged %s', x)\n"
+    "    return x\n"
+    "ctx.run_function(shout, 1)",
+    "ctx.close()",
+]
+
+
+@pytest.mark.timeout(90)
+def test_in_a_notebook_output_shows_in_the_running_cell():
+    nbformat = pytest.importorskip("nbformat", reason="pip install -e .[test] brings nbformat")
+    from ..notebooks.runner import run
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in NOTEBOOK_CELLS])
+    run(nb, timeout=60)
+    made, called, _ = nb.cells
+    streams = {(out.output_type, out.get("name")): out.get("text", "") for out in called.outputs}
+    made_text = "".join(out.get("text", "") for out in made.outputs)
+    assert "workers 1 forward True" in made_text and "printed" not in made_text
+    stdout, stderr = streams.get(("stream", "stdout"), ""), streams.get(("stream", "stderr"), "")
+    assert re.fullmatch(r"\(\S+, call shout\) printed 1\n", stdout), called.outputs  # once, not twice
+    assert re.search(r"\(\S+, call shout\) INFO nb: logged 1\n", stderr), called.outputs
