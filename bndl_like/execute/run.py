@@ -623,8 +623,8 @@ class _ResultsStatus:
 class JobResults(Iterator):
     """The results of ``ctx.execute(job)``: iterate them to run the job.
 
-    The job starts on the first ``next()`` (a ``for`` loop, ``list(...)``), never before, so
-    results dropped unread run nothing (a RuntimeWarning says so). Leaving a ``for`` loop
+    The job starts on the first ``next()`` (a ``for`` loop, ``list(...)``) or ``start()``,
+    never before, so results dropped unread run nothing (a RuntimeWarning says so). Leaving a ``for`` loop
     early, ``close()`` or the end of a ``with`` block cancels the rest of the job; results
     dropped half-read after ``next()`` calls cancel it too, with a RuntimeWarning.
     """
@@ -646,19 +646,28 @@ class JobResults(Iterator):
         self._status.looped = True
         return self
 
-    def __next__(self):
-        __tracebackhide__ = True  # IPython and pytest fold this frame  # noqa: F841
+    def start(self) -> JobResults:
+        """Start the job now, before reading a result (it runs while the caller does something
+        else); read the results afterwards. Returns these results."""
+        __tracebackhide__ = True  # noqa: F841
         status = self._status
-        results = self._results
-        if results is None:
-            if status.closed:
-                raise StopIteration
+        if self._results is None and not status.closed:
             status.begun = True
             try:
-                results = self._results = self._ctx._begin_job(self._run, self._progress)
+                self._results = self._ctx._begin_job(self._run, self._progress)
             except BaseException as exc:
                 status.ended = True
                 raise trim_traceback(exc)  # raised here: no framework frame below this one
+        return self
+
+    def __next__(self):
+        __tracebackhide__ = True  # IPython and pytest fold this frame  # noqa: F841
+        results = self._results
+        if results is None:
+            if self._status.closed:
+                raise StopIteration
+            results = self.start()._results
+        status = self._status
         try:
             item = next(results)
         except StopIteration:
@@ -676,8 +685,10 @@ class JobResults(Iterator):
         status.closed = True
         if self._results is None:
             self._run.release_unbegun()
-        else:
-            self._results.close()
+            return
+        self._results.close()  # cancels, when it was read from and the job did not end
+        if not self._run.finished:  # started, never read from
+            self._ctx._cancel_run(self._run)
 
     def __enter__(self) -> JobResults:
         return self

@@ -87,7 +87,7 @@ def assert_stops_growing(path, within: float = 5.0) -> None:
 def test_cancelling_a_running_task_stops_it_on_the_worker(ctx, tmp_path):
     path = str(tmp_path / "ticks")
     job = Job(ctx, [FuncTask(ctx, 0, helpers.tick_forever, (path,))])
-    results = ctx.execute(job)
+    results = ctx.execute(job).start()  # runs before its results are read
     deadline = time.monotonic() + 10
     while _size(path) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
