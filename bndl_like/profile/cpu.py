@@ -10,6 +10,10 @@ from . import report, service
 from .cluster import ClusterProfiler, output
 from .modules import module_filter
 
+# the import system: what runs an import, not the code imported (the first profile of a worker
+# is mostly imports); left out of print_stats unless include= names it
+IMPORT_SYSTEM = ("importlib._bootstrap", "importlib._bootstrap_external")
+
 
 class FunctionStats(NamedTuple):
     """One function's profile: times in seconds of the chosen clock."""
@@ -98,10 +102,16 @@ class CpuProfiling(ClusterProfiler):
         ``columns`` are ``(name, width)`` pairs among name, module, ncall, tsub, ttot, tavg.
         Totals merge the nodes; ``per_worker`` prints a section per node instead.
         ``include``/``exclude`` keep or drop functions by module (``'numpy'`` covers numpy and
-        its submodules); ``strip_dirs`` shows paths from their import root.
+        its submodules); ``strip_dirs`` shows paths from their import root. The import system's
+        own functions (``importlib._bootstrap*``) are left out, and the header says so, unless
+        ``include`` names them (``include=('importlib',)``).
         """
         sort_by, sort_dir, columns = report.check_cpu_options(max_rows, sort_by, sort_dir, columns)
         keep = module_filter(include, exclude)
+        show_imports = bool(include) and any(keep(name) for name in IMPORT_SYSTEM)
+        if not show_imports:
+            keep = module_filter(include, ((exclude,) if isinstance(exclude, str) else tuple(exclude or ()))
+                                 + IMPORT_SYSTEM)
         out = output(file)
         per_node = self.get_stats(per_worker=True)
         driver = self._driver_name
@@ -113,6 +123,9 @@ class CpuProfiling(ClusterProfiler):
         print(f"CPU profile ({self.clock} clock, seconds) of "
               f"{report.nodes_phrase(workers, driver in per_node)}: {limit} by {sort_by} {sort_dir}",
               file=out)
+        if not show_imports and any(s.module in IMPORT_SYSTEM for stats in per_node.values() for s in stats):
+            print("the import system's functions (importlib._bootstrap*) are left out; "
+                  "include=('importlib',) shows them", file=out)
         for note in self.missing_notes():
             print(note, file=out)
         if self._session is None:

@@ -223,3 +223,23 @@ def test_a_worker_lost_while_profiling_is_reported_and_its_replacement_profiled(
         assert f"worker {victim_name} was lost; its stats are missing" in memory
         ctx.memory_profiling.stop()
         assert not any(s[1] or s[2] for s in run(ctx, profilers_state, [()] * 6))
+
+
+def import_late_then_work(n: int) -> int:
+    """On a worker: an import the worker has not made yet, then some work."""
+    from . import late_import
+    return len(late_import.TABLE) + helpers.some_fn(n)
+
+
+def test_the_import_system_is_left_out_of_the_printed_profile_by_default(ctx):
+    with ctx.cpu_profiling:
+        ctx.run_each_worker(import_late_then_work, 20_000)
+    assert any(s.module == "importlib._bootstrap" for s in ctx.cpu_profiling.get_stats())  # measured
+    text = printed(ctx.cpu_profiling.print_stats, max_rows=None)
+    assert "<frozen importlib._bootstrap" not in text
+    assert "the import system's functions (importlib._bootstrap*) are left out" in text.splitlines()[1]
+    assert any("import_late_then_work" in row for row in rows(text))
+    shown = printed(ctx.cpu_profiling.print_stats, max_rows=None, include=("importlib",))
+    assert any(row.startswith("<frozen importlib._bootstrap>") for row in rows(shown))
+    assert all(row.startswith(("<frozen importlib", "importlib/")) for row in rows(shown))
+    assert "left out" not in shown
