@@ -78,38 +78,38 @@ class RateLimitedLog:
 
 
 class OnceLog:
-    """Log a message once per key; repeats of the same message go to DEBUG with their count.
+    """Log a message once per key; its repeats go to DEBUG with their count.
 
     For what this node retries by itself (dialling a seed every few seconds): the first
-    failure is a line at ``level``, the same failure again is only counted, and a different
-    message for the key is logged at ``level`` saying how often the previous one repeated.
-    :meth:`forget` (e.g. once the dial succeeded) makes the next failure news again.
+    failure is a line at ``level``, failures of the same ``kind`` after it are only counted
+    (a restarting peer that first resets, then refuses connections is one piece of news),
+    and a failure of another kind is logged at ``level`` with the count of the previous
+    one. :meth:`forget` (e.g. once the dial succeeded) makes the next failure news again.
     """
 
     def __init__(self, logger: logging.Logger, level: int = logging.WARNING, max_keys: int = 4096):
         self.logger = logger
         self.level = level
         self.max_keys = max_keys
-        self._last: dict[str, list] = {}  # key -> [message text, repeats]
+        self._last: dict[str, list] = {}  # key -> [kind, repeats]
 
-    def log(self, key: str, message: str, *args, level: int | None = None) -> bool:
-        """Log ``message % args`` unless it is what ``key`` logged last; True if logged at
-        ``level`` (default: this log's level)."""
+    def log(self, key: str, message: str, *args, kind: str | None = None) -> bool:
+        """Log ``message % args`` unless ``key`` logged one of this ``kind`` (default: the
+        same text) since it was last forgotten; True if logged at this log's level."""
         text = message % args if args else message
+        kind = text if kind is None else kind
         entry = self._last.get(key)
-        if entry is not None and entry[0] == text:
+        if entry is not None and entry[0] == kind:
             entry[1] += 1
             self.logger.debug("%s (repeated %d times)", text, entry[1])
             return False
         if entry is None and len(self._last) >= self.max_keys:
             del self._last[next(iter(self._last))]
         if entry is not None and entry[1]:
-            text_logged = f"{text} (before: {entry[0]!r}, repeated {entry[1]} times)"
-        else:
-            text_logged = text
+            text += f" (the previous failure repeated {entry[1]} times)"
         self._last.pop(key, None)
-        self._last[key] = [text, 0]
-        self.logger.log(self.level if level is None else level, "%s", text_logged)
+        self._last[key] = [kind, 0]
+        self.logger.log(self.level, "%s", text)
         return True
 
     def repeats(self, key: str) -> int:

@@ -836,8 +836,10 @@ class Node:
                 self._dial_errors[addr] = reason
                 is_seed = any(addr == str(seed) for seed in self.seeds)
                 if is_seed or isinstance(exc, HandshakeError):
+                    # one line per kind: "refused" or "reset" while a peer restarts is one
+                    kind = next((f for f in FINAL_ERRORS if f in reason), "unreachable")
                     self.dial_log.log(addr, "%s: cannot reach %s %s: %s", self.name,
-                                      "seed" if is_seed else "peer at", addr, reason)
+                                      "seed" if is_seed else "peer at", addr, reason, kind=kind)
                 else:  # a lost peer's address: expected to fail until it is back
                     log.debug("%s: cannot connect to %s: %s", self.name, addr, reason)
         self._spawn(dial(), f"discover {addr}")
@@ -867,8 +869,10 @@ class Node:
                 cause, ConnectionError):
             return f"timed out: no handshake within {self.connect_timeout}s"
         text = str(exc) or type(exc).__name__
-        prefix = f"cannot connect to {addr}: "
-        return text[len(prefix):] if text.startswith(prefix) else text
+        host, port, _ = parse_address(addr)
+        for prefix in (f"cannot connect to {addr}: ", f"not connected to {host}:{port}: "):
+            text = text[len(prefix):] if text.startswith(prefix) else text
+        return text
 
     def _uses_local_secret(self) -> bool:
         """Whether this node's secret is the per-user local secret (none was given)."""

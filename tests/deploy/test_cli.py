@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bndl_like import FuncTask, Job
 
 from ..conftest import wait_until
@@ -197,3 +199,41 @@ def test_shell_has_a_connected_ctx(seed_ctx):
         assert "RESULT [42]" in result.stdout
     finally:
         stop(sup)
+
+
+def _closed_port_address() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.timeout(60)
+def test_status_and_shell_say_why_they_find_no_worker(seed_ctx):
+    """Exit 1 at once with each seed and its error: a closed port, a wrong secret, no secret
+    (the local one), another cluster."""
+    driver = seed_ctx.node.addresses[0]
+    closed = _closed_port_address()
+    refused = cli("status", "--seeds", closed, "--timeout", "1")
+    assert refused.returncode == 1
+    assert f"seed {closed}: connection refused: nothing listens on that port" in refused.stderr
+
+    started = time.monotonic()
+    wrong = cli("status", "--seeds", driver, "--timeout", "20",
+                env={"BNDL_LIKE_SECRET": "a-wrong-secret-0123456789abcdefgh"})
+    assert wrong.returncode == 1
+    assert f"seed {driver}: authentication failed: the secrets of the two nodes differ" in wrong.stderr
+    assert time.monotonic() - started < 15  # not the 20 s: waiting does not cure a wrong secret
+
+    other = cli("shell", "--seeds", driver, "--cluster", "other", input="")
+    assert other.returncode == 1 and "bndl-like shell: no worker joined within" in other.stderr
+    assert "another cluster: cluster name mismatch: this node is in cluster 'other'" in other.stderr
+
+    env = {k: v for k, v in os.environ.items() if k != "BNDL_LIKE_SECRET"}
+    none = subprocess.run([sys.executable, "-m", "bndl_like.cli", "shell", "--seeds", driver],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, input="")
+    assert none.returncode == 1
+    assert "authentication failed: no secret given" in none.stderr
+    # said once as it happened, once as the reason to exit; not repeated while waiting
+    assert none.stderr.count("no secret given") == 2, none.stderr
