@@ -62,6 +62,12 @@ def test_failures_and_recovery_with_the_stop_button():
     # the user's frame is shown, the framework's frames are folded
     assert "in parse" in failing and "key, int(value)" in failing
     assert "skipping hidden" in failing and "worker.py" not in failing and "run.py" not in failing
+    # the remote frame (below the hidden one) names the cell and shows its line; where it failed
+    # is the exception's cause, above it
+    remote = failing[failing.index("skipping hidden"):]
+    assert "Cell In[" in remote and "in parse" in remote and "key, int(value)" in remote
+    assert "<dynamic-code>" not in failing and "Could not get source" not in failing
+    assert failing.index("failed on worker") < failing.index("skipping hidden")
 
     assert "4 retried" in runner.outputs_text(runner.cell_with(nb, "def flaky"))
     lost = runner.outputs_text(runner.cell_with(nb, "def kill_a_worker"))
