@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
+from .errors import SerializationError
+
 # (module, filename, name, qualname, first line of the function, line)
 Frame = tuple[str, str, str, str, int, int]
 
@@ -113,8 +115,9 @@ def attach_origin(exc: BaseException, where: str) -> BaseException:
     """``exc`` with a :class:`RemoteTraceback` cause saying ``where`` it was raised (and what
     was folded). ``str(exc)``, ``exc.args``, the notes and the traceback (the remote frames)
     stay as they were, so the remote frames show last, right above the error, where IPython
-    does not hide them. Returns ``exc``; a second call leaves it as it is."""
-    if not isinstance(exc.__cause__, RemoteTraceback):
+    does not hide them. Returns ``exc``; a second call leaves it as it is. A SerializationError
+    (one line naming the task or call and the part that does not pickle) is left as it is."""
+    if not isinstance(exc.__cause__, RemoteTraceback) and not isinstance(exc, SerializationError):
         exc.__cause__ = RemoteTraceback(where + frames_folded(getattr(exc, "remote_frames_folded", 0)))
     return exc
 
