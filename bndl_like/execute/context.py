@@ -150,14 +150,14 @@ def _stop_parts(parts: _Parts) -> None:
     if not parts.closed:
         log.info("ExecutionContext %s was garbage-collected without close(): stopping it%s",
                  parts.name, "" if parts.local is None else " and its local workers")
+    if parts.local is not None:  # first: workers that outlive their seed log that they lost it
+        parts.local.stop()
     node = parts.node
     try:
         if node is not None and node.running:
             parts.io.run(node.stop(), timeout=10)
     except Exception:
         log.exception("error while stopping the driver node")
-    if parts.local is not None:
-        parts.local.stop()
     parts.io.stop()
     parts.hook_runner.close()
 
