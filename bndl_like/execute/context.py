@@ -181,6 +181,8 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
     processes (or joins ``BNDL_LIKE_SEEDS`` when set); ``seeds=[...]`` joins a
     cluster; ``seeds=[]`` makes this driver the seed workers join. ``tls_cert``,
     ``tls_key`` and ``tls_ca`` (PEM files) turn on TLS, for a local cluster's workers too.
+    ``forward_output``: write what tasks print and log here (None: on for a local cluster
+    and in an interactive session; see :mod:`bndl_like.execute.output`).
     """
 
     def __init__(self, seeds: Iterable[str] | None = None, secret: str | bytes | None = None, *,
