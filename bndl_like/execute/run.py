@@ -635,7 +635,9 @@ class JobResults(Iterator):
         self._progress = progress
         self._results = None  # the generator reading the run's queue, from the first next()
         self._status = _ResultsStatus(run)
-        weakref.finalize(self, _results_dropped, self._status)
+        # the registry of finalizers holds the status (and so the job) strongly: detached once
+        # the end was read, or a failed job's traceback (through __next__) would keep it alive
+        self._finalizer = weakref.finalize(self, _results_dropped, self._status)
 
     @property
     def job(self):
@@ -656,7 +658,7 @@ class JobResults(Iterator):
             try:
                 self._results = self._ctx._begin_job(self._run, self._progress)
             except BaseException as exc:
-                status.ended = True
+                self._ended()
                 raise trim_traceback(exc)  # raised here: no framework frame below this one
         return self
 
@@ -671,13 +673,20 @@ class JobResults(Iterator):
         try:
             item = next(results)
         except StopIteration:
-            status.ended = True
+            self._ended()
             raise
         except BaseException as exc:
-            status.ended = True
-            raise trim_traceback(exc)
+            self._ended()
+            error = trim_traceback(exc)
+            # the traceback keeps this frame, and the job keeps the error: not the job through it
+            del self, results, status
+            raise error
         status.read += 1
         return item
+
+    def _ended(self) -> None:
+        self._status.ended = True
+        self._finalizer.detach()
 
     def close(self) -> None:
         """Stop here: a job not started never runs; a running one is cancelled on every worker."""
