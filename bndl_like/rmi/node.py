@@ -856,10 +856,8 @@ class Node:
                             "share; give the cluster's secret (secret=..., BNDL_LIKE_SECRET or "
                             "--secret-file)")
                 return "authentication failed: the secrets of the two nodes differ (a wrong secret)"
-            if reason.startswith("refused by the peer: "):
-                reason = reason[len("refused by the peer: "):]
             if "cluster name mismatch" in reason:
-                return f"another cluster: {reason}"
+                return f"another cluster: {reason}"  # "refused by the peer: ..." if it saw it first
             return reason
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused: nothing listens on that port"
