@@ -45,7 +45,7 @@ def main() -> None:
         try:
             list(ctx.execute(Job(ctx, [FuncTask(ctx, "bad", fail, ("x",))]), progress=False))
         except ValueError as exc:
-            frames = traceback.extract_tb(exc.__cause__.__traceback__)
+            frames = traceback.extract_tb(exc.__traceback__)
             found["traceback"] = [(f.filename, f.lineno, f.name, f.line) for f in frames]
             found["remote_traceback"] = exc.remote_traceback
         with ctx.cpu_profiling:

@@ -49,7 +49,7 @@ def test_the_remote_frame_of_code_sent_by_value_names_its_file_and_line(ctx):
     fail, _, _ = by_value()
     with pytest.raises(ValueError) as info:
         list(ctx.execute(Job(ctx, [FuncTask(ctx, "bad", fail, ("x",))]), progress=False))
-    remote = traceback.extract_tb(info.value.__cause__.__traceback__)
+    remote = traceback.extract_tb(info.value.__traceback__)
     assert [(f.filename, f.lineno, f.name) for f in remote][-1:] == \
         [(__file__, line_of(__file__, "# FAILS HERE"), "fail")]
     assert remote[-1].line == "return int(text)  # FAILS HERE"  # the driver shows the line

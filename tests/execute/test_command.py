@@ -154,7 +154,7 @@ def test_cancelling_a_running_command_kills_its_process_group(ctx, tmp_path):
     script = (f"sleep 30 & echo $! > {child}.tmp && mv {child}.tmp {child}; "
               f"echo $$ > {parent}.tmp && mv {parent}.tmp {parent}; wait")
     job = Job(ctx, [CommandTask(ctx, 0, script)])
-    results = ctx.execute(job)
+    results = ctx.execute(job).start()
     pids = int(wait_for_file(parent)), int(wait_for_file(child))
     assert not any(gone(pid) for pid in pids)
     timer = threading.Timer(0.1, job.cancel)
@@ -177,7 +177,7 @@ def test_cancelling_a_running_command_kills_its_process_group(ctx, tmp_path):
 def test_signal_command_reaches_a_running_command(ctx, tmp_path):
     pid_file = tmp_path / "pid"
     job = Job(ctx, [CommandTask(ctx, "sig", py(write_pid(pid_file) + "; import time; time.sleep(30)"))])
-    results = ctx.execute(job)
+    results = ctx.execute(job).start()
     wait_for_file(pid_file)
     running = {w: [k for k in keys if k[1:] == (job.id, "sig")]
                for w, keys in ctx.run_each_worker(command.running_commands).items()}
@@ -223,7 +223,7 @@ def test_stop_and_continue_a_command_task(ctx, tmp_path):
     script = f"while true; do echo x >> {ticks}; sleep 0.02; done"
     task = CommandTask(ctx, "ticker", script)
     job = Job(ctx, [task])
-    results = ctx.execute(job)
+    results = ctx.execute(job).start()
 
     def size() -> int:
         return os.path.getsize(ticks) if os.path.exists(ticks) else 0

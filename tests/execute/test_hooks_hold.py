@@ -91,7 +91,7 @@ def test_cancelled_job_fires_task_cancelled_and_job_failed(ctx, tmp_path):
     task = FuncTask(ctx, 0, helpers.tick_forever, (str(path),))
     job = Job(ctx, [task])
     rec = Recorder(job, TASK_EVENTS)
-    results = ctx.execute(job)
+    results = ctx.execute(job).start()
     wait_until(lambda: path.exists())
     job.cancel()
     with pytest.raises(JobCancelled):
@@ -188,7 +188,7 @@ def test_drain_returns_after_its_running_task_finishes(ctx):
     drained, other = worker_names(ctx)
     tasks = [FuncTask(ctx, i, helpers.sleep_then, (0.4, i)) for i in range(8)]
     job = Job(ctx, tasks)
-    results = ctx.execute(job)
+    results = ctx.execute(job).start()
 
     def started_on_drained():  # started on the worker, not only sent there
         run = job._run
@@ -212,7 +212,7 @@ def test_drain_recomputes_needed_outputs_elsewhere(ctx):
     slow = FuncTask(ctx, "slow", helpers.sleep_then, (3.0, 100), locality={drained: -1})
     total = FuncTask(ctx, "total", helpers.total, (parts + [slow],))
     job = Job(ctx, parts + [slow, total])
-    results = ctx.execute(job, concurrency=2)  # room on the other worker next to "slow"
+    results = ctx.execute(job, concurrency=2).start()  # room on the other worker next to "slow"
     wait_until(lambda: all(p.succeeded for p in parts))
 
     def locations():
@@ -240,7 +240,7 @@ def test_drain_mid_job_then_sigkill_loses_nothing():
         slow = FuncTask(own, "slow", helpers.sleep_then, (2.0, 100), locality={drained: -1})
         total = FuncTask(own, "total", helpers.total, (first + [slow],))
         job = Job(own, first + [slow, total])
-        results = own.execute(job, concurrency=2)
+        results = own.execute(job, concurrency=2).start()
         wait_until(lambda: all(t.succeeded for t in first))
         own.drain(drained, timeout=20)
         runs_before = {t.id: len(t.executed_on) for t in job.tasks}
