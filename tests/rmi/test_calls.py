@@ -133,3 +133,18 @@ async def test_call_on_lost_peer_raises_not_connected(driver_and_worker):
     await wait_for_condition(lambda: not peer.connected, message="peer lost")
     with pytest.raises(NotConnected):
         await peer.call("test", "noop")
+
+
+async def test_connections_send_small_frames_at_once(make_node):
+    # TCP_NODELAY on both ends: a node's accepted sockets (its listener is a plain
+    # socket.socket(), which asyncio does not set it for) held every small answer ~40 ms
+    import socket
+
+    a = await make_node("a")
+    b = await make_node("b", seeds=[a.addresses[0]])
+    await wait_for_condition(lambda: "b" in a.peers and "a" in b.peers, message="nodes meet")
+    conns = [c for node, other in ((a, "b"), (b, "a")) for c in node.peers[other].connections]
+    assert {c.role for c in conns} >= {"client", "server"}
+    for conn in conns:
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), conn
