@@ -11,8 +11,14 @@ from .cluster import ClusterProfiler, output
 from .modules import module_filter
 
 # the import system: what runs an import, not the code imported (the first profile of a worker
-# is mostly imports); left out of print_stats unless include= names it
+# is mostly imports); left out of print_stats unless include= names it, with the import-time
+# code of modules (their <module> rows)
 IMPORT_SYSTEM = ("importlib._bootstrap", "importlib._bootstrap_external")
+# what runs the user's code rather than the user's code: the framework, the event loop, threads
+# and unpickling; their ttot holds every task's time, so they would top every profile
+MACHINERY = tuple(f"bndl_like.{m}" for m in ("rmi", "execute", "deploy", "profile", "local", "cli",
+                                               "config", "display")) + (
+    "asyncio", "selectors", "threading", "concurrent", "cloudpickle", "pickle", "copyreg", "socket", "ssl")
 
 
 class FunctionStats(NamedTuple):
@@ -28,12 +34,13 @@ class FunctionStats(NamedTuple):
     filename: str     # the full path on the node
     path: str         # the path from the import root: numpy/core/fromnumeric.py
     nactualcall: int  # calls that were not recursive
+    import_time: bool = False  # ran only while modules were imported (called from nothing else)
 
 
 def _from_row(row: tuple) -> FunctionStats:
-    module, name, lineno, ncall, nactualcall, tsub, ttot, filename, path = row
+    module, name, lineno, ncall, nactualcall, tsub, ttot, filename, path = row[:9]
     return FunctionStats(module, name, lineno, ncall, tsub, ttot, ttot / ncall if ncall else 0.0,
-                         filename, path, nactualcall)
+                         filename, path, nactualcall, bool(row[9]) if len(row) > 9 else False)
 
 
 def merge_stats(*stats_lists: Iterable[FunctionStats]) -> list[FunctionStats]:
@@ -47,7 +54,8 @@ def merge_stats(*stats_lists: Iterable[FunctionStats]) -> list[FunctionStats]:
                 ncall, ttot = seen.ncall + stat.ncall, seen.ttot + stat.ttot
                 stat = seen._replace(ncall=ncall, nactualcall=seen.nactualcall + stat.nactualcall,
                                      tsub=seen.tsub + stat.tsub, ttot=ttot,
-                                     tavg=ttot / ncall if ncall else 0.0)
+                                     tavg=ttot / ncall if ncall else 0.0,
+                                     import_time=seen.import_time and stat.import_time)
             merged[key] = stat
     return list(merged.values())
 
@@ -102,16 +110,21 @@ class CpuProfiling(ClusterProfiler):
         ``columns`` are ``(name, width)`` pairs among name, module, ncall, tsub, ttot, tavg.
         Totals merge the nodes; ``per_worker`` prints a section per node instead.
         ``include``/``exclude`` keep or drop functions by module (``'numpy'`` covers numpy and
-        its submodules); ``strip_dirs`` shows paths from their import root. The import system's
-        own functions (``importlib._bootstrap*``) are left out, and the header says so, unless
-        ``include`` names them (``include=('importlib',)``).
+        its submodules); ``strip_dirs`` shows paths from their import root. So that the user's
+        code comes first, what runs it is left out unless ``include`` names it, and the header
+        says so: the import system (``importlib._bootstrap*``) with the import-time code of
+        modules (``include=('importlib',)``), and the machinery around tasks — bndl_like, the
+        event loop, threads, unpickling (``include=('bndl_like', 'asyncio')`` and so on).
+        :meth:`get_stats` has every function.
         """
         sort_by, sort_dir, columns = report.check_cpu_options(max_rows, sort_by, sort_dir, columns)
-        keep = module_filter(include, exclude)
-        show_imports = bool(include) and any(keep(name) for name in IMPORT_SYSTEM)
-        if not show_imports:
-            keep = module_filter(include, ((exclude,) if isinstance(exclude, str) else tuple(exclude or ()))
-                                 + IMPORT_SYSTEM)
+        named = module_filter(include, ()) if include else None
+        hidden = tuple(m for m in IMPORT_SYSTEM + MACHINERY if named is None or not named(m))
+        show_imports = "importlib._bootstrap" not in hidden
+        user_keep = module_filter(include, exclude)
+        keep = module_filter(include, ((exclude,) if isinstance(exclude, str) else tuple(exclude or ()))
+                             + hidden)
+        hide_imports = not show_imports
         out = output(file)
         per_node = self.get_stats(per_worker=True)
         driver = self._driver_name
@@ -123,15 +136,23 @@ class CpuProfiling(ClusterProfiler):
         print(f"CPU profile ({self.clock} clock, seconds) of "
               f"{report.nodes_phrase(workers, driver in per_node)}: {limit} by {sort_by} {sort_dir}",
               file=out)
-        if not show_imports and any(s.module in IMPORT_SYSTEM for stats in per_node.values() for s in stats):
-            print("the import system's functions (importlib._bootstrap*) are left out; "
-                  "include=('importlib',) shows them", file=out)
+        left_out = {m for stats in per_node.values() for s in stats
+                    if user_keep(s.module) and not keep(s.module)
+                    for m in hidden if s.module == m or s.module.startswith(m + ".")}
+        if hide_imports and any(s.import_time for stats in per_node.values() for s in stats):
+            print("imports are left out (the import system and what ran only while modules were "
+                  "imported); include=('importlib',) shows them", file=out)
+        machinery = sorted({m.split(".")[0] for m in left_out} - {"importlib"})
+        if machinery:
+            print(f"the machinery that runs tasks is left out ({', '.join(machinery)}); "
+                  f"include=({', '.join(repr(m) for m in machinery[:2])}, ...) shows it", file=out)
         for note in self.missing_notes():
             print(note, file=out)
         if self._session is None:
             print("no profile: call start() first", file=out)
         for title, stats in sections:
-            kept = report.sort_functions([s for s in stats if keep(s.module)], sort_by, sort_dir)
+            kept = report.sort_functions([s for s in stats if keep(s.module) and not (
+                hide_imports and s.import_time)], sort_by, sort_dir)
             if title:
                 print(title, file=out)
             shown = kept if max_rows is None else kept[:max_rows]

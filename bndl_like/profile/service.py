@@ -56,12 +56,33 @@ def cpu_stats() -> list[tuple]:
         return []
     rows = []
     names = ModuleNames()
-    for stat in yappi.get_func_stats():
-        module, path = names(stat.module)
+    stats = list(yappi.get_func_stats())
+    resolved = [names(stat.module) for stat in stats]
+    importing = _import_time(stats, [module for module, _ in resolved])
+    for stat, (module, path) in zip(stats, resolved, strict=True):
         if not _own(module):
             rows.append((module, stat.name, stat.lineno, stat.ncall, stat.nactualcall, stat.tsub,
-                         stat.ttot, stat.module, path))
+                         stat.ttot, stat.module, path, stat.index in importing))
     return rows
+
+
+def _import_time(stats: list, modules: list[str]) -> set[int]:
+    """The indexes of the functions that ran only while modules were imported: the import
+    system, modules' import-time code (``<module>``), and what is reached from the rest of
+    the program (the functions no profiled function called) only through them."""
+    by_index = {stat.index: stat for stat in stats}
+    called = {child.index for stat in stats for child in stat.children if child.index != stat.index}
+    imports = {stat.index for stat, module in zip(stats, modules, strict=True)
+               if stat.name == "<module>" or module.startswith("importlib._bootstrap")}
+    reached = {index for index in by_index if index not in called and index not in imports}
+    todo = list(reached)
+    while todo:
+        for child in by_index[todo.pop()].children:
+            index = child.index
+            if index in by_index and index not in reached and index not in imports:
+                reached.add(index)
+                todo.append(index)
+    return set(by_index) - reached
 
 
 def start_memory(nframes: int = 1) -> None:
