@@ -5,8 +5,10 @@
   handshake timeout. At a cap the *oldest* is closed rather than the newest refused,
   so a flood of idle connections cannot keep out a peer that completes its
   handshake in milliseconds.
-- :class:`RateLimitedLog` writes at most one line per source and interval, with
-  the count of those it held back, so no peer can fill the disk with our logs.
+- :class:`RateLimitedLog` writes one line per source, then lines with the count of those
+  it held back at doubling spacings (10 s, 20 s, 40 s, ... an hour at most) while the
+  source goes on, so no peer can fill the disk with our logs, nor a misconfigured one
+  repeat a warning on a timer.
 - :class:`OnceLog` is for what this node itself retries (dialling a seed): a message
   is logged once, its repeats only counted, never logged again on a timer.
 - :func:`raise_open_files_limit` and :func:`quiet_accept_errors` keep running out
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_UNAUTHENTICATED = 256
 MAX_UNAUTHENTICATED_PER_SOURCE = 64
 LOG_INTERVAL = 10.0
+MAX_LOG_INTERVAL = 3600.0
 
 
 def source_of(transport) -> str:
@@ -37,29 +40,48 @@ def source_of(transport) -> str:
 
 
 class RateLimitedLog:
-    """Log at most one line per key (a source address) and interval; say how many were held back."""
+    """Log the first line per key (a source address) at once; hold back what follows, and
+    say how many were held back in the next line, after ``interval``, then after twice the
+    spacing each time (up to ``max_interval``) while the key goes on. A key quiet for twice
+    its spacing starts again from ``interval``."""
 
     def __init__(self, logger: logging.Logger, level: int = logging.WARNING,
-                 interval: float = LOG_INTERVAL, max_keys: int = 4096, clock=time.monotonic):
+                 interval: float = LOG_INTERVAL, max_keys: int = 4096, clock=time.monotonic,
+                 max_interval: float = MAX_LOG_INTERVAL):
         self.logger = logger
         self.level = level
         self.interval = interval
+        self.max_interval = max_interval
         self.max_keys = max_keys
         self.clock = clock
-        self._last: dict[str, float] = {}
+        self._last: dict[str, list] = {}  # key -> [time of its last line, its spacing now, last seen]
         self._held: Counter = Counter()
 
+    def interval_for(self, key: str) -> float:
+        """How long after its last line ``key`` is held back now."""
+        entry = self._last.get(key)
+        return entry[1] if entry is not None else self.interval
+
     def log(self, key: str, message: str, *args) -> bool:
-        """Log ``message % args`` unless ``key`` logged within the interval; True if logged."""
+        """Log ``message % args`` unless ``key`` is held back; True if logged."""
         now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._held[key] += 1
-            return False
-        if len(self._last) >= self.max_keys:
-            self._forget(now)
+        entry = self._last.get(key)
+        if entry is not None:
+            last, spacing, seen = entry
+            entry[2] = now
+            if now - last < spacing:
+                self._held[key] += 1
+                return False
+            if now - seen > 2 * spacing:  # it stopped for a while: news again
+                entry[1] = self.interval
+            else:
+                entry[1] = min(spacing * 2, self.max_interval)
+            entry[0] = now
+        else:
+            if len(self._last) >= self.max_keys:
+                self._forget(now)
+            self._last[key] = [now, self.interval, now]
         held = self._held.pop(key, 0)
-        self._last[key] = now
         if held:
             message += " (and %d more from %s in the last %.0fs)"
             args = (*args, held, key, now - last)
@@ -67,8 +89,8 @@ class RateLimitedLog:
         return True
 
     def _forget(self, now: float) -> None:
-        for key, last in list(self._last.items()):
-            if now - last >= self.interval:
+        for key, (_, spacing, seen) in list(self._last.items()):
+            if now - seen >= 2 * spacing:
                 del self._last[key]
                 self._held.pop(key, None)
         while len(self._last) >= self.max_keys:  # all recent: drop the oldest

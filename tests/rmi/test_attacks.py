@@ -507,7 +507,7 @@ async def flood_refusals(make_node, caplog, flood: str, interval: float | None =
     caplog.set_level(logging.INFO, logger=NODE_LOG)
     node = await make_node("target", node_type="worker")
     if interval is not None:
-        node.refusals.interval = interval
+        node.refusals.interval = node.refusals.max_interval = interval
     started = time.monotonic()
     await asyncio.to_thread(attempts, node.addresses[0], 500, attack)
     took = time.monotonic() - started
@@ -677,3 +677,42 @@ async def test_hello_pipelined_behind_the_upgrade_request(make_node, pieces):
     assert ping == "target"
     assert [p["name"] for p in status["peers"]] == ["pipelined"]
 
+
+
+def test_a_source_that_goes_on_is_logged_at_doubling_spacings_with_its_count():
+    # a misconfigured peer retrying for an hour: a handful of lines, not one every 10 s
+    import logging as logging_
+
+    from bndl_like.rmi.guard import RateLimitedLog
+
+    class Records(logging_.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    now = [0.0]
+    logger = logging_.getLogger("test.refusals")
+    handler = Records()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        refusals = RateLimitedLog(logger, interval=10, max_interval=600, clock=lambda: now[0])
+        logged = []
+        for step in range(720):  # a refusal every 5 s for an hour
+            now[0] = step * 5.0
+            if refusals.log("10.0.0.9", "refused connection from %s", "10.0.0.9"):
+                logged.append(now[0])
+        assert logged[:5] == [0, 10, 30, 70, 150] and len(logged) <= 12, logged
+        assert all(b - a <= 600 for a, b in zip(logged, logged[1:], strict=False)), logged
+        # quiet for a while, then back: news again at once (with the count still held back),
+        # spacing from the start
+        now[0] += 10_000
+        assert refusals.log("10.0.0.9", "refused connection from %s", "10.0.0.9")
+        assert refusals.interval_for("10.0.0.9") == 10
+        counts = [int(m.split("(and ", 1)[1].split()[0]) for m in handler.messages[1:]]
+        assert len(handler.messages) + sum(counts) == 721  # every refusal logged or counted
+    finally:
+        logger.removeHandler(handler)
