@@ -169,7 +169,11 @@ def test_frames_are_marked_for_ipython_to_hide(ctx):
     with pytest.raises(json.JSONDecodeError) as info:
         list(ctx.execute(job))
     exc = info.value
-    text = ultratb.VerboseTB(color_scheme="NoColor").text(type(exc), exc, exc.__traceback__)
+    try:  # IPython 9 names its colours themes
+        tb = ultratb.VerboseTB(theme_name="nocolor")
+    except TypeError:
+        tb = ultratb.VerboseTB(color_scheme="NoColor")
+    text = tb.text(type(exc), exc, exc.__traceback__)
     assert "[... skipping hidden 1 frame]" in text
     assert PACKAGE not in text  # no frame of bndl_like shown, the remote ones folded
     assert "parse_json" in text and "return json.loads(text)" in text
