@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from ..errors import BndlLikeError
 from ..rmi import Node, NotConnected, RemoteError
 
 
-class ClusterUnreachable(TimeoutError):
+class ClusterUnreachable(BndlLikeError, TimeoutError):
     """No worker answered through the seeds; the message names each seed not reached and why."""
 
 

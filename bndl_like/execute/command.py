@@ -39,6 +39,7 @@ import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ..errors import BndlLikeError
 from ..rmi.secrets import ENV_VAR as SECRET_ENV_VAR
 from .errors import TaskCancelled
 from .tasks import RmiTask
@@ -79,7 +80,7 @@ def _describe_exit(returncode: int | None) -> str:
     return f"failed with exit code {returncode}"
 
 
-class CommandFailed(Exception):
+class CommandFailed(BndlLikeError):
     """A command exited with a non-zero code or was killed by a signal.
 
     ``returncode`` is negative for a signal (as in :mod:`subprocess`) and None if

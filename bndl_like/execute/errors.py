@@ -5,6 +5,8 @@ from __future__ import annotations
 import dis
 from types import TracebackType
 
+from ..errors import BndlLikeError
+
 _RAISE = dis.opmap["RAISE_VARARGS"]
 
 
@@ -42,15 +44,16 @@ def trim_traceback(exc: BaseException) -> BaseException:
 class TaskCancelled(BaseException):
     """Raised inside a task's thread when the task is cancelled.
 
-    A ``BaseException`` so that a task's ``except Exception`` does not swallow it.
+    A ``BaseException`` so that a task's ``except Exception`` does not swallow it; a signal,
+    not an error, so not a ``BndlLikeError`` either.
     """
 
 
-class TaskTimeout(TimeoutError):
+class TaskTimeout(BndlLikeError, TimeoutError):
     """A task ran longer than its ``timeout=``; it was interrupted and failed."""
 
 
-class DependenciesFailed(Exception):
+class DependenciesFailed(BndlLikeError):
     """A task could not get the outputs of some dependencies.
 
     ``failures`` maps the worker that should have held them to the task ids.
@@ -65,7 +68,7 @@ class DependenciesFailed(Exception):
         return DependenciesFailed, (self.failures,)
 
 
-class FailedDependency(Exception):
+class FailedDependency(BndlLikeError):
     """The output of a finished task was lost with ``worker_failed``; it runs again."""
 
     def __init__(self, worker_failed: str | None = None):
@@ -76,15 +79,15 @@ class FailedDependency(Exception):
         return FailedDependency, (self.worker_failed,)
 
 
-class JobCancelled(Exception):
+class JobCancelled(BndlLikeError):
     """The job was cancelled before it finished."""
 
 
-class WorkersLost(Exception):
+class WorkersLost(BndlLikeError):
     """Every worker the job could use was lost."""
 
 
-class WorkerDied(Exception):
+class WorkerDied(BndlLikeError):
     """A task was running on ``execute.worker_deaths`` workers that were lost (killed, crashed, ran
     out of memory): it fails rather than kill the next one.
 

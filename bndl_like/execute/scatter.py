@@ -27,12 +27,13 @@ import uuid
 import weakref
 from typing import Any
 
+from ..errors import BndlLikeError
 from ..rmi import serialize
 from ..rmi.errors import RemoteError, SerializationError
 from ..rmi.pickle_check import UnpicklableError, unpicklable_error
 
 
-class ScatterError(LookupError):
+class ScatterError(BndlLikeError, LookupError):
     """A scattered object is not on the worker that needs it (e.g. it was released)."""
 
 

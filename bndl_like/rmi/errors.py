@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from ..errors import BndlLikeError
 
-class NotConnected(ConnectionError):
+
+class NotConnected(BndlLikeError, ConnectionError):
     """The peer is not (or no longer) connected; a call could not complete."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(BndlLikeError):
     """A peer sent bytes that break the wire protocol; its connection is closed."""
 
 
-class HandshakeError(ConnectionError):
+class HandshakeError(BndlLikeError, ConnectionError):
     """The handshake with a peer failed (secret, protocol version, cluster name)."""
 
     def __init__(self, reason: str, reject=None):
@@ -20,15 +22,15 @@ class HandshakeError(ConnectionError):
         self.reject = reject  # frame chunks to send the peer before closing, if any
 
 
-class MessageTooLarge(ValueError):
+class MessageTooLarge(BndlLikeError, ValueError):
     """A message exceeds the configured maximum message size."""
 
 
-class SerializationError(TypeError):
+class SerializationError(BndlLikeError, TypeError):
     """An object could not be pickled or unpickled for a remote call."""
 
 
-class RemoteError(Exception):
+class RemoteError(BndlLikeError):
     """An exception raised on a remote node.
 
     ``__cause__`` is the original exception (with the remote frames attached as
