@@ -21,12 +21,14 @@ class LocalWorkers:
     SIGTERM if this process dies. What a worker's tasks started (its process group)
     is killed when the worker has exited, and :meth:`exit_status` tells how it ended.
     The secret reaches the workers in their environment (each removes it as it reads
-    it); TLS files by name.
+    it); TLS files by name. ``fork_server`` (the default): the workers are forked from this
+    process's fork server (:mod:`.deploy.forkserver`), which imported their modules once, rather
+    than each started as a new interpreter.
     """
 
     def __init__(self, count: int, seed: str, secret: bytes, cluster: str = "default",
                  extra_env: dict | None = None, *, tls_cert: str | None = None,
-                 tls_key: str | None = None, tls_ca: str | None = None):
+                 tls_key: str | None = None, tls_ca: str | None = None, fork_server: bool = True):
         if count < 1:
             raise ValueError(f"workers must be >= 1, not {count}")
         env = dict(os.environ)
@@ -40,7 +42,7 @@ class LocalWorkers:
         for name in ("BNDL_LIKE_SEEDS", "BNDL_LIKE_LISTEN", "BNDL_LIKE_SECRET_FILE", "BNDL_LIKE_NAME"):
             env.pop(name, None)
         self.supervisor = Supervisor(count, ["--listen", "tcp://127.0.0.1:0", "--seeds", seed],
-                                     env=env, backoff=0.1, max_backoff=5.0)
+                                     env=env, backoff=0.1, max_backoff=5.0, fork_server=fork_server)
         self.supervisor.start()
         self.failure: str | None = None  # set when a crash loop made us give up
         self._stopping = threading.Event()

@@ -34,6 +34,8 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from . import forkserver
+from .forkserver import ForkedWorker
 from .threads import thread_limits, worker_concurrency
 
 log = logging.getLogger(__name__)
@@ -163,10 +165,38 @@ def wait_exited(proc: subprocess.Popen, timeout: float | None) -> bool:
     return True
 
 
+class SpawnedWorker:
+    """A worker started as ``python -m bndl_like.cli worker``: the supervisor's handle on it
+    (:class:`~bndl_like.deploy.forkserver.ForkedWorker` is the other kind)."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def exited(self) -> bool:
+        return has_exited(self.popen)
+
+    def wait_exited(self, timeout: float | None) -> bool:
+        return wait_exited(self.popen, timeout)
+
+    def send_signal(self, sig: int) -> None:
+        if not has_exited(self.popen):  # not reaped, so the pid is still that worker's
+            os.kill(self.pid, sig)
+
+    def finish(self) -> str:
+        """Kill what is left of its group, reap it; how it ended. Call once it exited."""
+        kill_group(self.pid)  # before the reap, so the group id is still that worker's
+        return describe_exit(self.popen.wait())
+
+
 @dataclass
 class _Slot:
     index: int
-    process: subprocess.Popen | None = None
+    process: SpawnedWorker | ForkedWorker | None = None
     started: float = 0.0
     restart_at: float | None = None
     backoff: float = 0.0
@@ -177,12 +207,19 @@ class _Slot:
 class Supervisor:
     def __init__(self, workers: int, worker_argv: list[str], *, env: dict | None = None,
                  backoff: float = 0.5, max_backoff: float = 10.0, max_restarts: int = 5,
-                 restart_window: float = 60.0, stop_timeout: float = 5.0, stable_after: float = 10.0):
+                 restart_window: float = 60.0, stop_timeout: float = 5.0, stable_after: float = 10.0,
+                 fork_server: bool = False):
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, not {workers}")
         self.count = workers
+        self.worker_argv = list(worker_argv)
         self.command = [sys.executable, "-m", "bndl_like.cli", "worker", *worker_argv]
         self.env = env
+        # fork the workers from this process's fork server (see .forkserver) instead of starting
+        # an interpreter for each
+        self.fork_server = fork_server
+        self._server: forkserver.ForkServer | None = None
+        self._cwd = os.getcwd()
         # BLAS/OpenMP threads per worker: its task threads, not a thread per core each
         self.threads = worker_concurrency(worker_argv, os.environ if env is None else env)
         self.initial_backoff = backoff
@@ -200,7 +237,7 @@ class Supervisor:
 
     @property
     def pids(self) -> list[int]:
-        return [s.process.pid for s in self.slots if s.process is not None and not has_exited(s.process)]
+        return [s.process.pid for s in self.slots if s.process is not None and not s.process.exited()]
 
     def exit_status(self, pid: int) -> str | None:
         """How worker ``pid`` ended ("killed by SIGKILL", "exited with code 3"); None while it
@@ -217,8 +254,7 @@ class Supervisor:
         """The slot's worker exited: kill what is left of its group, reap it, record how it
         ended. Call only once ``has_exited(slot.process)``."""
         proc = slot.process
-        kill_group(proc.pid)  # before the reap, so the group id is still that worker's
-        status = describe_exit(proc.wait())
+        status = proc.finish()
         if self.siblings_dir is not None:
             try:
                 os.unlink(_sibling_file(self.siblings_dir, proc.pid))
@@ -240,11 +276,29 @@ class Supervisor:
             self.siblings_dir = tempfile.mkdtemp(prefix="bndl-like-workers-")
         env[SIBLINGS_ENV] = self.siblings_dir
         env.update(thread_limits(env, self.threads))  # before numpy loads in the worker
-        slot.process = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=die_with(os.getpid()))
+        if self.fork_server:
+            slot.process = self._fork(env)
+        else:
+            slot.process = SpawnedWorker(subprocess.Popen(
+                self.command, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=die_with(os.getpid())))
         slot.started = time.monotonic()
         slot.restart_at = None
         log.info("worker %d started (pid %d)", slot.index, slot.process.pid)
+
+    def _fork(self, env: dict) -> ForkedWorker:
+        """A worker from the fork server; a new server if the one in use is gone."""
+        for attempt in range(2):
+            if self._server is None or not self._server.alive:
+                if self._server is not None:
+                    forkserver.release(self._server)
+                self._server = forkserver.acquire(env, self._cwd)
+            try:
+                return self._server.fork(self.worker_argv, env, self._cwd)
+            except forkserver.ForkServerGone:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
@@ -281,7 +335,7 @@ class Supervisor:
         now = time.monotonic()
         for slot in self.slots:
             proc = slot.process
-            if proc is not None and has_exited(proc):
+            if proc is not None and proc.exited():
                 slot.last_exit = self._finish(slot)
                 ran = now - slot.started
                 slot.backoff = (self.initial_backoff if ran >= self.stable_after or not slot.backoff
@@ -303,7 +357,7 @@ class Supervisor:
     def reap(self) -> None:
         """Finish the workers that exited, restarting none (after a crash loop)."""
         for slot in self.slots:
-            if slot.process is not None and has_exited(slot.process):
+            if slot.process is not None and slot.process.exited():
                 self._finish(slot)
 
     def stop(self) -> None:
@@ -311,19 +365,21 @@ class Supervisor:
         SIGKILL what is left of their process groups."""
         running = [s for s in self.slots if s.process is not None]
         for slot in running:
-            if not has_exited(slot.process):  # not reaped, so the pid is still that worker's
-                os.kill(slot.process.pid, signal.SIGTERM)
+            slot.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
         for slot in running:
             proc = slot.process
-            if not wait_exited(proc, max(0.0, deadline - time.monotonic())):
+            if not proc.wait_exited(max(0.0, deadline - time.monotonic())):
                 log.warning("worker pid %d did not stop within %.0fs, killing it", proc.pid,
                             self.stop_timeout)
-                os.kill(proc.pid, signal.SIGKILL)
-                wait_exited(proc, None)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait_exited(None)
             self._finish(slot)
         for slot in self.slots:
             slot.restart_at = None
+        if self._server is not None:
+            forkserver.release(self._server)  # kept a moment for the next cluster, then stopped
+            self._server = None
         if self.siblings_dir is not None:
             shutil.rmtree(self.siblings_dir, ignore_errors=True)
             self.siblings_dir = None
