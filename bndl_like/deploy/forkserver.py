@@ -262,9 +262,9 @@ class ForkedWorker:
 class ForkServer:
     """The driver's end of one fork server process."""
 
-    def __init__(self, env: dict, cwd: str, idle_timeout: float = IDLE_TIMEOUT):
+    def __init__(self, env: dict, cwd: str, idle_timeout: float | None = None):
         self.key = _key(env, cwd)
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         base = {name: value for name, value in env.items() if name not in PER_WORKER_ENV}
         try:
