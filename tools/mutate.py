@@ -1,0 +1,448 @@
+"""Mutation testing for one module: which small changes to the code do its tests not notice?
+
+    python tools/mutate.py bndl_like/execute/scheduler.py \\
+        --tests tests/execute/test_scheduler.py tests/execute/test_scheduler_gaps.py \\
+        --sample 150 --seed 1 --equivalent tools/equivalent.json
+
+Each mutant is one change to the source, made by splicing the text of one syntax node (the rest
+of the file, its lines and comments stay as they are): a comparison moved across its boundary or
+negated (``<`` -> ``<=``, ``==`` -> ``!=``, ``in`` -> ``not in``), an arithmetic or bitwise operator
+swapped (``+`` <-> ``-``, ``<<`` <-> ``>>``, ...), ``and`` <-> ``or``, a ``not`` dropped, an int
+constant ±1, ``True`` <-> ``False``, a returned value replaced with None, a simple statement
+replaced with ``pass``, the condition of an ``if``, ``while`` or conditional expression negated.
+Annotations, docstrings and string constants are left alone.
+
+The module is never changed where it lives (others may be running tests on it): the package and
+the test directories are copied into a temporary directory once, and each mutant is written over
+the copy and run there, one at a time, with ``pytest -x -q -p no:cacheprovider`` and the copy
+first on the path. A mutant is *killed* when the tests fail (or fail to import), *timed out*
+when they run past ``--timeout`` (counted as killed: an endless loop is noticed), and *survives*
+when they pass. Mutants listed in ``--equivalent`` (they cannot change behaviour: the reason is
+recorded) are set aside before sampling, so a seeded sample is a sample of the mutants that count.
+
+By default each run is a fork of a process that imported pytest and the third-party libraries
+once (``--preload``), which saves most of pytest's start-up per mutant; ``--no-fork`` starts a
+fresh interpreter per mutant instead (the same results, slower). Bytecode is never written in the
+copy, so a mutant can never run a stale ``.pyc`` of another one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+COMPARE_SWAPS = {
+    ast.Lt: [ast.LtE, ast.GtE], ast.LtE: [ast.Lt, ast.Gt], ast.Gt: [ast.GtE, ast.LtE],
+    ast.GtE: [ast.Gt, ast.Lt], ast.Eq: [ast.NotEq], ast.NotEq: [ast.Eq],
+    ast.Is: [ast.IsNot], ast.IsNot: [ast.Is], ast.In: [ast.NotIn], ast.NotIn: [ast.In],
+}
+BINOP_SWAPS = {
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult,
+    ast.Div: ast.Mult, ast.Mod: ast.FloorDiv, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
+    ast.BitOr: ast.BitAnd, ast.BitAnd: ast.BitOr, ast.BitXor: ast.BitOr,
+}
+SIMPLE_STATEMENTS = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Raise, ast.Return,
+                     ast.Delete, ast.Assert, ast.Break, ast.Continue)
+DEFAULT_PRELOAD = ("pytest", "hypothesis", "numpy", "aiohttp", "sortedcontainers",
+                   "cryptography.hazmat.primitives.poly1305", "yaml", "psutil")
+
+
+@dataclass
+class Mutant:
+    line: int
+    col: int
+    mutation: str     # what changed, e.g. "`<` -> `<=`"
+    text: str         # the original line, stripped: with col and mutation, what identifies it
+    start: int        # byte offsets of the replaced span in the source
+    end: int
+    replacement: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.text, self.col, self.mutation)
+
+    def label(self, path: str) -> str:
+        return f"{path}:{self.line}:{self.col}: {self.mutation}    | {self.text}"
+
+
+def _op(op) -> str:
+    return ast.unparse(ast.Compare(ast.Name("a"), [op], [ast.Name("b")]))[2:-2] if isinstance(
+        op, ast.cmpop) else ast.unparse(ast.BinOp(ast.Name("a"), op, ast.Name("b")))[2:-2]
+
+
+class _Collector(ast.NodeVisitor):
+    """Walks a module and lists its mutants (as text splices at byte offsets)."""
+
+    def __init__(self, source: bytes):
+        self.source = source
+        self.lines = source.split(b"\n")
+        self.offsets = [0]
+        for line in self.lines:
+            self.offsets.append(self.offsets[-1] + len(line) + 1)
+        self.mutants: list[Mutant] = []
+
+    def span(self, node) -> tuple[int, int]:
+        return (self.offsets[node.lineno - 1] + node.col_offset,
+                self.offsets[node.end_lineno - 1] + node.end_col_offset)
+
+    def add(self, node, mutation: str, new: str, statement: bool = False) -> None:
+        start, end = self.span(node)
+        extra = node.end_lineno - node.lineno  # keep the line count: later lines keep their numbers
+        if statement:
+            replacement = "pass" + "\n" * extra
+        else:
+            replacement = "(" + new + "\n" * extra + ")"
+        text = self.lines[node.lineno - 1].decode().strip()
+        self.mutants.append(Mutant(node.lineno, node.col_offset, mutation, text, start, end, replacement))
+
+    # -- what is left alone ------------------------------------------------------------------------
+
+    def visit_FunctionDef(self, node) -> None:
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:]  # the docstring
+        for d in node.decorator_list:
+            self.visit(d)
+        for default in node.args.defaults + [d for d in node.args.kw_defaults if d is not None]:
+            self.visit(default)
+        for stmt in body:
+            self.visit(stmt)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node) -> None:
+        for base in node.bases:
+            self.visit(base)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]
+        for stmt in body:
+            self.visit(stmt)
+
+    def visit_Module(self, node) -> None:
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]
+        for stmt in body:
+            if isinstance(stmt, ast.ImportFrom | ast.Import):
+                continue
+            self.visit(stmt)
+
+    def visit_AnnAssign(self, node) -> None:
+        if node.value is not None:
+            self._statement(node)
+            self.visit(node.value)
+
+    def visit_JoinedStr(self, node) -> None:
+        pass  # f-strings: messages
+
+    # -- mutations -----------------------------------------------------------------------------------
+
+    def _statement(self, node) -> None:
+        what = ast.unparse(node).split("\n")[0]
+        if len(what) > 60:
+            what = what[:57] + "..."
+        self.add(node, f"delete `{what}`", "", statement=True)
+
+    def generic_visit(self, node) -> None:
+        if isinstance(node, SIMPLE_STATEMENTS) and not (
+                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            self._statement(node)
+        super().generic_visit(node)
+
+    def visit_Compare(self, node) -> None:
+        for i, op in enumerate(node.ops):
+            for new in COMPARE_SWAPS.get(type(op), ()):
+                ops = list(node.ops)
+                ops[i] = new()
+                changed = ast.Compare(node.left, ops, node.comparators)
+                self.add(node, f"`{_op(op)}` -> `{_op(new())}`", ast.unparse(changed))
+        self.generic_visit(node)
+
+    def visit_BinOp(self, node) -> None:
+        new = BINOP_SWAPS.get(type(node.op))
+        if new is not None:
+            changed = ast.BinOp(node.left, new(), node.right)
+            self.add(node, f"`{_op(node.op)}` -> `{_op(new())}`", ast.unparse(changed))
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node) -> None:
+        new = BINOP_SWAPS.get(type(node.op))
+        if new is not None:
+            start, end = self.span(node)
+            changed = ast.AugAssign(node.target, new(), node.value)
+            text = self.lines[node.lineno - 1].decode().strip()
+            self.mutants.append(Mutant(node.lineno, node.col_offset,
+                                       f"`{_op(node.op)}=` -> `{_op(new())}=`", text, start, end,
+                                       ast.unparse(changed) + "\n" * (node.end_lineno - node.lineno)))
+        self.generic_visit(node)
+
+    def visit_BoolOp(self, node) -> None:
+        new, name = (ast.Or, "or") if isinstance(node.op, ast.And) else (ast.And, "and")
+        old = "and" if name == "or" else "or"
+        self.add(node, f"`{old}` -> `{name}`", ast.unparse(ast.BoolOp(new(), node.values)))
+        self.generic_visit(node)
+
+    def visit_UnaryOp(self, node) -> None:
+        if isinstance(node.op, ast.Not):
+            self.add(node, "drop `not`", ast.unparse(node.operand))
+        self.generic_visit(node)
+
+    def visit_Constant(self, node) -> None:
+        value = node.value
+        if value is True or value is False:
+            self.add(node, f"`{value}` -> `{not value}`", repr(not value))
+        elif type(value) is int:
+            for new in (value + 1, value - 1):
+                self.add(node, f"`{value}` -> `{new}`", repr(new))
+
+    def visit_Return(self, node) -> None:
+        if node.value is not None and not (isinstance(node.value, ast.Constant) and node.value.value is None):
+            self.add(node.value, "return value -> None", "None")
+        self.generic_visit(node)
+
+    def _negate(self, node, what: str) -> None:
+        self.add(node.test, f"negate the `{what}` condition", f"not ({ast.unparse(node.test)})")
+
+    def visit_If(self, node) -> None:
+        self._negate(node, "if")
+        self.generic_visit(node)
+
+    def visit_While(self, node) -> None:
+        self._negate(node, "while")
+        self.generic_visit(node)
+
+    def visit_IfExp(self, node) -> None:
+        self._negate(node, "... if ... else ...")
+        self.generic_visit(node)
+
+
+def _annotation_free(tree: ast.AST) -> ast.AST:
+    """The tree without annotations (types are not behaviour)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            node.returns = None
+        elif isinstance(node, ast.arg):
+            node.annotation = None
+        elif isinstance(node, ast.AnnAssign):
+            node.annotation = ast.Name("_", ctx=ast.Load())
+    return tree
+
+
+def collect(source: bytes) -> list[Mutant]:
+    """Every mutant of ``source`` that still compiles, in source order."""
+    collector = _Collector(source)
+    collector.visit(_annotation_free(ast.parse(source)))
+    mutants = []
+    seen = set()
+    for m in sorted(collector.mutants, key=lambda m: (m.start, m.end, m.mutation)):
+        if (m.start, m.end, m.replacement) in seen:
+            continue
+        seen.add((m.start, m.end, m.replacement))
+        try:
+            compile(apply(source, m), "<mutant>", "exec")
+        except SyntaxError:
+            continue
+        mutants.append(m)
+    return mutants
+
+
+def apply(source: bytes, m: Mutant) -> bytes:
+    return source[:m.start] + m.replacement.encode() + source[m.end:]
+
+
+def load_equivalents(path: str | None, relpath: str) -> dict[tuple, str]:
+    """``[{"file", "text", "col", "mutation", "reason"}, ...]`` -> {key: reason} for ``relpath``."""
+    if not path:
+        return {}
+    with open(path) as f:
+        entries = json.load(f)
+    out = {}
+    for e in entries:
+        if not e.get("reason"):
+            raise SystemExit(f"{path}: an equivalent mutant needs a reason: {e}")
+        if e["file"] == relpath:
+            out[(e["text"], e["col"], e["mutation"])] = e["reason"]
+    return out
+
+
+# -- running the tests -------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs pytest in the copy: forked from a process with the libraries imported, or afresh."""
+
+    def __init__(self, copy: str, tests: list[str], pytest_args: list[str], fork: bool):
+        self.copy = copy
+        # a fixed hypothesis seed: the same mutant gets the same examples on every run
+        self.args = ["-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *pytest_args, *tests]
+        self.fork = fork
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [copy, *filter(None, [os.environ.get("PYTHONPATH")])]), PYTHONDONTWRITEBYTECODE="1")
+
+    def run(self, timeout: float) -> tuple[int | None, float]:
+        """(pytest's exit code or None when timed out, seconds)."""
+        started = time.monotonic()
+        if not self.fork:
+            try:
+                done = subprocess.run([sys.executable, "-m", "pytest", *self.args], cwd=self.copy,
+                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      timeout=timeout, start_new_session=True)
+            except subprocess.TimeoutExpired:
+                return None, time.monotonic() - started
+            return done.returncode, time.monotonic() - started
+        pid = os.fork()
+        if pid == 0:  # the child: run pytest in the copy, never return
+            try:
+                os.setsid()
+                os.chdir(self.copy)
+                os.environ.clear()
+                os.environ.update(self.env)
+                sys.path.insert(0, self.copy)
+                sys.dont_write_bytecode = True
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                import pytest
+                code = int(pytest.main(self.args))
+            except BaseException:
+                code = 3
+            os._exit(code)
+        deadline = started + timeout
+        while True:
+            done_pid, status = os.waitpid(pid, os.WNOHANG)
+            if done_pid:
+                return os.waitstatus_to_exitcode(status), time.monotonic() - started
+            if time.monotonic() > deadline:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                return None, time.monotonic() - started
+            time.sleep(0.02)
+
+
+def _copy_tree(root: str, dest: str, names: list[str]) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", "*.egg-info", ".pytest_cache")
+    for name in names:
+        src = os.path.join(root, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dest, name), ignore=ignore)
+        elif os.path.exists(src):
+            shutil.copy2(src, os.path.join(dest, name))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", help="the module to mutate, relative to the project root")
+    parser.add_argument("--tests", nargs="+", required=True, help="test files or directories (pytest args)")
+    parser.add_argument("--sample", type=int, default=0, help="run a seeded sample of N mutants (0: all)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--equivalent", help="JSON list of mutants set aside as equivalent, with reasons")
+    parser.add_argument("--timeout", type=float, default=0,
+                        help="seconds per mutant (default: 3x the unmutated run, at least 20)")
+    parser.add_argument("--pytest-args", default="", help="more pytest options, one string")
+    parser.add_argument("--no-fork", dest="fork", action="store_false",
+                        help="a fresh interpreter per mutant instead of a fork")
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
+                        help="modules the fork server imports once (not the project's own)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--root", default=os.getcwd(), help="the project root (default: here)")
+    args = parser.parse_args(argv)
+
+    root = os.path.abspath(args.root)
+    relpath = os.path.relpath(os.path.abspath(os.path.join(root, args.file)), root)
+    with open(os.path.join(root, relpath), "rb") as f:
+        source = f.read()
+    mutants = collect(source)
+    equivalents = load_equivalents(args.equivalent, relpath)
+    set_aside = [m for m in mutants if m.key in equivalents]
+    pool = [m for m in mutants if m.key not in equivalents]
+    unmatched = set(equivalents) - {m.key for m in mutants}
+    for key in sorted(unmatched):
+        print(f"warning: an equivalent mutant no longer exists: {key}", file=sys.stderr)
+    if args.list:
+        for m in mutants:
+            print(("(equivalent) " if m.key in equivalents else "") + m.label(relpath))
+        return 0
+    chosen = pool
+    if args.sample and args.sample < len(pool):
+        chosen = sorted(random.Random(args.seed).sample(pool, args.sample), key=lambda m: m.start)
+
+    top = sorted({relpath.split(os.sep)[0], *(t.split(os.sep)[0] for t in args.tests)})
+    extra = [n for n in ("pyproject.toml", "setup.cfg", "pytest.ini", "tox.ini", "conftest.py")
+             if os.path.exists(os.path.join(root, n))]
+    results = {"file": relpath, "mutants": len(mutants), "equivalent": len(set_aside),
+               "sampled": len(chosen), "seed": args.seed, "killed": 0, "timed_out": 0,
+               "survived": 0, "survivors": []}
+    if args.fork:
+        for name in filter(None, args.preload.split(",")):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+    with tempfile.TemporaryDirectory(prefix="mutate-") as copy:
+        _copy_tree(root, copy, top + extra)
+        target = os.path.join(copy, relpath)
+        runner = Runner(copy, args.tests, shlex.split(args.pytest_args), args.fork)
+        code, baseline = runner.run(args.timeout or 600)
+        if code != 0:
+            print(f"the tests fail without any mutation (exit code {code}): fix them first", file=sys.stderr)
+            return 2
+        timeout = args.timeout or max(20.0, 3 * baseline)
+        print(f"{relpath}: {len(mutants)} mutants, {len(set_aside)} set aside as equivalent, "
+              f"running {len(chosen)} (seed {args.seed}); unmutated run {baseline:.1f}s, "
+              f"timeout {timeout:.0f}s", file=sys.stderr)
+        try:
+            for i, m in enumerate(chosen, 1):
+                with open(target, "wb") as f:
+                    f.write(apply(source, m))
+                code, took = runner.run(timeout)
+                if code is None:
+                    outcome = "timed_out"
+                elif code in (4, 5):  # usage error, nothing collected: the run says nothing
+                    raise SystemExit(f"pytest exit code {code} for {m.label(relpath)}")
+                elif code:
+                    outcome = "killed"
+                else:
+                    outcome = "survived"
+                    results["survivors"].append(dict(asdict(m), label=m.label(relpath)))
+                results[outcome] += 1
+                print(f"[{i}/{len(chosen)}] {outcome:9} {took:5.1f}s  {m.label(relpath)}", file=sys.stderr)
+        finally:
+            with open(target, "wb") as f:
+                f.write(source)
+    counted = results["sampled"]
+    results["score"] = round((results["killed"] + results["timed_out"]) / counted, 4) if counted else None
+    if args.json:
+        for s in results["survivors"]:
+            for k in ("start", "end", "replacement"):
+                s.pop(k)
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"\n{relpath}: {results['killed']} killed, {results['timed_out']} timed out, "
+              f"{results['survived']} survived of {counted} sampled "
+              f"({results['mutants']} mutants, {results['equivalent']} set aside as equivalent): "
+              f"{100 * (results['score'] or 0):.1f} % killed")
+        for s in results["survivors"]:
+            print("  survived:", s["label"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
