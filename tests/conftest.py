@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import _posixsubprocess
+import ast
 import asyncio
+import functools
+import importlib
+import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import sysconfig
+import textwrap
+import threading
 import time
 
 import pytest
 
 from bndl_like.rmi import Node
 from bndl_like.rmi import secrets as rmi_secrets
+
+pytest_plugins = ["pytester"]  # tests/test_markers.py runs the marker rule on a test file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_SECRET = "test-secret-of-the-rmi-tests-0123456789"
@@ -125,3 +136,141 @@ async def make_node():
     yield make
     for node in nodes:
         await node.stop()
+
+
+# -- the `cluster` marker: tests that start processes ------------------------------------------
+#
+# A test is marked `cluster` when it, a fixture it uses or a helper of the tests it calls (followed
+# through the test modules, by name) mentions a way of starting a process. `-m "not cluster"`
+# then runs the in-process tests alone. The heuristic is checked on every run: a test left
+# unmarked that starts a process (from its own thread or from a thread started during it) fails
+# at once with ProcessStartRefused, so a test the rule misses cannot go unnoticed.
+
+_PROCESS_WORDS = re.compile(
+    r"\bsubprocess\b|\bPopen\b|\bos\.(fork|forkpty|posix_spawnp?|system|spawn\w*|exec\w*)\b"
+    r"|\bmultiprocessing\b|\bsys\.executable\b|\bExecutionContext\.local\b|\bLocalWorkers\b"
+    r"|\bSupervisor\b|\bPeerProcess\b|\bspawn_peer\b|\bnbclient\b|\bNotebookClient\b"
+    r"|\bcreate_subprocess_\w+\b|\bpexpect\b"
+    r"|\bExecutionContext\(|\bworkers=")  # the embedded default, run_demo(workers=2): a local cluster
+_scanned: dict = {}
+
+
+_LIBRARIES = tuple(os.path.realpath(path) + os.sep for path in {
+    sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _of_the_tests(obj) -> bool:
+    """Whether ``obj`` is a function or class of the tests (not of bndl_like or a library)."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    return (path is not None and not module.__name__.startswith("bndl_like")
+            and not os.path.realpath(path).startswith(_LIBRARIES))
+
+
+def _starts_processes(obj, depth: int = 0) -> bool:
+    """Whether the source of ``obj`` (a function or class), or of a function or class of the
+    tests it refers to by name, mentions starting a process."""
+    obj = inspect.unwrap(obj)
+    key = getattr(obj, "__code__", obj)
+    if key in _scanned:
+        return _scanned[key]
+    _scanned[key] = False  # a recursive helper: decided by the rest of its body
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return False
+    found = bool(_PROCESS_WORDS.search(source))
+    if not found and depth < 8:
+        namespace = getattr(obj, "__globals__", None) or vars(sys.modules.get(obj.__module__, sys))
+        for node in ast.walk(ast.parse(textwrap.dedent(source))):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                # an import inside the function: `from ..deploy.test_cli import start`
+                package = (namespace.get("__package__") or "") if node.level else ""
+                name = "." * node.level + node.module
+                try:
+                    module = importlib.import_module(name, package or None)
+                except ImportError:
+                    continue
+                targets = [getattr(module, alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.Name):
+                targets = [namespace.get(node.id)]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                module = namespace.get(node.value.id)
+                if inspect.ismodule(module):
+                    targets = [getattr(module, node.attr, None)]
+            if any((inspect.isfunction(target) or inspect.isclass(target))
+                   and _of_the_tests(target)
+                   and _starts_processes(target, depth + 1) for target in targets):
+                found = True
+                break
+    _scanned[key] = found
+    return found
+
+
+def _item_starts_processes(item) -> bool:
+    function = getattr(item, "function", None)
+    if function is not None and _starts_processes(function):
+        return True
+    fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(_starts_processes(fixturedef.func)
+               for definitions in fixtures.values() for fixturedef in definitions)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("cluster") is None and _item_starts_processes(item):
+            item.add_marker(pytest.mark.cluster)
+
+
+class ProcessStartRefused(RuntimeError):
+    """A test not marked `cluster` started a process."""
+
+
+# the tests running now, innermost last (a test may run pytest in-process): (nodeid, threads that
+# were running before it) for one not marked `cluster`, None for one that is
+_running: list = []
+
+
+def _refuse(what: str) -> None:
+    if not _running or _running[-1] is None:
+        return
+    nodeid, threads_before = _running[-1]
+    thread = threading.current_thread()
+    if thread is threading.main_thread() or thread not in threads_before:
+        raise ProcessStartRefused(
+            f"{nodeid} started a process ({what}) but is not marked cluster: mark it "
+            "(pytestmark = pytest.mark.cluster) or let tests/conftest.py's rule see it")
+
+
+def _guarded(module, name: str) -> None:
+    original = getattr(module, name, None)
+    if original is None or getattr(original, "_refuses_in_tests", False):
+        return
+
+    @functools.wraps(original)
+    def guarded(*args, **kwargs):
+        _refuse(f"{module.__name__}.{name}")
+        return original(*args, **kwargs)
+
+    guarded._refuses_in_tests = True
+    setattr(module, name, guarded)
+
+
+def pytest_configure(config):
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system"):
+        _guarded(os, name)
+    _guarded(subprocess, "_fork_exec")  # every subprocess.Popen (asyncio's too) without posix_spawn
+    _guarded(_posixsubprocess, "fork_exec")  # multiprocessing's spawn and forkserver
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("cluster") is not None:
+        _running.append(None)
+    else:
+        _running.append((item.nodeid, set(threading.enumerate())))
+    try:
+        yield
+    finally:
+        _running.pop()
