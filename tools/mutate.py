@@ -199,6 +199,8 @@ class _Collector(ast.NodeVisitor):
     def visit_UnaryOp(self, node) -> None:
         if isinstance(node.op, ast.Not):
             self.add(node, "drop `not`", ast.unparse(node.operand))
+        elif isinstance(node.op, ast.USub) and not isinstance(node.operand, ast.Constant):
+            self.add(node, "drop unary `-`", ast.unparse(node.operand))
         self.generic_visit(node)
 
     def visit_Constant(self, node) -> None:
@@ -360,6 +362,8 @@ def main(argv=None) -> int:
                         help="a fresh interpreter per mutant instead of a fork")
     parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
                         help="modules the fork server imports once (not the project's own)")
+    parser.add_argument("--match", action="append", default=[],
+                        help="only the mutants whose label contains this text (repeatable; before sampling)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--root", default=os.getcwd(), help="the project root (default: here)")
@@ -371,10 +375,12 @@ def main(argv=None) -> int:
         source = f.read()
     mutants = collect(source)
     equivalents = load_equivalents(args.equivalent, relpath)
+    if args.match:
+        mutants = [m for m in mutants if any(text in m.label(relpath) for text in args.match)]
     set_aside = [m for m in mutants if m.key in equivalents]
     pool = [m for m in mutants if m.key not in equivalents]
     unmatched = set(equivalents) - {m.key for m in mutants}
-    for key in sorted(unmatched):
+    for key in sorted(unmatched) if not args.match else ():
         print(f"warning: an equivalent mutant no longer exists: {key}", file=sys.stderr)
     if args.list:
         for m in mutants:
