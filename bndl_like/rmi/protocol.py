@@ -33,12 +33,24 @@ import hmac
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from .errors import HandshakeError, ProtocolError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from typing_extensions import Buffer
+
+    # what a received part is: small ones bytes (the main part) or bytearray, large ones a
+    # bytearray or a memoryview on memory that was not zero-filled (see _allocate)
+    Received: TypeAlias = "bytes | bytearray | memoryview"
+    # what a frame header records: (kind, flags, [main length, part lengths...])
+    Head: TypeAlias = "tuple[int, int, list[int]]"
 
 PROTOCOL_VERSION = 3
 UPGRADE_TOKEN = "bndl-like-rmi"
@@ -77,8 +89,8 @@ HANDSHAKE_KINDS = frozenset({HELLO, AUTH, AUTH_OK, REJECT, CLOSE})
 @dataclass(slots=True)
 class Frame:
     kind: int
-    main: bytes | bytearray
-    parts: list = field(default_factory=list)
+    main: Received
+    parts: list[Received] = field(default_factory=list)
     flags: int = 0
 
     def __repr__(self) -> str:
@@ -86,7 +98,7 @@ class Frame:
         return f"<Frame {kind} main={len(self.main)}B parts={len(self.parts)}>"
 
 
-def _header(kind: int, flags: int, main, parts) -> tuple[bytes, list[int]]:
+def _header(kind: int, flags: int, main: bytes, parts: Sequence[Buffer]) -> tuple[bytes, list[int]]:
     nparts = len(parts)
     if nparts > MAX_PARTS:
         raise ProtocolError(f"a frame can carry at most {MAX_PARTS} parts, not {nparts}")
@@ -96,7 +108,7 @@ def _header(kind: int, flags: int, main, parts) -> tuple[bytes, list[int]]:
     return PREFIX.pack(kind, flags, nparts, len(main)) + struct.pack(f"<{nparts}Q", *lengths), lengths
 
 
-def encode(kind: int, main: bytes = b"", parts=(), flags: int = 0) -> list:
+def encode(kind: int, main: bytes = b"", parts: Sequence[Buffer] = (), flags: int = 0) -> list[Buffer]:
     """Encode one unsealed frame (the handshake's) into a list of bytes-like objects to write.
 
     Small frames come back as one ``bytes`` (one write); large parts are
@@ -110,14 +122,14 @@ def encode(kind: int, main: bytes = b"", parts=(), flags: int = 0) -> list:
     return [header + main, *parts]
 
 
-def frame_size(chunks) -> int:
+def frame_size(chunks: Sequence[Buffer]) -> int:
     return sum(memoryview(c).nbytes for c in chunks)
 
 
 # -- sealing ----------------------------------------------------------------------------------------
 
 
-def _keyed(key: bytes, person: bytes, digest_size: int):
+def _keyed(key: bytes, person: bytes, digest_size: int) -> hashlib.blake2b:
     return hashlib.blake2b(key=key, person=person, digest_size=digest_size)
 
 
@@ -138,7 +150,7 @@ class _Direction:
         self.seq += 1
         return seq
 
-    def small_tag(self, data) -> bytes:
+    def small_tag(self, data: Buffer) -> bytes:
         h = self._small.copy()
         h.update(self._next())
         h.update(data)
@@ -155,7 +167,8 @@ class FrameSealer(_Direction):
 
     __slots__ = ()
 
-    def seal(self, kind: int, main: bytes = b"", parts=(), flags: int = 0) -> list:
+    def seal(self, kind: int, main: bytes = b"", parts: Sequence[Buffer] = (),
+             flags: int = 0) -> list[Buffer]:
         """The frame with its tag, as chunks to write in order (one chunk when small)."""
         if not parts and len(main) <= LARGE_PART:  # most frames: inlined, it is paid per call
             frame = PREFIX.pack(kind, flags, 0, len(main)) + main
@@ -170,7 +183,7 @@ class FrameSealer(_Direction):
             return [frame + self.small_tag(frame)]
         return list(self._stream(header + main, parts))
 
-    def seal_stream(self, kind: int, main: bytes, parts, step: int) -> Iterator:
+    def seal_stream(self, kind: int, main: bytes, parts: Sequence[Buffer], step: int) -> Iterator[Buffer]:
         """Like :meth:`seal`, yielding large parts in pieces of ``step`` bytes, each hashed
         just before it is handed out (while it is in cache), the tag last.
 
@@ -180,13 +193,13 @@ class FrameSealer(_Direction):
             return iter(self.seal(kind, main, parts))
         return self._stream(header + main, parts, step)
 
-    def _stream(self, head: bytes, parts, step: int = 0) -> Iterator:
+    def _stream(self, head: bytes, parts: Sequence[Buffer], step: int = 0) -> Iterator[Buffer]:
         mac = self.large_mac()
         mac.update(head)
         return self._pieces(mac, head, parts, step)
 
     @staticmethod
-    def _pieces(mac: Poly1305, head: bytes, parts, step: int) -> Iterator:
+    def _pieces(mac: Poly1305, head: bytes, parts: Sequence[Buffer], step: int) -> Iterator[Buffer]:
         yield head
         for part in parts:
             view = memoryview(part).cast("B")
@@ -211,11 +224,11 @@ class FrameOpener(_Direction):
         return ProtocolError(f"frame authentication failed (frame {self.seq - 1}): the stream was "
                              "altered, replayed or injected")
 
-    def check_small(self, frame, tag) -> None:
+    def check_small(self, frame: Buffer, tag: Buffer) -> None:
         if not hmac.compare_digest(self.small_tag(frame), tag):
             raise self.failure()
 
-    def check_large(self, mac: Poly1305, tag) -> None:
+    def check_large(self, mac: Poly1305, tag: Buffer) -> None:
         try:
             mac.verify(bytes(tag))
         except Exception:  # cryptography's InvalidSignature
@@ -237,7 +250,7 @@ class FrameDecoder:
     """
 
     def __init__(self, max_message_size: int, buffer_size: int = 1 << 18,
-                 kinds: frozenset = frozenset(KIND_NAMES), max_parts: int = MAX_PARTS):
+                 kinds: frozenset[int] = frozenset(KIND_NAMES), max_parts: int = MAX_PARTS):
         self.max_message_size = max_message_size
         self.kinds = kinds
         self.max_parts = max_parts
@@ -249,10 +262,10 @@ class FrameDecoder:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._head: tuple | None = None  # (kind, flags, lengths) of the frame being read
-        self._parts: list = []
+        self._head: Head | None = None  # (kind, flags, lengths) of the frame being read
+        self._parts: list[Received] = []
         self._mac: Poly1305 | None = None  # of a large sealed frame being read
-        self._large: bytearray | None = None
+        self._large: bytearray | memoryview | None = None
         self._large_view: memoryview | None = None
         self._large_pos = 0
         self.bytes_received = 0
@@ -283,7 +296,7 @@ class FrameDecoder:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         if self._large is not None:
-            return self._large_view[self._large_pos:]
+            return self._large_view[self._large_pos:]  # type: ignore[index]  # set with _large
         if self._end == len(self._buf):
             self._compact()
         return self._view[self._end:]
@@ -292,7 +305,7 @@ class FrameDecoder:
         self.bytes_received += nbytes
         if self._large is not None:
             if self._mac is not None and nbytes:
-                self._mac.update(self._large_view[self._large_pos:self._large_pos + nbytes])
+                self._mac.update(self._large_view[self._large_pos:self._large_pos + nbytes])  # type: ignore[index]
             self._large_pos += nbytes
             if self._large_pos < len(self._large):
                 return []
@@ -302,8 +315,8 @@ class FrameDecoder:
             self._end += nbytes
         return self._parse()
 
-    def feed(self, data) -> list[Frame]:
-        frames = []
+    def feed(self, data: Buffer) -> list[Frame]:
+        frames: list[Frame] = []
         data = memoryview(data).cast("B")
         while data:
             buf = self.get_buffer()
@@ -340,7 +353,7 @@ class FrameDecoder:
             self._compact()
         return frames
 
-    def _read_head(self, frames: list) -> bool:
+    def _read_head(self, frames: list[Frame]) -> bool:
         """Read a frame's header; a small sealed frame is read whole. False: need more bytes."""
         start = self._start
         avail = self._end - start
@@ -402,21 +415,22 @@ class FrameDecoder:
             self._mac.update(self._view[start:start + head_len])
         return True
 
-    def _read_rest(self, frames: list) -> bool:
+    def _read_rest(self, frames: list[Frame]) -> bool:
         """Read the parts (and tag) of the frame whose header was read. False: need more bytes."""
         if not self._read_parts():
             return False
         if self._mac is not None:
             if self._end - self._start < TAG_SIZE:
                 return False
-            self.opener.check_large(self._mac, self._view[self._start:self._start + TAG_SIZE])
+            # a _mac is only made from an opener
+            self.opener.check_large(self._mac, self._view[self._start:self._start + TAG_SIZE])  # type: ignore[union-attr]
             self._mac = None
             self._start += TAG_SIZE
         self._emit(frames)
         return True
 
     def _read_parts(self) -> bool:
-        lengths = self._head[2]
+        lengths = self._head[2]  # type: ignore[index]  # called with a header read
         mac = self._mac
         while len(self._parts) < len(lengths):
             size = lengths[len(self._parts)]
@@ -447,15 +461,15 @@ class FrameDecoder:
                 self._parts.append(large)
         return True
 
-    def _emit(self, frames: list) -> None:
-        kind, flags, _ = self._head
+    def _emit(self, frames: list[Frame]) -> None:
+        kind, flags, _ = self._head  # type: ignore[misc]  # called with a header read
         parts = self._parts
         self._head = None
         self._parts = []
         frames.append(Frame(kind, parts[0], parts[1:], flags))
 
 
-def _allocate(size: int):
+def _allocate(size: int) -> bytearray | memoryview:
     """A writable buffer of ``size`` bytes; large ones skip zero-filling (numpy.empty).
 
     Zero-filling 64 MiB costs more than receiving it; numpy, when importable, also
@@ -466,7 +480,8 @@ def _allocate(size: int):
             import numpy
         except ImportError:  # pragma: no cover - numpy is a dependency
             return bytearray(size)
-        return memoryview(numpy.empty(size, numpy.uint8))
+        # numpy's stubs declare ndarray.__buffer__ for Python >= 3.12 only
+        return memoryview(numpy.empty(size, numpy.uint8))  # type: ignore[arg-type]
     return bytearray(size)
 
 
@@ -500,8 +515,9 @@ class Handshake:
     (e.g. this node itself, a duplicate connection).
     """
 
-    def __init__(self, role: str, secret: bytes | str, cluster: str, info: dict,
-                 nonce: bytes | None = None, version: int = PROTOCOL_VERSION, check_peer=None):
+    def __init__(self, role: str, secret: bytes | str, cluster: str, info: dict[str, Any],
+                 nonce: bytes | None = None, version: int = PROTOCOL_VERSION,
+                 check_peer: Callable[[dict[str, Any]], object] | None = None):
         if role not in ("client", "server"):
             raise ValueError(f"role must be 'client' or 'server', not {role!r}")
         if isinstance(secret, str):
@@ -516,8 +532,8 @@ class Handshake:
         self.check_peer = check_peer
         self.nonce = nonce or os.urandom(32)
         self.peer_nonce: bytes | None = None
-        self.peer_hello: dict | None = None
-        self.peer_info: dict | None = None
+        self.peer_hello: dict[str, Any] | None = None
+        self.peer_info: dict[str, Any] | None = None
         self._hello = json.dumps({"protocol": version, "cluster": cluster,
                                   "nonce": self.nonce.hex()}).encode()
         self._peer_hello_bytes: bytes | None = None
@@ -534,10 +550,10 @@ class Handshake:
     def peer_name(self) -> str | None:
         return self.peer_info.get("name") if self.peer_info else None
 
-    def start(self) -> list:
+    def start(self) -> list[Buffer]:
         return encode(HELLO, self._hello)
 
-    def receive(self, frame: Frame) -> list:
+    def receive(self, frame: Frame) -> list[Buffer]:
         """Process one frame; return the chunks to send. Raises HandshakeError."""
         if self.failed:
             raise HandshakeError(self.failed)
@@ -565,22 +581,22 @@ class Handshake:
         except (ValueError, KeyError, TypeError) as exc:
             self._fail(f"malformed handshake frame: {exc}")
 
-    def reject(self, reason: str) -> list:
+    def reject(self, reason: str) -> list[Buffer]:
         """A REJECT frame for the peer, sealed if the peer expects sealed frames."""
         main = json.dumps({"reason": reason}).encode()
         return self.sealer.seal(REJECT, main) if self.sealer else encode(REJECT, main)
 
-    def _fail(self, reason: str):
+    def _fail(self, reason: str) -> NoReturn:
         self.failed = reason
         raise HandshakeError(reason, reject=self.reject(reason))
 
     def _transcript(self) -> tuple[bytes, bytes]:
-        """The (server HELLO, client HELLO) as sent."""
+        """The (server HELLO, client HELLO) as sent (called once the peer's HELLO is in)."""
         if self.role == "client":
-            return self._peer_hello_bytes, self._hello
-        return self._hello, self._peer_hello_bytes
+            return self._peer_hello_bytes, self._hello  # type: ignore[return-value]
+        return self._hello, self._peer_hello_bytes  # type: ignore[return-value]
 
-    def _on_hello(self, frame: Frame) -> list:
+    def _on_hello(self, frame: Frame) -> list[Buffer]:
         data = bytes(frame.main)
         hello = _json(data)
         self.peer_hello = hello
@@ -606,12 +622,12 @@ class Handshake:
         return encode(AUTH, self._client_proof + self._info_bytes)
 
     def _derive_keys(self) -> None:
-        base = _mac(self.secret, b"session", *self._transcript(), self._client_proof)
+        base = _mac(self.secret, b"session", *self._transcript(), self._client_proof)  # type: ignore[arg-type]
         c2s = hmac.new(base, b"client-to-server", hashlib.sha256).digest()
         s2c = hmac.new(base, b"server-to-client", hashlib.sha256).digest()
         self._keys = (c2s, s2c) if self.role == "client" else (s2c, c2s)  # (send, receive)
 
-    def _peer_info(self, info_bytes: bytes) -> dict:
+    def _peer_info(self, info_bytes: bytes) -> dict[str, Any]:
         info = _json(info_bytes)
         name = info.get("name")
         if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
@@ -623,7 +639,7 @@ class Handshake:
                 self._fail(exc.reason)
         return info
 
-    def _on_client_auth(self, frame: Frame) -> list:
+    def _on_client_auth(self, frame: Frame) -> list[Buffer]:
         main = bytes(frame.main)
         proof, info_bytes = main[:32], main[32:]
         expected = _mac(self.secret, b"client-auth", *self._transcript(), info_bytes)
@@ -633,18 +649,20 @@ class Handshake:
         self.peer_info = self._peer_info(info_bytes)
         self.verified = True
         self._derive_keys()
-        send, receive = self._keys
+        send, receive = self._keys  # type: ignore[misc]  # derived just above
         self.opener = FrameOpener(receive)
         answer = _mac(self.secret, b"server-auth", *self._transcript(), proof, self._info_bytes)
         out = encode(AUTH, answer + self._info_bytes)
         self.sealer = FrameSealer(send)
         return out
 
-    def _on_server_auth(self, frame: Frame) -> list:
+    def _on_server_auth(self, frame: Frame) -> list[Buffer]:
         main = bytes(frame.main)
         proof, info_bytes = main[:32], main[32:]
-        expected = _mac(self.secret, b"server-auth", *self._transcript(), self._client_proof, info_bytes)
-        send, receive = self._keys
+        # a client sets _client_proof and _keys on the server's HELLO, before the server's AUTH
+        expected = _mac(self.secret, b"server-auth", *self._transcript(),
+                        self._client_proof, info_bytes)  # type: ignore[arg-type]
+        send, receive = self._keys  # type: ignore[misc]
         if len(proof) != 32 or not hmac.compare_digest(proof, expected):
             self._fail("authentication failed: the server could not prove the secret")
         # from here the server reads sealed frames: a refusal must be sealed too
@@ -656,7 +674,7 @@ class Handshake:
         return self.sealer.seal(AUTH_OK)
 
 
-def _printable(value, limit: int = 100) -> str:
+def _printable(value: object, limit: int = 100) -> str:
     """A peer-supplied value for a message or a log line: repr'd, so one line, and cut."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "...'"
@@ -670,7 +688,7 @@ def clean_text(text: str, limit: int = 300) -> str:
     return text
 
 
-def _json(data) -> dict:
+def _json(data: Buffer) -> dict[str, Any]:
     try:
         value = json.loads(bytes(data).decode())
     except RecursionError:
