@@ -1,0 +1,121 @@
+"""The protocol core's corners that mutation testing found untested (tools/mutate.py): each test here
+fails for some small change to bndl_like/rmi/protocol.py that the other protocol tests let pass."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from bndl_like.rmi import protocol
+from bndl_like.rmi.errors import ProtocolError
+from bndl_like.rmi.protocol import (
+    HANDSHAKE_BUFFER,
+    HANDSHAKE_MAX_MESSAGE,
+    HELLO,
+    LARGE_PART,
+    MESSAGE,
+    PREFIX,
+    TAG_SIZE,
+    UNINITIALIZED_PART,
+    FrameDecoder,
+    FrameOpener,
+    FrameSealer,
+    encode,
+)
+
+from .protocol_drive import BIG, KEY, frame_bytes, handshake_decoder, wire
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def test_the_wire_numbers_are_pinned():
+    """What two nodes of different versions must agree on: a change here is a new protocol version."""
+    assert (protocol.HELLO, protocol.AUTH, protocol.AUTH_OK, protocol.REJECT, protocol.MESSAGE,
+            protocol.PING, protocol.RETIRE, protocol.CLOSE) == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert protocol.KIND_NAMES == {1: "HELLO", 2: "AUTH", 3: "AUTH_OK", 4: "REJECT", 5: "MESSAGE",
+                                   6: "PING", 7: "RETIRE", 8: "CLOSE"}
+    assert protocol.PROTOCOL_VERSION == 3 and protocol.UPGRADE_TOKEN == "bndl-like-rmi"
+    assert PREFIX.format == "<BBHQ" and protocol.SEQ.format == "<Q" and TAG_SIZE == 16
+    assert LARGE_PART == 1 << 16 and protocol.MAX_PARTS == 4096 and protocol.MAX_NAME == 200
+
+
+def test_the_pre_authentication_bounds_are_pinned():
+    """What an unauthenticated peer can make a node hold: 8 KiB frames in a 16 KiB buffer."""
+    assert HANDSHAKE_MAX_MESSAGE == 8 * 1024 and HANDSHAKE_BUFFER == 16 * 1024
+    decoder = handshake_decoder()
+    assert len(decoder.get_buffer()) == HANDSHAKE_BUFFER
+    decoder.feed(frame_bytes(HELLO, b"x" * HANDSHAKE_MAX_MESSAGE))
+    with pytest.raises(ProtocolError, match="exceeds the maximum message size of 8192 bytes"):
+        handshake_decoder().feed(PREFIX.pack(HELLO, 0, 0, HANDSHAKE_MAX_MESSAGE + 1))
+
+
+def test_golden_unsealed_frame():
+    assert wire(encode(HELLO, b"hi")) == bytes.fromhex("0100000002000000000000006869")
+    assert wire(encode(MESSAGE, b"m", [b"ab"], flags=3)) == bytes.fromhex(
+        "050301000100000000000000" "0200000000000000" "6d" "6162")
+
+
+def test_golden_sealed_small_frame():
+    """BLAKE2b keyed with the direction key, personalised, over the sequence number then the frame."""
+    sealer = FrameSealer(KEY)
+    sealer.seq = 5
+    (chunk,) = sealer.seal(MESSAGE, b"abc")
+    frame = bytes.fromhex("0500000003000000000000") + b"\x00" + b"abc"
+    h = hashlib.blake2b(key=KEY, person=b"bndl-frame", digest_size=16)
+    h.update((5).to_bytes(8, "little"))
+    h.update(frame)
+    assert chunk == frame + h.digest() and sealer.seq == 6
+
+
+@pytest.mark.parametrize("size, numpy_backed", [(UNINITIALIZED_PART - 1, False), (UNINITIALIZED_PART, True)])
+def test_parts_from_1_mib_are_received_into_memory_not_zero_filled(size, numpy_backed):
+    assert UNINITIALIZED_PART == 1 << 20
+    decoder = FrameDecoder(BIG)
+    (frame,) = decoder.feed(frame_bytes(MESSAGE, b"m", [b"\x07" * size]))
+    (part,) = frame.parts
+    assert isinstance(part, memoryview) == numpy_backed
+    assert isinstance(getattr(part, "obj", None), np.ndarray) == numpy_backed
+    assert len(part) == size and bytes(part[-1:]) == b"\x07"
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_a_main_part_of_exactly_the_large_part_size_is_read_from_the_small_buffer(sealed):
+    main = bytes(range(256)) * (LARGE_PART // 256)
+    assert len(main) == LARGE_PART
+    if sealed:
+        (data,) = FrameSealer(KEY).seal(MESSAGE, main)  # one chunk: tagged with BLAKE2b
+        decoder = FrameDecoder(BIG)
+        decoder.seal(FrameOpener(KEY))
+    else:
+        data = frame_bytes(MESSAGE, main)
+        decoder = FrameDecoder(BIG)
+    (frame,) = decoder.feed(data)
+    assert type(frame.main) is bytes and frame.main == main and frame.parts == []
+    assert not decoder.pending and decoder._large is None
+
+
+def test_one_frame_mode_through_the_buffer_interface_until_the_buffer_is_full():
+    """How a connection reads the handshake: whatever fits in the buffer, one frame per call, then
+    buffer_updated(0) for the frames already received; the buffer fills up and is compacted."""
+    decoder = handshake_decoder()
+    mains = [bytes([i]) * (200 + 37 * i) for i in range(60)]  # ~75 KiB, several buffers' worth
+    data = memoryview(b"".join(frame_bytes(HELLO, m) for m in mains))
+    got, full = [], 0
+    while data or decoder.pending:
+        view = decoder.get_buffer(-1)
+        assert len(view) > 0 and len(view) <= HANDSHAKE_BUFFER
+        n = min(len(view), len(data))
+        full += n == len(view)
+        view[:n] = data[:n]
+        data = data[n:]
+        frames = decoder.buffer_updated(n)
+        while frames:
+            assert len(frames) == 1
+            got.append(frames[0].main)
+            frames = decoder.buffer_updated(0)
+        if not n:
+            break
+    assert got == mains and full > 3
+    assert decoder.bytes_received == sum(len(frame_bytes(HELLO, m)) for m in mains)
