@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import faulthandler
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from . import config
@@ -353,9 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_process(code: int) -> None:
+    """End this process now, as interpreter exit would but without tearing down its modules
+    and objects one by one (~0.3 s of a stopping worker's 0.33 s): threads joined, atexit
+    handlers run (logging's flush among them), stdio flushed."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .deploy import logs
 
+    program = argv is None  # run as the program (not called from Python): a worker exits at once
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg == "--secret" or arg.startswith("--secret=") for arg in argv):
         print(f"bndl-like: {NO_SECRET_OPTION}", file=sys.stderr)  # and never the value
@@ -370,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(_run_worker(args))
             finally:
                 _stop_process_group()
+            if program:
+                _exit_process(0)
             return 0
         if args.command == "supervisor":
             return _supervise(args)
