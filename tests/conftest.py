@@ -20,6 +20,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from bndl_like.rmi import Node
 from bndl_like.rmi import secrets as rmi_secrets
@@ -28,6 +30,15 @@ pytest_plugins = ["pytester"]  # tests/test_markers.py runs the marker rule on a
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_SECRET = "test-secret-of-the-rmi-tests-0123456789"
+
+# Hypothesis keeps its examples (the failing ones first) in the repo's .hypothesis/ (git-ignored),
+# wherever pytest runs from, and in CI too: its own CI profile would drop the database and
+# derandomize, so every CI run would try the same inputs. CI keeps that directory between runs
+# (a cache of .hypothesis/), so each run tries new inputs and first replays the ones that failed.
+_EXAMPLES = os.path.join(ROOT, ".hypothesis", "examples")
+settings.register_profile("bndl-like", settings(), derandomize=False,
+                          database=DirectoryBasedExampleDatabase(_EXAMPLES))
+settings.load_profile("bndl-like")
 
 
 @pytest.fixture(scope="session")
