@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["bndl_like", "bndl_like.*"]),
+    package_data={"bndl_like": ["py.typed"]},  # the package ships its type hints (PEP 561)
     python_requires=">=3.10",
     install_requires=[
         "aiohttp>=3.9",
@@ -24,6 +25,7 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.80",
             "ruff>=0.4",
+            "mypy>=1.8",  # run by .ci/run: [tool.mypy] in pyproject.toml
             "nbclient>=0.7",
             "nbformat>=5.1",
             "ipykernel>=6.0",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pickle
 import pkgutil
 
@@ -12,11 +13,13 @@ import pytest
 
 import bndl_like
 from bndl_like import BndlLikeError
+from bndl_like.deploy.forkserver import ForkServerGone
 from bndl_like.deploy.status import ClusterUnreachable
 from bndl_like.execute import command, errors, executor, scatter, worker
 from bndl_like.rmi import errors as rmi_errors
 from bndl_like.rmi import serialize
 from bndl_like.rmi.pickle_check import UnpicklableError
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,6 +55,7 @@ STANDARD_BASES: dict[type[BaseException], type[BaseException]] = {
     rmi_errors.RemoteError: Exception,
     UnpicklableError: TypeError,
     ClusterUnreachable: TimeoutError,
+    ForkServerGone: RuntimeError,
 }
 
 # exception classes that are not errors the package raises at its users, and why
@@ -144,6 +148,7 @@ def _samples() -> list[BaseException]:
         rmi_errors.RemoteError("ValueError: x", "builtins.ValueError", "Traceback ...", "w1"),
         UnpicklableError("args[0].lock cannot be pickled", "args[0].lock", "_thread.lock"),
         ClusterUnreachable("no worker answered through tcp://127.0.0.1:1"),
+        ForkServerGone("the fork server exited before it answered"),
     ]
 
 
@@ -168,3 +173,12 @@ def test_worker_died_compares_by_value_after_a_round_trip():
     copy = pickle.loads(pickle.dumps(exc))
     assert copy == exc and hash(copy) == hash(exc)
     assert copy != errors.WorkerDied("t", "w3", 2, ["w2", "w3"], "exited with code 3")
+
+
+def test_the_package_says_it_is_typed():
+    # PEP 561: the marker in the package, and setup.py installing it
+    from importlib.resources import files
+
+    assert files("bndl_like").joinpath("py.typed").is_file()
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        assert '"bndl_like": ["py.typed"]' in f.read()

@@ -40,6 +40,8 @@ import sys
 import threading
 import time
 
+from ..errors import BndlLikeError
+
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 5.0  # seconds a server with no workers and no users is kept before it is stopped
@@ -227,7 +229,7 @@ def serve(fd: int) -> int:
 # -- the driver's side ------------------------------------------------------------------------
 
 
-class ForkServerGone(RuntimeError):
+class ForkServerGone(BndlLikeError, RuntimeError):
     """The fork server exited (or could not start) before it answered."""
 
 
