@@ -429,3 +429,21 @@ def close_all() -> None:
 
 
 atexit.register(close_all)
+
+
+def _forget_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: a process forked from the driver does not
+    hold the driver's end of its servers' sockets (the driver's death must reach them) and
+    never sends on them."""
+    servers = list(_servers.values())
+    _servers.clear()
+    for server in servers:
+        server.alive = False
+        try:
+            server.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)

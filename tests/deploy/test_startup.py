@@ -151,3 +151,31 @@ def test_an_idle_server_is_stopped_and_a_new_one_started_on_demand(monkeypatch):
             assert parent_of(second.processes[0].pid) == second.supervisor._server.process.pid
         finally:
             second.stop()
+
+
+def test_a_process_forked_from_the_driver_does_not_hold_the_servers_socket():
+    with ExecutionContext.local(workers=1) as ctx:
+        server = parent_of(worker_pids(ctx)[0])
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                inodes = set()
+                for fd in os.listdir("/proc/self/fd"):
+                    try:
+                        inodes.add(os.readlink(f"/proc/self/fd/{fd}"))
+                    except OSError:  # the listing's own descriptor, closed by now
+                        pass
+                sockets = [i for i in inodes if i.startswith("socket:")]
+                os.write(write, "\n".join(["listed", *sockets]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            child_sockets = set(f.read().split())
+        os.waitpid(child, 0)
+        # the driver's end of the control socket (the server holds the other end)
+        (ours,) = {s for s in forkserver._servers.values() if s.process.pid == server}
+        driver_end = os.readlink(f"/proc/self/fd/{ours.sock.fileno()}")
+        assert "listed" in child_sockets  # the child did list its descriptors
+        assert driver_end not in child_sockets, (driver_end, child_sockets)
