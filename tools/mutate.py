@@ -152,7 +152,7 @@ class _Collector(ast.NodeVisitor):
     # -- mutations -----------------------------------------------------------------------------------
 
     def _statement(self, node) -> None:
-        what = ast.unparse(node).split("\n")[0]
+        what = self.lines[node.lineno - 1].decode().strip()  # the source's own spelling
         if len(what) > 60:
             what = what[:57] + "..."
         self.add(node, f"delete `{what}`", "", statement=True)
@@ -324,18 +324,22 @@ class Runner:
                 code = 3
             os._exit(code)
         deadline = started + timeout
-        while True:
-            done_pid, status = os.waitpid(pid, os.WNOHANG)
-            if done_pid:
-                return os.waitstatus_to_exitcode(status), time.monotonic() - started
-            if time.monotonic() > deadline:
+        try:
+            while True:
+                done_pid, status = os.waitpid(pid, os.WNOHANG)
+                if done_pid:
+                    pid = 0
+                    return os.waitstatus_to_exitcode(status), time.monotonic() - started
+                if time.monotonic() > deadline:
+                    return None, time.monotonic() - started
+                time.sleep(0.02)
+        finally:  # timed out or interrupted: the run and whatever it started go
+            if pid:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 os.waitpid(pid, 0)
-                return None, time.monotonic() - started
-            time.sleep(0.02)
 
 
 def _copy_tree(root: str, dest: str, names: list[str]) -> None:
@@ -368,6 +372,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--root", default=os.getcwd(), help="the project root (default: here)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the copy is removed and the run ended
 
     root = os.path.abspath(args.root)
     relpath = os.path.relpath(os.path.abspath(os.path.join(root, args.file)), root)

@@ -197,3 +197,21 @@ def test_attempts_count_failures_not_fetch_failures():
     decisions = run(s, TaskFailed("b", "w1", error))
     assert decisions == [JobFailed("b", error, "task 'b' failed 2 time(s), the maximum (attempts=2): "
                                                "ValueError('x')")]
+
+
+# -- defaults ------------------------------------------------------------------------------------------
+
+def test_the_default_priority_is_zero():
+    # a tie with an explicit 0 keeps the spec order; a negative priority goes first
+    s = Scheduler([T("b", priority=0), T("a"), T("c", priority=-1)], ["w1"])
+    assert started(s) == [RunTask("c", "w1", 1)]
+    assert run(s, TaskSucceeded("c", "w1")) == [TaskDone("c", "w1"), RunTask("b", "w1", 1)]
+    s = Scheduler([T("a"), T("b", priority=0)], ["w1"])
+    assert started(s) == [RunTask("a", "w1", 1)]
+
+
+def test_the_default_output_size_is_zero_bytes():
+    s = Scheduler([T("a"), T("b"), T("c", ("a", "b"))], ["w1", "w2"])
+    assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
+    run(s, TaskSucceeded("a", "w1"))  # no size given: none, so w2's one byte is more
+    assert run(s, TaskSucceeded("b", "w2", 1)) == [TaskDone("b", "w2"), RunTask("c", "w2", 1)]
