@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import _posixsubprocess
-import ast
 import asyncio
 import functools
 import importlib
 import inspect
 import json
+import linecache
 import os
 import re
 import signal
 import subprocess
 import sys
 import sysconfig
-import textwrap
 import threading
 import time
+import types
 
 import pytest
 from hypothesis import settings
@@ -164,58 +164,65 @@ _PROCESS_WORDS = re.compile(
     r"|\bcreate_subprocess_\w+\b|\bpexpect\b"
     r"|\bExecutionContext\(|\bworkers=")  # the embedded default, run_demo(workers=2): a local cluster
 _scanned: dict = {}
-
-
 _LIBRARIES = tuple(os.path.realpath(path) + os.sep for path in {
     sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+_IMPORT_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+([\w \t,]+)", re.M)
 
 
-def _of_the_tests(obj) -> bool:
-    """Whether ``obj`` is a function or class of the tests (not of bndl_like or a library)."""
-    module = sys.modules.get(getattr(obj, "__module__", None) or "")
-    path = getattr(module, "__file__", None)
-    return (path is not None and not module.__name__.startswith("bndl_like")
-            and not os.path.realpath(path).startswith(_LIBRARIES))
+@functools.cache
+def _of_the_tests(path: str) -> bool:
+    """Whether the file ``path`` holds code of the tests (not bndl_like's, not a library's)."""
+    real = os.path.realpath(path)
+    return (real.endswith(".py") and not real.startswith(_LIBRARIES)
+            and os.sep + "bndl_like" + os.sep not in real)
+
+
+def _codes(code: types.CodeType):
+    """``code`` and the code objects nested in it (its inner functions, lambdas, comprehensions)."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
 
 
 def _starts_processes(obj, depth: int = 0) -> bool:
-    """Whether the source of ``obj`` (a function or class), or of a function or class of the
-    tests it refers to by name, mentions starting a process."""
+    """Whether the source of ``obj`` (a function or class of the tests), or of a function or
+    class of the tests it refers to by name, mentions starting a process. Read from the code
+    objects and the source lines they cover: no parsing, so a whole session's tests take
+    a fraction of a second."""
     obj = inspect.unwrap(obj)
-    key = getattr(obj, "__code__", obj)
-    if key in _scanned:
-        return _scanned[key]
-    _scanned[key] = False  # a recursive helper: decided by the rest of its body
-    try:
-        source = inspect.getsource(obj)
-    except (OSError, TypeError):
+    if inspect.isclass(obj):  # a class: its methods
+        return any(_starts_processes(member, depth) for member in vars(obj).values()
+                   if inspect.isfunction(member))
+    code = getattr(obj, "__code__", None)
+    if code is None or not _of_the_tests(code.co_filename):
         return False
+    if code in _scanned:
+        return _scanned[code]
+    _scanned[code] = False  # a recursive helper: decided by the rest of its body
+    codes = list(_codes(code))
+    last = max((line for c in codes for _, _, line in c.co_lines() if line is not None),
+               default=code.co_firstlineno)
+    source = "".join(linecache.getlines(code.co_filename)[code.co_firstlineno - 1:last])
     found = bool(_PROCESS_WORDS.search(source))
     if not found and depth < 8:
-        namespace = getattr(obj, "__globals__", None) or vars(sys.modules.get(obj.__module__, sys))
-        for node in ast.walk(ast.parse(textwrap.dedent(source))):
-            targets = []
-            if isinstance(node, ast.ImportFrom) and node.module is not None:
-                # an import inside the function: `from ..deploy.test_cli import start`
-                package = (namespace.get("__package__") or "") if node.level else ""
-                name = "." * node.level + node.module
-                try:
-                    module = importlib.import_module(name, package or None)
-                except ImportError:
-                    continue
-                targets = [getattr(module, alias.name, None) for alias in node.names]
-            elif isinstance(node, ast.Name):
-                targets = [namespace.get(node.id)]
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                module = namespace.get(node.value.id)
-                if inspect.ismodule(module):
-                    targets = [getattr(module, node.attr, None)]
-            if any((inspect.isfunction(target) or inspect.isclass(target))
-                   and _of_the_tests(target)
-                   and _starts_processes(target, depth + 1) for target in targets):
-                found = True
-                break
-    _scanned[key] = found
+        namespace = getattr(obj, "__globals__", {})
+        names = {name for c in codes for name in c.co_names}
+        targets = [namespace.get(name) for name in names]
+        # module.function: co_names holds both names
+        targets += [getattr(module, name, None) for module in list(targets) if inspect.ismodule(module)
+                    for name in names]
+        # an import inside the function: `from ..deploy.test_cli import start`
+        for dots, module_name, imported in _IMPORT_FROM.findall(source):
+            package = (namespace.get("__package__") or None) if dots else None
+            try:
+                module = importlib.import_module(dots + module_name, package)
+            except ImportError:
+                continue
+            targets += [getattr(module, name.strip(), None) for name in imported.split(",")]
+        found = any((inspect.isfunction(target) or inspect.isclass(target))
+                    and _starts_processes(target, depth + 1) for target in targets)
+    _scanned[code] = found
     return found
 
 
