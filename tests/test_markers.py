@@ -10,7 +10,8 @@ from tests import conftest
 pytestmark = pytest.mark.timeout(60)
 
 INNER_CONFTEST = "from tests.conftest import *  # noqa: F401,F403  the rule and the guard under test\n"
-INNER_INI = "[pytest]\nmarkers =\n    cluster: starts processes\n"
+INNER_INI = ("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+             "markers =\n    cluster: starts processes\n")
 
 INNER_TESTS = '''
 import importlib
