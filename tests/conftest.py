@@ -209,8 +209,9 @@ def _starts_processes(obj, depth: int = 0) -> bool:
         namespace = getattr(obj, "__globals__", {})
         names = {name for c in codes for name in c.co_names}
         targets = [namespace.get(name) for name in names]
-        # module.function: co_names holds both names
-        targets += [getattr(module, name, None) for module in list(targets) if inspect.ismodule(module)
+        # helpers.function (a module of the tests): co_names holds both names
+        targets += [getattr(module, name, None) for module in list(targets)
+                    if inspect.ismodule(module) and _of_the_tests(getattr(module, "__file__", None) or "")
                     for name in names]
         # an import inside the function: `from ..deploy.test_cli import start`
         for dots, module_name, imported in _IMPORT_FROM.findall(source):
