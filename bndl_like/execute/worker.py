@@ -289,7 +289,8 @@ class WorkerService:
             if job is None:
                 return []
             wanted = set(keys)
-            kept, given = deque(), []
+            kept: deque[_Run] = deque()
+            given: list[_Run] = []
             for run in job.queue:
                 (given if run.key in wanted else kept).append(run)
             job.queue = kept
@@ -435,7 +436,7 @@ class WorkerService:
                 elif self._confirms:
                     self._cond.notify_all()  # a task waiting to run alone may start now
             # an idle runner must not keep its last task's arguments or output alive
-            picked = job = run = event = None
+            picked = job = run = event = None  # type: ignore[assignment]
 
     def _execute(self, job: _JobState, run: _Run) -> tuple:
         """Run one task in this thread; the event to report."""
@@ -467,9 +468,10 @@ class WorkerService:
 
     def _rescatter(self, run: _Run) -> None:
         """As the task starts: when a scattered object its arguments hold was updated (or
-        released) since they were unpickled, unpickle them again, with the current versions."""
+        released) since they were unpickled, unpickle them again, with the current versions.
+        Called for a run whose arguments hold handles (``run.handles`` set)."""
         try:
-            spec = run.handles.updated()
+            spec = run.handles.updated()  # type: ignore[union-attr]
         except SerializationError as exc:
             error = SerializationError(f"task {run.key!r} cannot be unpickled on worker "
                                        f"{self.node.name}: {exc}")
@@ -478,8 +480,8 @@ class WorkerService:
         if spec is None:
             return
         run.fn, run.args, run.kwargs = spec[2], spec[3], spec[4]
-        if run.handles.outputs is not None:
-            self._fill(run, run.handles.outputs)
+        if run.handles.outputs is not None:  # type: ignore[union-attr]
+            self._fill(run, run.handles.outputs)  # type: ignore[union-attr]
         missing = scatter.find_missing((run.args, run.kwargs))
         if missing is not None and run.failure is None:
             run.failure = (FAILED, run.key, run.attempt, dump_exception(missing.error()))
@@ -538,7 +540,10 @@ class WorkerService:
 
     async def _fetch(self, job: _JobState, deps: dict) -> dict:
         """Dependency outputs: local ones as they are, remote ones fetched once per job."""
-        outputs, failures, new, waiting = {}, {}, {}, []
+        outputs: dict[Any, Any] = {}
+        failures: dict[str, list[Any]] = {}  # holder: keys
+        new: dict[str, list[Any]] = {}  # holder: keys to fetch
+        waiting: list[tuple[Any, str, asyncio.Future[Any]]] = []
         me = self.node.name
         for key, holder in deps.items():
             if holder == me:
@@ -626,7 +631,8 @@ class WorkerService:
 
     def _cancel(self, job: _JobState, keys: set | None, report: bool = True) -> None:
         with self._cond:
-            kept, dropped = deque(), []
+            kept: deque[_Run] = deque()
+            dropped: list[_Run] = []
             for run in job.queue:
                 (dropped if keys is None or run.key in keys else kept).append(run)
             job.queue = kept
