@@ -239,6 +239,9 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         self._hooks = Hooks()
         self._held: set[str] = set()  # held worker names (changed on the loop thread only)
         self._worker_pids: dict[str, int] = {}  # worker name -> pid, for exit statuses
+        # await_workers waits on this; peers joining or leaving bump the generation
+        self._membership = threading.Condition()
+        self._membership_generation = 0
         self._local: LocalWorkers | None = None
         self._closed = False
         # None: the execute.progress option (auto: on in an interactive session)
@@ -292,7 +295,21 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             return None
         return self._local.exit_status(pid, timeout)
 
+    def _membership_changed(self) -> None:
+        with self._membership:
+            self._membership_generation += 1
+            self._membership.notify_all()
+
+    def _await_membership(self, seen: int, timeout: float) -> int:
+        """Wait until peers joined or left since generation ``seen`` (at most ``timeout`` s);
+        the generation now."""
+        with self._membership:
+            if self._membership_generation == seen and timeout > 0:
+                self._membership.wait(timeout)
+            return self._membership_generation
+
     def _on_peer_added(self, peer) -> None:
+        self._membership_changed()
         if peer.node_type == "worker":
             if isinstance(peer.pid, int):
                 pids = self._worker_pids
@@ -306,6 +323,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             run.worker_added(peer)
 
     def _on_peer_lost(self, peer) -> None:
+        self._membership_changed()
         if peer.node_type == "worker":
             self._hook_runner.fire("worker_lost", peer.name, self._hooks)
         for run in list(self._runs.values()):
@@ -437,29 +455,41 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         self._check_open()
         target = worker_count or self._expected or None
         start = time.monotonic()
+        # woken as peers join or leave; every 0.1 s at the latest, to see whether the local
+        # cluster failed or every seed refused us for good
+        seen = self._membership_generation
         if target:
-            while self.worker_count < target and time.monotonic() - start < stable_timeout:
+            while self.worker_count < target:
+                left = stable_timeout - (time.monotonic() - start)
+                if left <= 0:
+                    break
                 self._check_local_alive()
                 if self._seeds_hopeless(start):
                     break
-                time.sleep(0.005)
+                seen = self._await_membership(seen, min(left, 0.1))
             if worker_count and self.worker_count < worker_count:
                 raise TimeoutError(self._too_few_workers(worker_count, time.monotonic() - start))
             return self.worker_count
-        while self.worker_count == 0 and time.monotonic() - start < connect_timeout:
-            if self._seeds_hopeless(start):
+        while self.worker_count == 0:
+            left = connect_timeout - (time.monotonic() - start)
+            if left <= 0 or self._seeds_hopeless(start):
                 break
-            time.sleep(0.01)
+            seen = self._await_membership(seen, min(left, 0.1))
         if self.worker_count == 0:
             if self._node.seeds:
                 raise TimeoutError(self._too_few_workers(1, time.monotonic() - start))
             return 0
-        last, since = self.worker_count, time.monotonic()
-        while time.monotonic() - since < min(1.0, connect_timeout) and \
-                time.monotonic() - start < stable_timeout:
-            time.sleep(0.02)
-            if self.worker_count != last:
-                last, since = self.worker_count, time.monotonic()
+        # then until the count stays the same for a moment
+        quiet = min(1.0, connect_timeout)
+        since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            left = min(quiet - (now - since), stable_timeout - (now - start))
+            if left <= 0:
+                break
+            generation = self._await_membership(seen, left)
+            if generation != seen:
+                seen, since = generation, time.monotonic()
         return self.worker_count
 
     def _seeds_hopeless(self, start: float) -> bool:
