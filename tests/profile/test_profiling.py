@@ -103,6 +103,7 @@ def test_include_exclude_max_rows_and_sort(ctx):
     assert len(rows(printed(ctx.cpu_profiling.print_stats, max_rows=None))) == len(users)
     ncalls = [int(line.split()[-1]) for line in rows(printed(
         ctx.cpu_profiling.print_stats, max_rows=None, sort_by="ncall", sort_dir="asc",
+        include=("tests", "numpy", "asyncio"),  # the event loop's functions: counts that differ
         columns=(("name", 90), ("ncall", 10))))]
     assert ncalls == sorted(ncalls) and ncalls[0] < ncalls[-1]
     ttots = [float(line.split()[-1]) for line in rows(printed(ctx.cpu_profiling.print_stats,
