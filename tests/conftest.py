@@ -65,6 +65,15 @@ async def wait_for_condition(predicate, timeout: float = 10.0, interval: float =
         await asyncio.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 def wait_until(predicate, timeout: float = 15.0, message: str = "condition") -> None:
     """Poll ``predicate()`` until true; fail the test after ``timeout`` seconds (sync code)."""
     deadline = time.monotonic() + timeout

@@ -120,11 +120,10 @@ class CpuProfiling(ClusterProfiler):
         sort_by, sort_dir, columns = report.check_cpu_options(max_rows, sort_by, sort_dir, columns)
         named = module_filter(include, ()) if include else None
         hidden = tuple(m for m in IMPORT_SYSTEM + MACHINERY if named is None or not named(m))
-        show_imports = "importlib._bootstrap" not in hidden
+        hide_imports = "importlib._bootstrap" in hidden
         user_keep = module_filter(include, exclude)
         keep = module_filter(include, ((exclude,) if isinstance(exclude, str) else tuple(exclude or ()))
                              + hidden)
-        hide_imports = not show_imports
         out = output(file)
         per_node = self.get_stats(per_worker=True)
         driver = self._driver_name

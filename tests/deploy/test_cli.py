@@ -12,7 +12,7 @@ import pytest
 
 from bndl_like import FuncTask, Job
 
-from ..conftest import wait_until
+from ..conftest import alive, wait_until
 from ..execute import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,16 +40,6 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout=15) -> tuple[str, s
         proc.kill()
         out, err = proc.communicate()
     return out, err
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); it is gone for our purposes
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 

@@ -17,18 +17,10 @@ from bndl_like import ExecutionContext
 from bndl_like.deploy import forkserver
 from bndl_like.local import LocalWorkers
 
-from ..conftest import wait_until
+from ..conftest import alive, wait_until
 from .test_cli import ROOT
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def parent_of(pid: int) -> int:

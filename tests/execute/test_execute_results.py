@@ -12,16 +12,10 @@ import pytest
 
 from bndl_like import FuncTask, Job, JobCancelled
 
+from ..conftest import wait_until
 from . import helpers
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_until(predicate, timeout: float = 10.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {message}"
-        time.sleep(0.01)
 
 
 def _size(path) -> int:

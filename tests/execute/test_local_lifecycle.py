@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 import warnings
 
 import pytest
@@ -13,17 +12,10 @@ import pytest
 from bndl_like import ExecutionContext, FuncTask, Job
 from bndl_like.execute import context as context_module
 
+from ..conftest import alive, wait_until
 from . import helpers
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def children() -> set[int]:
@@ -43,11 +35,8 @@ def children() -> set[int]:
 
 
 def wait_gone(pids, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(alive(pid) for pid in pids):
-        left = [pid for pid in pids if alive(pid)]
-        assert time.monotonic() < deadline, f"worker processes {left} still run {timeout}s later"
-        time.sleep(0.02)
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=timeout,
+               message=f"worker processes {pids} to end")
 
 
 def runtime_warnings(records) -> list[str]:

@@ -23,20 +23,10 @@ from bndl_like.execute.scheduler import (
     WorkerLost,
 )
 
+from .test_scheduler import run, started
+
 T = TaskSpec
 pytestmark = pytest.mark.timeout(10)
-
-
-def run(s: Scheduler, *events) -> list:
-    decisions = s.handle(*events)
-    s.validate_state()
-    return decisions
-
-
-def started(s: Scheduler) -> list:
-    decisions = s.start()
-    s.validate_state()
-    return decisions
 
 
 # -- take-backs ----------------------------------------------------------------------------------------
