@@ -101,9 +101,16 @@ def _seeds(args) -> list[str]:
 async def _run_worker(args) -> None:
     from .deploy import logs
     from .deploy.supervisor import SIBLINGS_ENV, watch_siblings
-    from .execute.output import WorkerOutput
-    from .execute.scatter import ScatterService
+    from .execute.messages import (
+        FUNCTIONS_SERVICE,
+        OUTPUT_SERVICE,
+        PROFILING_SERVICE,
+        SCATTER_SERVICE,
+        TASKS_SERVICE,
+    )
     from .execute.worker import FunctionService, WorkerService
+    from .execute.worker.output import WorkerOutput
+    from .execute.worker.scatter import ScatterService
     from .profile.service import ProfilingService
     from .rmi import Node
 
@@ -116,11 +123,11 @@ async def _run_worker(args) -> None:
     tasks = WorkerService(node, max_threads=max(64, args.concurrency))
     task_output = WorkerOutput(node)
     task_output.install()  # what tasks print and log goes to their driver when it asks
-    node.add_service("functions", functions)
-    node.add_service("output", task_output)
-    node.add_service("tasks", tasks)
-    node.add_service("profiling", ProfilingService(node))
-    node.add_service("scatter", ScatterService(node))
+    node.add_service(FUNCTIONS_SERVICE, functions)
+    node.add_service(OUTPUT_SERVICE, task_output)
+    node.add_service(TASKS_SERVICE, tasks)
+    node.add_service(PROFILING_SERVICE, ProfilingService(node))
+    node.add_service(SCATTER_SERVICE, ScatterService(node))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

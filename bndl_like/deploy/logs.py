@@ -3,7 +3,7 @@
 The level chosen (``--log-level``) is the framework's (``bndl_like``, ``aiohttp``, ``asyncio``
 and other libraries' records outside tasks); the records task code logs in a task's thread
 pass from INFO up (or as the task's loggers say), and go to the task's driver instead when it
-asked for its tasks' output (see :mod:`bndl_like.execute.output`). Every line written here is
+asked for its tasks' output (see :mod:`bndl_like.execute.worker.output`). Every line written here is
 also kept among the process's recent lines (``ctx.worker_logs``).
 """
 
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from ..execute import output
+from ..execute.worker import output
 
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(node)s %(name)s: %(message)s"
 DATEFMT = "%Y-%m-%dT%H:%M:%S"

@@ -644,4 +644,11 @@ class Job:
         return job_html(self)
 
 
-__all__ = ["Task", "RmiTask", "FuncTask", "Job", "JobCancelled", "TaskCancelled"]
+def map_chunk(fn: Callable, items: list, *args: Any) -> list:
+    """Run on a worker: ``fn`` over one chunk of ``map``'s items (each followed by ``args``)."""
+    if args:
+        return [fn(x, *args) for x in items]
+    return [fn(x) for x in items]
+
+
+__all__ = ["Task", "RmiTask", "FuncTask", "Job", "JobCancelled", "TaskCancelled", "map_chunk"]

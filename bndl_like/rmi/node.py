@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import config
+from ..display import peer_html, peer_repr
 from . import protocol
 from .addresses import Address, advertised_hosts, parse_address, port_holder
 from .connection import Connection, takes_peer
@@ -184,11 +185,9 @@ class Peer:
         return ServiceProxy(self, name)
 
     def __repr__(self) -> str:
-        from ..display import peer_repr
         return peer_repr(self)
 
     def _repr_html_(self) -> str:
-        from ..display import peer_html
         return peer_html(self)
 
 

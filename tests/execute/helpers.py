@@ -112,8 +112,8 @@ def array_total(arr, _=None):
 
 def scatter_puts(handle_id):
     """How many times this worker received the scattered object ``handle_id``."""
-    from bndl_like.execute import scatter
-    return scatter._service.put_count(handle_id)
+    from bndl_like.execute import handles
+    return handles._service.put_count(handle_id)
 
 
 def add_to(x, obj):

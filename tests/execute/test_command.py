@@ -20,7 +20,7 @@ from bndl_like import (
     Job,
     JobCancelled,
 )
-from bndl_like.execute import command
+from bndl_like.execute.worker import command
 
 from . import helpers
 

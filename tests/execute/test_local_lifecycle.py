@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from bndl_like import ExecutionContext, FuncTask, Job
-from bndl_like.execute import context as context_module
+from bndl_like.execute.driver import context as context_module
 
 from ..conftest import alive, wait_until
 from . import helpers

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bndl_like import ExecutionContext
-from bndl_like.execute import progress
+from bndl_like.execute.driver import progress
 from bndl_like.execute.tasks import FuncTask, Job
 
 from . import helpers

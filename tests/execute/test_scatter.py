@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bndl_like import ExecutionContext, FuncTask, Job
-from bndl_like.execute.scatter import ScatterError, ScatterHandle
+from bndl_like import ScatterError, ScatterHandle
 
 from . import helpers
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bndl_like import ExecutionContext, FuncTask, Job
-from bndl_like.execute.output import resolve_forward_output
+from bndl_like.execute.driver.output import resolve_forward_output
 
 from ..conftest import wait_until
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import logging
 import os
 import socket
@@ -16,77 +15,35 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from ..rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
-from ..rmi.pickle_check import unpicklable_result
-from ..rmi.serialize import Payload, dump_exception, dump_value
-from . import output, scatter
-from .errors import DependenciesFailed, TaskCancelled, TaskTimeout
-from .tasks import fill_dependencies, has_markers
+from ...rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
+from ...rmi.pickle_check import unpicklable_result
+from ...rmi.serialize import Payload, dump_exception, dump_value
+from .. import handles as scatter_handles
+from ..errors import DependenciesFailed, TaskCancelled, TaskTimeout
+from ..messages import (
+    ABANDONED,
+    DEPS_FAILED,
+    DRIVER_SERVICE,
+    FAILED,
+    PLAIN_KEYS,
+    RESEND,
+    STARTED,
+    SUCCEEDED,
+    TASK_EVENTS,
+    plain_key,
+)
+from ..tasks import fill_dependencies, has_markers
+from . import output
+from .command import signal_command
+from .context import TaskContext, enter, leave
+from .scatter import TaskHandles, find_missing, load_tasks
+
+# how a task's call in its thread ended (not an event: see messages for those)
+_RETURNED, _RAISED, _CANCELLED = "returned", "raised", "cancelled"
 
 log = logging.getLogger(__name__)
-_local = threading.local()
-
-# task outcomes reported to the driver
-STARTED, SUCCEEDED, FAILED, DEPS_FAILED, CANCELLED = "started", "succeeded", "failed", "deps", "cancelled"
-# a batch of tasks that did not unpickle here: the driver sends each task again on its own
-RESEND = "resend"
-PLAIN_KEYS = frozenset({int, str})
-
-
-def plain_key(key) -> bool:
-    """A task id made of ints, strings, floats, None and tuples of them: it always unpickles,
-    so it may travel in a message's envelope (see ``Connection.notify_plain``)."""
-    cls = type(key)
-    if cls is tuple:
-        return all(plain_key(k) for k in key)
-    return cls in PLAIN_KEYS or cls is float or key is None or cls is bool or cls is bytes
-
-
-def current_worker():
-    """The worker node running the current task or function (``run_function``,
-    ``run_each_worker``, ``run_each_host``, ``map``); RuntimeError elsewhere."""
-    worker = getattr(_local, "worker", None)
-    if worker is None:
-        raise RuntimeError("current_worker() is only available inside a task or a function the "
-                           "cluster runs on a worker (execute, map, run_function, run_each_worker, "
-                           "run_each_host)")
-    return worker
-
-
-@dataclass(frozen=True)
-class TaskContext:
-    """Where and as what the current code runs on a worker.
-
-    In a task: its id, job and attempt (``function`` is None). In a function called by
-    ``run_function``, ``run_each_worker`` or ``run_each_host`` (which run outside any job):
-    ``task_id`` and ``job_id`` are None, ``attempt`` is 1 and ``function`` is the function's
-    name.
-    """
-
-    task_id: Any
-    job_id: int | None
-    attempt: int
-    worker: str
-    driver: str
-    function: str | None = None
-
-
-def task_context() -> TaskContext:
-    """The id, job, attempt of the running task (see :class:`TaskContext` for functions
-    called by ``run_function`` and its kin); RuntimeError elsewhere."""
-    context = getattr(_local, "context", None)
-    if context is None:
-        raise RuntimeError("task_context() is only available inside a task or a function the "
-                           "cluster runs on a worker (execute, map, run_function, run_each_worker, "
-                           "run_each_host)")
-    return context
-
-
 def _raise_in_thread(ident: int, exc_type) -> bool:
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
     return done == 1
@@ -141,7 +98,7 @@ class _Run:
         self.started = False
         self.ready = not deps  # dependency outputs in place in args/kwargs
         self.failure: tuple | None = None  # the event to report instead of running
-        self.handles: scatter.TaskHandles | None = None  # scatter handles its arguments resolved
+        self.handles: TaskHandles | None = None  # scatter handles its arguments resolved
 
 
 class _JobState:
@@ -200,7 +157,7 @@ class WorkerService:
         send each task on its own first, so that only the culprits fail.
         """
         try:
-            tasks, handles = scatter.load_tasks(specs)
+            tasks, handles = load_tasks(specs)
         except SerializationError as exc:
             self._unreadable(driver.name, job_id, concurrency, keys, exc)
             return
@@ -208,9 +165,9 @@ class WorkerService:
         if handles is not None:  # checked again as each starts: scatter_update reaches queued tasks
             for run, task_handles in zip(runs, handles, strict=True):
                 run.handles = task_handles
-        if scatter._missing_made and scatter.take_missing_count():
+        if scatter_handles._missing_made and scatter_handles.take_missing_count():
             for run in runs:  # a scattered object this worker does not hold: fail before running
-                missing = scatter.find_missing((run.args, run.kwargs))
+                missing = find_missing((run.args, run.kwargs))
                 if missing is not None:
                     run.failure = (FAILED, run.key, run.attempt, dump_exception(missing.error()))
         with self._cond:
@@ -321,7 +278,6 @@ class WorkerService:
     @takes_peer
     def signal_task(self, driver, job_id: int, key, signum: int) -> bool:
         """Send ``signum`` to the process group of a command task running here."""
-        from .command import signal_command
         return signal_command((driver.name, job_id, key), signum)
 
     @takes_peer
@@ -445,7 +401,7 @@ class WorkerService:
         if run.failure is not None:
             return run.failure
         outcome, value = self._call_in_thread(job, run, run.args, run.kwargs)
-        if outcome == SUCCEEDED:
+        if outcome is _RETURNED:
             if not job.released:
                 job.outputs[run.key] = value  # before the driver hears of it: dependents find it
             nbytes = nbytes_of(value)
@@ -459,8 +415,8 @@ class WorkerService:
                 error = unpicklable_result(f"the result of task {run.key!r} cannot be sent to the driver",
                                            value, exc)
                 return FAILED, run.key, run.attempt, dump_exception(error), False
-        if outcome == CANCELLED:
-            return CANCELLED, run.key, run.attempt
+        if outcome is _CANCELLED:
+            return ABANDONED, run.key, run.attempt
         try:
             return FAILED, run.key, run.attempt, dump_exception(value)
         except Exception as exc:  # pragma: no cover - dump_exception is defensive already
@@ -482,7 +438,7 @@ class WorkerService:
         run.fn, run.args, run.kwargs = spec[2], spec[3], spec[4]
         if run.handles.outputs is not None:  # type: ignore[union-attr]
             self._fill(run, run.handles.outputs)  # type: ignore[union-attr]
-        missing = scatter.find_missing((run.args, run.kwargs))
+        missing = find_missing((run.args, run.kwargs))
         if missing is not None and run.failure is None:
             run.failure = (FAILED, run.key, run.attempt, dump_exception(missing.error()))
 
@@ -602,25 +558,24 @@ class WorkerService:
                     timer = threading.Timer(run.timeout, self._time_out, (run,))
                     timer.daemon = True
                     timer.start()
-                _local.worker = self.node
-                _local.context = TaskContext(run.key, job.job_id, run.attempt, self.node.name, job.driver)
-                return SUCCEEDED, run.fn(*args, **kwargs)
+                enter(self.node, TaskContext(run.key, job.job_id, run.attempt, self.node.name, job.driver))
+                return _RETURNED, run.fn(*args, **kwargs)
             finally:
                 if timer is not None:
                     timer.cancel()
-                _local.worker = _local.context = None
+                leave()
                 output.end(sink)
                 with run.lock:
                     run.thread = None
                 _clear_async_exc(ident)  # a cancel that lost the race must not hit this thread later
         except TaskCancelled as exc:
             _clear_async_exc(ident)
-            return CANCELLED, exc
+            return _CANCELLED, exc
         except TaskTimeout:
             _clear_async_exc(ident)
-            return FAILED, TaskTimeout(f"task {run.key!r} timed out after {run.timeout}s")
+            return _RAISED, TaskTimeout(f"task {run.key!r} timed out after {run.timeout}s")
         except BaseException as exc:
-            return FAILED, exc
+            return _RAISED, exc
 
     @staticmethod
     def _time_out(run: _Run) -> None:
@@ -639,7 +594,7 @@ class WorkerService:
             running = [r for r in job.running.values() if keys is None or r.key in keys]
         if report:
             for run in dropped:
-                self._report(job, (CANCELLED, run.key, run.attempt))
+                self._report(job, (ABANDONED, run.key, run.attempt))
         for run in running:
             with run.lock:
                 run.cancelled = True
@@ -678,9 +633,9 @@ class WorkerService:
                 if all(type(e[1]) in PLAIN_KEYS or plain_key(e[1]) for e in events) and \
                         all(type(e[3]) is not dict for e in events if e[0] == DEPS_FAILED):
                     # keys and values (plain, or payloads of their own) always unpickle
-                    peer.notify_plain("driver", "task_events", job_id, events)
+                    peer.notify_plain(DRIVER_SERVICE, TASK_EVENTS, job_id, events)
                 else:
-                    peer.notify("driver", "task_events", job_id, events)
+                    peer.notify(DRIVER_SERVICE, TASK_EVENTS, job_id, events)
             except (SerializationError, MessageTooLarge):
                 self._send_one_by_one(peer, job_id, events)
             except NotConnected:
@@ -691,7 +646,7 @@ class WorkerService:
         a FAILED event of its task, and if even that does not, one carrying text only."""
         for event in events:
             try:
-                peer.notify("driver", "task_events", job_id, [event])
+                peer.notify(DRIVER_SERVICE, TASK_EVENTS, job_id, [event])
                 continue
             except (SerializationError, MessageTooLarge) as exc:
                 error = exc
@@ -704,7 +659,7 @@ class WorkerService:
             for failure in ((FAILED, key, attempt, info, False),
                             (FAILED, key, attempt, (None, *info[1:4], None), False)):
                 try:
-                    peer.notify("driver", "task_events", job_id, [failure])
+                    peer.notify(DRIVER_SERVICE, TASK_EVENTS, job_id, [failure])
                     break
                 except (SerializationError, MessageTooLarge):
                     continue
@@ -735,53 +690,3 @@ class WorkerService:
             task.cancel()
         for thread in self._threads:
             thread.join(1.0)
-
-
-def _function_name(fn) -> str:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-
-
-class FunctionService:
-    """Runs pickled callables in a thread pool so the event loop stays free.
-
-    In the call, ``current_worker()`` is ``node`` and ``task_context()`` names the function
-    (see :class:`TaskContext`); what it prints and logs is the caller's task output.
-    """
-
-    def __init__(self, threads: int = 4, node=None):
-        self.threads = threads
-        self.node = node
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="bndl-like-fn")
-
-    @takes_peer
-    async def call(self, caller, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
-        if scatter._missing_made and scatter.take_missing_count():
-            missing = scatter.find_missing((fn, args, kwargs))
-            if missing is not None:
-                raise missing.error()
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.executor, self._run, caller.name, fn, args, kwargs)
-        finally:
-            output.flush_pending()  # what the function printed leaves before its result
-
-    def _run(self, caller: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
-        node = self.node
-        name = _function_name(fn)
-        if node is not None:
-            _local.worker = node
-            _local.context = TaskContext(None, None, 1, node.name, caller, name)
-        sink = output.begin(caller, "call", name)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _local.worker = _local.context = None
-            output.end(sink)
-
-    def info(self) -> dict:
-        return {"pid": os.getpid(), "hostname": socket.gethostname(), "threads": self.threads}
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,740 @@
+"""The ExecutionContext: the driver's handle on a cluster.
+
+The synchronous API runs over an event loop in a background thread (so it also
+works in Jupyter, whose main thread already runs a loop); every wait has a
+timeout or a cancellation path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ... import config
+from ...display import context_html, context_repr, esc
+from ...local import LocalWorkers
+from ...rmi import Node, takes_peer
+from ..errors import JobCancelled, trim_traceback
+from ..hooks import HookRunner, Hooks
+from ..messages import DRIVER_SERVICE, TASKS_SERVICE
+from ..tasks import Job
+from .executor import ExecutorMixin
+from .output import OutputMixin, resolve_forward_output
+from .progress import JobProgress
+from .progress import check as check_progress
+from .progress import wanted as progress_wanted
+from .recent import RecentJobs
+from .run import JobResults, JobRun, split_batch
+
+if TYPE_CHECKING:
+    from ...profile import CpuProfiling, MemoryProfiling
+
+log = logging.getLogger(__name__)
+_open_contexts: weakref.WeakSet = weakref.WeakSet()
+
+
+def _plumbing(frame) -> bool:
+    """A frame of concurrent.futures or of this module's wrappers around a coroutine."""
+    return frame.f_globals.get("__name__", "").startswith(("concurrent.", __name__))
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, and a way to run coroutines on it."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro, timeout: float | None = None) -> Any:
+        """Run a coroutine on the loop and wait for its result.
+
+        Give a coroutine, or a function returning an awaitable: it is then called
+        on the loop thread (``peer.call`` must be, it touches the connection).
+        """
+        if not asyncio.iscoroutine(coro):
+            make = coro
+
+            async def on_loop():
+                return await make()
+            coro = on_loop()
+        __tracebackhide__ = True  # noqa: F841
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button: cancel the work on the loop
+            future.cancel()
+            raise KeyboardInterrupt("interrupted; the call was cancelled") from None
+        except BaseException as exc:
+            future.cancel()
+            if not future.cancelled() and future.done() and future.exception() is exc:
+                # raised by the coroutine: its traceback without concurrent.futures' frames
+                tb = exc.__traceback__
+                while tb is not None and tb.tb_next is not None and _plumbing(tb.tb_frame):
+                    tb = tb.tb_next
+                raise exc.with_traceback(tb)
+            raise
+
+    def call(self, fn, *args, timeout: float | None = None) -> Any:
+        async def call():
+            return fn(*args)
+        return self.run(call(), timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class _DriverService:
+    """The ``driver`` service: receives batched task events from workers."""
+
+    def __init__(self, ctx: ExecutionContext):
+        self.ctx = weakref.ref(ctx)  # the node must not keep its context alive
+
+    @takes_peer
+    def task_events(self, worker, job_id: int, events: list) -> None:
+        ctx = self.ctx()
+        run = None if ctx is None else ctx._runs.get(job_id)
+        if run is not None:
+            run.on_task_events(worker.name, events)
+
+
+def _weakly(method):
+    """A callback calling ``method`` while its object lives: what the node's loop holds must
+    not keep the context alive (it is stopped when garbage-collected)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+    return call
+
+
+class _Parts:
+    """What stopping a context needs, apart from the context: a garbage-collected context
+    is stopped from these (``weakref.finalize`` must not refer to the context itself)."""
+
+    def __init__(self, io: _LoopThread, hook_runner: HookRunner):
+        self.io = io
+        self.hook_runner = hook_runner
+        self.node: Node | None = None
+        self.local: LocalWorkers | None = None
+        self.name = "?"
+        self.closed = False  # close() was called (not a garbage collection)
+
+
+def _stop_parts(parts: _Parts) -> None:
+    """Stop the driver node, the local workers, the loop and the hook thread. Run once, by
+    ``close()`` or when the context is garbage-collected."""
+    if threading.current_thread() is parts.io.thread:  # collected on the loop: stop from outside it
+        threading.Thread(target=_stop_parts, args=(parts,), name="bndl-like-driver-stop").start()
+        return
+    if not parts.closed:
+        log.info("ExecutionContext %s was garbage-collected without close(): stopping it%s",
+                 parts.name, "" if parts.local is None else " and its local workers")
+    if parts.local is not None:  # first: workers that outlive their seed log that they lost it
+        parts.local.stop()
+    node = parts.node
+    try:
+        if node is not None and node.running:
+            parts.io.run(node.stop(), timeout=10)
+    except Exception:
+        log.exception("error while stopping the driver node")
+    parts.io.stop()
+    parts.hook_runner.close()
+
+
+def _open_local_clusters() -> list:
+    return [c for c in list(_open_contexts) if c._local is not None and not c._closed]
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside this module, for a warning issued here."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class ExecutionContext(ExecutorMixin, OutputMixin):
+    """The driver's handle on a cluster of workers.
+
+    ``ExecutionContext()`` starts a local cluster of ``os.cpu_count()`` worker
+    processes (or joins ``BNDL_LIKE_SEEDS`` when set); ``seeds=[...]`` joins a
+    cluster; ``seeds=[]`` makes this driver the seed workers join. ``tls_cert``,
+    ``tls_key`` and ``tls_ca`` (PEM files) turn on TLS, for a local cluster's workers too.
+    ``forward_output``: write what tasks print and log here (None: on for a local cluster
+    and in an interactive session; see :mod:`bndl_like.execute.output`).
+    """
+
+    def __init__(self, seeds: Iterable[str] | None = None, secret: str | bytes | None = None, *,
+                 listen: str | None = None, workers: int | None = None, cluster: str | None = None,
+                 progress: bool | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_ca: str | None = None, start_timeout: float = 60, forward_output: bool | None = None,
+                 **node_options):
+        if seeds is None and not os.environ.get(config.env_name("seeds")):
+            local_workers = workers if workers is not None else (os.cpu_count() or 1)
+            if not isinstance(local_workers, int) or isinstance(local_workers, bool) or local_workers < 1:
+                raise ValueError(f"workers must be a positive int, not {workers!r}")
+            if secret is None:
+                secret = LocalWorkers.new_secret()
+            seeds = []
+            listen = listen or "tcp://127.0.0.1:0"
+        else:
+            if workers is not None:
+                raise ValueError("workers= starts a local cluster; it cannot be combined with seeds")
+            local_workers = 0
+        # what tasks print and log, written here (None: auto, on for a local cluster and in notebooks)
+        forward_output = resolve_forward_output(forward_output, bool(local_workers))
+        if local_workers:
+            for other in _open_local_clusters():
+                warnings.warn("another local cluster of this process is still open: "
+                              f"{other._describe_local()}; close it (ctx.close(), or "
+                              "`with ExecutionContext.local() as ctx:`) unless you mean to run both "
+                              "(it also stops once nothing refers to it)",
+                              RuntimeWarning, stacklevel=_caller_stacklevel())
+        self._io = _LoopThread("bndl-like-driver")
+        self._loop = self._io.loop
+        self._hook_runner = HookRunner()
+        # stops what this context started when it is closed, or garbage-collected unclosed
+        self._parts = parts = _Parts(self._io, self._hook_runner)
+        self._finalizer = weakref.finalize(self, _stop_parts, parts)
+        self._finalizer.atexit = False  # _close_all closes what is open at exit, in full
+        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
+        try:
+            self._node = parts.node = Node(node_type="driver", listen=listen, seeds=seeds, secret=secret,
+                                           cluster=cluster, **tls, **node_options)
+        except BaseException:
+            self._finalizer()
+            raise
+        parts.name = self._node.name
+        self._node.add_service(DRIVER_SERVICE, _DriverService(self))
+        self._init_output(forward_output)
+        # the node (held by its loop's tasks) refers to this context weakly, so that a context
+        # garbage-collected unclosed is stopped (weakref.finalize above)
+        for service in list(self._node.services.values()):
+            if getattr(service, "ctx", None) is self:
+                service.ctx = weakref.proxy(self)
+        self._runs: dict[int, JobRun] = {}
+        # running jobs, and the last execute.keep_jobs ended ones (their summaries once dropped)
+        self.jobs = RecentJobs(config.get("execute.keep_jobs"))
+        self._hooks = Hooks()
+        self._held: set[str] = set()  # held worker names (changed on the loop thread only)
+        self._worker_pids: dict[str, int] = {}  # worker name -> pid, for exit statuses
+        # await_workers waits on this; peers joining or leaving bump the generation
+        self._membership = threading.Condition()
+        self._membership_generation = 0
+        self._local: LocalWorkers | None = None
+        self._closed = False
+        # None: the execute.progress option (auto: on in an interactive session)
+        self.progress = check_progress(progress)
+        self._expected = local_workers
+        try:
+            self._io.run(self._start())
+            if local_workers:
+                self._local = parts.local = LocalWorkers(local_workers, self._node.addresses[0],
+                                                         self._node.secret, self._node.cluster, **tls)
+                self._await_local(local_workers, start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        _open_contexts.add(self)
+
+    def _await_local(self, count: int, timeout: float) -> None:
+        """Return once the ``count`` local workers joined; a clear error if they do not in time."""
+        try:
+            connected = self.await_workers(count, stable_timeout=timeout)
+        except TimeoutError:
+            connected = self.worker_count
+        if connected < count:
+            raise TimeoutError(f"the local cluster did not start: {connected} of {count} workers joined "
+                               f"within start_timeout={timeout:g} s (a loaded machine may need more; "
+                               f"workers log to this process's stderr)")
+
+    def _describe_local(self) -> str:
+        """One line for a warning: the context and its local workers' pids."""
+        local = self._local
+        pids = [] if local is None else [p.pid for p in local.processes]
+        return (f"ExecutionContext {self._node.name} with {len(pids)} worker "
+                f"process{'' if len(pids) == 1 else 'es'} (pids {', '.join(map(str, pids)) or '-'})")
+
+    @classmethod
+    def local(cls, workers: int | None = None, **options) -> ExecutionContext:
+        """A local cluster of ``workers`` processes (default ``os.cpu_count()``)."""
+        return cls(seeds=None, workers=workers if workers is not None else (os.cpu_count() or 1),
+                   **options)
+
+    async def _start(self) -> None:
+        await self._node.start()
+        self._node.on_peer_added.append(_weakly(self._on_peer_added))
+        self._node.on_peer_lost.append(_weakly(self._on_peer_lost))
+
+    def _exit_status(self, worker: str, timeout: float) -> str | None:
+        """How ``worker`` ended ("killed by SIGKILL", "exited with code 3"), when this context
+        started it (a local cluster); None when unknown. Blocks up to ``timeout`` s."""
+        pid = self._worker_pids.get(worker)
+        if pid is None or self._local is None:
+            return None
+        return self._local.exit_status(pid, timeout)
+
+    def _membership_changed(self) -> None:
+        with self._membership:
+            self._membership_generation += 1
+            self._membership.notify_all()
+
+    def _await_membership(self, seen: int, timeout: float) -> int:
+        """Wait until peers joined or left since generation ``seen`` (at most ``timeout`` s);
+        the generation now."""
+        with self._membership:
+            if self._membership_generation == seen and timeout > 0:
+                self._membership.wait(timeout)
+            return self._membership_generation
+
+    def _on_peer_added(self, peer) -> None:
+        self._membership_changed()
+        if peer.node_type == "worker":
+            if isinstance(peer.pid, int):
+                pids = self._worker_pids
+                pids[peer.name] = peer.pid
+                if len(pids) > 4096:  # bounded, however many workers come and go
+                    del pids[next(iter(pids))]
+            self._hook_runner.fire("worker_joined", peer.name, self._hooks)
+            if peer.name in self._held:
+                self._tell_held(peer.name, True)
+        for run in list(self._runs.values()):
+            run.worker_added(peer)
+
+    def _on_peer_lost(self, peer) -> None:
+        self._membership_changed()
+        if peer.node_type == "worker":
+            self._hook_runner.fire("worker_lost", peer.name, self._hooks)
+        for run in list(self._runs.values()):
+            run.worker_lost(peer)
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def add_hook(self, event: str, fn) -> None:
+        """Call ``fn(arg)`` on ``event`` of every job (see :mod:`bndl_like.execute.hooks`).
+
+        Hooks run in order in one thread of their own, never on the driver's event loop;
+        one that raises is logged. Unknown event names raise ValueError.
+        """
+        self._hooks.add(event, fn)
+
+    # -- holding and draining workers -------------------------------------------------------------
+
+    def _worker_name(self, worker) -> str:
+        name = getattr(worker, "name", worker)
+        if not isinstance(name, str):
+            raise TypeError(f"a worker or a worker name, not {type(worker).__name__}")
+        if name not in self._held and name not in {w.name for w in self.workers}:
+            raise ValueError(f"unknown worker {name!r}")
+        return name
+
+    def stop_task(self, task) -> bool:
+        """Suspend a running command task (SIGSTOP to its process group); True when sent.
+
+        Not SIGTSTP: the command runs in a session of its own, an orphaned process
+        group for which the kernel discards SIGTSTP.
+        """
+        return self._signal_task(task, signal.SIGSTOP)
+
+    def continue_task(self, task) -> bool:
+        """Resume a command task suspended by :meth:`stop_task` (SIGCONT); True when sent."""
+        return self._signal_task(task, signal.SIGCONT)
+
+    def _signal_task(self, task, signum: int) -> bool:
+        self._check_open()
+        run = next((r for r in list(self._runs.values()) if r.job._by_id.get(task.id) is task), None)
+        if run is None or not task.running:
+            raise RuntimeError(f"task {task.id!r} is not running")
+        worker = self._node.peers.get(task.executed_on_last())
+        if worker is None:
+            return False
+        job_id = run.job.id
+        return self._io.run(lambda: worker.call(TASKS_SERVICE, "signal_task", job_id, task.id, int(signum)),
+                            timeout=30)
+
+    def hold(self, worker) -> None:
+        """No new tasks go to ``worker`` (a worker or its name), in running and later jobs;
+        what runs there finishes, what it was handed ahead is taken back."""
+        self._check_open()
+        self._io.call(self._set_held, self._worker_name(worker), True)
+
+    def release_worker(self, worker) -> None:
+        """Undo :meth:`hold` (or :meth:`drain`): ``worker`` gets tasks again."""
+        self._check_open()
+        self._io.call(self._set_held, self._worker_name(worker), False)
+
+    def drain(self, worker, timeout: float | None = None) -> None:
+        """Hold ``worker`` and return once it can be stopped with nothing lost.
+
+        That is when no task of a running job is assigned to it and the outputs it holds
+        that running jobs still need were computed again on other workers. When a job has
+        no other usable worker, the drain waits for that job to end. TimeoutError after
+        ``timeout`` s (the worker stays held).
+        """
+        name = self._worker_name(worker)
+        self.hold(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._io.call(self._drain_step, name):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"worker {name} did not drain within {timeout} s")
+            time.sleep(0.01)
+
+    def _drain_step(self, name: str) -> bool:
+        return all([run.drain_step(name) for run in list(self._runs.values())])
+
+    def _set_held(self, name: str, held: bool) -> None:
+        """On the loop: remember the state, tell every running job and the worker itself."""
+        if held:
+            self._held.add(name)
+        else:
+            self._held.discard(name)
+        for run in list(self._runs.values()):
+            run.set_held(name, held)
+        self._tell_held(name, held)
+
+    def _tell_held(self, name: str, held: bool) -> None:
+        """Let the worker show it in its status (``bndl-like status``); best effort."""
+        peer = self._node.peers.get(name)
+        if peer is not None:
+            try:
+                peer.notify(TASKS_SERVICE, "set_held", held)
+            except Exception:
+                log.debug("could not tell %s it is held=%s", name, held, exc_info=True)
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    @property
+    def workers(self) -> list:
+        return sorted((p for p in list(self._node.peers.values()) if p.node_type == "worker"),
+                      key=lambda p: p.name)
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.workers)
+
+    def await_workers(self, worker_count: int | None = None, connect_timeout: float = 5,
+                      stable_timeout: float = 60) -> int:
+        """Wait for workers; return how many are connected.
+
+        With ``worker_count`` (default: the number of local workers started),
+        wait until that many joined, at most ``stable_timeout`` s. Otherwise
+        wait up to ``connect_timeout`` s for a first worker, then until the
+        count stays the same for a moment (at most ``stable_timeout`` s).
+
+        TimeoutError when fewer than ``worker_count`` joined, or, joining through
+        seeds, none did: it names each seed not reached and why (refused, timed out,
+        authentication failed, no secret given, another cluster). A wrong secret or
+        cluster ends the wait at once. A driver without seeds, which workers join,
+        just waits and returns how many came.
+        """
+        self._check_open()
+        target = worker_count or self._expected or None
+        start = time.monotonic()
+        # woken as peers join or leave; every 0.1 s at the latest, to see whether the local
+        # cluster failed or every seed refused us for good
+        seen = self._membership_generation
+        if target:
+            while self.worker_count < target:
+                left = stable_timeout - (time.monotonic() - start)
+                if left <= 0:
+                    break
+                self._check_local_alive()
+                if self._seeds_hopeless(start):
+                    break
+                seen = self._await_membership(seen, min(left, 0.1))
+            if worker_count and self.worker_count < worker_count:
+                raise TimeoutError(self._too_few_workers(worker_count, time.monotonic() - start))
+            return self.worker_count
+        while self.worker_count == 0:
+            left = connect_timeout - (time.monotonic() - start)
+            if left <= 0 or self._seeds_hopeless(start):
+                break
+            seen = self._await_membership(seen, min(left, 0.1))
+        if self.worker_count == 0:
+            if self._node.seeds:
+                raise TimeoutError(self._too_few_workers(1, time.monotonic() - start))
+            return 0
+        # then until the count stays the same for a moment
+        quiet = min(1.0, connect_timeout)
+        since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            left = min(quiet - (now - since), stable_timeout - (now - start))
+            if left <= 0:
+                break
+            generation = self._await_membership(seen, left)
+            if generation != seen:
+                seen, since = generation, time.monotonic()
+        return self.worker_count
+
+    def _seeds_hopeless(self, start: float) -> bool:
+        """No worker, and every seed refused us for a reason waiting does not cure (a wrong
+        secret, another cluster); looked at every 0.1 s, on the loop that owns the node."""
+        now = time.monotonic()
+        if self.worker_count or not self._node.seeds or now - getattr(self, "_seeds_checked", 0) < 0.1:
+            return False
+        self._seeds_checked = now
+        try:
+            return self._io.call(self._node.seeds_final, timeout=5)
+        except Exception:
+            return False
+
+    def _too_few_workers(self, wanted: int, waited: float) -> str:
+        """Why a wait for ``wanted`` workers ended with fewer: each seed or peer not reached
+        and its error (from the node, read on its loop)."""
+        try:
+            report = self._io.call(self._node.unreachable_report, timeout=5)
+        except Exception:
+            report = ""
+        have = self.worker_count
+        seeds = ", ".join(map(str, self._node.seeds))
+        text = ("no worker joined" if not have and wanted == 1 else f"{have} of {wanted} workers joined")
+        text += f" within {waited:.1f}s" + (f" through {seeds}" if seeds else "")
+        return text + (f"; not reached: {report}" if report else "")
+
+    def _worker_load(self, names: list[str], timeout: float) -> dict[str, int] | None:
+        """Tasks of running jobs assigned to each of ``names`` (running or handed ahead); None
+        when the loop does not answer within ``timeout`` s. Read on the loop, which owns the
+        schedulers' state."""
+        def count() -> dict[str, int]:
+            runs = [run for run in list(self._runs.values()) if not run.finished]
+            return {name: sum(len(run.scheduler.assigned(name)) for run in runs) for name in names}
+
+        io = self._io
+        if threading.current_thread() is io.thread:
+            return count()
+        if io.loop.is_closed() or not io.loop.is_running():
+            return None
+        try:
+            return io.call(count, timeout=timeout)
+        except Exception:
+            return None
+
+    def _check_local_alive(self) -> None:
+        if self._local is not None and self._local.failure:
+            raise RuntimeError(f"the local cluster failed: {self._local.failure}")
+
+    # -- executing --------------------------------------------------------------------------------
+
+    def execute(self, job: Job, workers=None, order_results: bool = True, concurrency: int | None = None,
+                attempts: int | None = None, progress: bool | None = None, results="all") -> JobResults:
+        """Run ``job``; yield the result of each task (in task order when ``order_results``).
+
+        The arguments are checked here; the job starts on the first ``next()`` of what this
+        returns (``for result in ctx.execute(job)``, ``list(...)``), never before: results
+        dropped without being iterated run nothing and say so in a RuntimeWarning.
+
+        ``results`` says which results come to the driver: ``"all"``, ``"sinks"`` (the tasks
+        no task of the job depends on) or an iterable of tasks of the job; the other outputs
+        stay on the workers for their dependents and are dropped when the job ends. The
+        driver holds a result only until it is yielded (``task.result()`` then says so).
+
+        Leaving the loop early, ``close()`` on the results (or leaving ``with ctx.execute(job)
+        as results:``), ``job.cancel()`` or Ctrl-C (Jupyter's stop button) cancels the job on
+        every worker; results dropped half-read after ``next()`` calls cancel it with a warning.
+        A task that fails ``attempts`` times stops the job: its exception is raised here, with
+        the remote traceback. ``progress`` shows a progress bar (default: ``ctx.progress``,
+        else on in an interactive session).
+        """
+        __tracebackhide__ = True  # noqa: F841
+        try:
+            show = progress_wanted(progress, self.progress)
+            run = self._start_job(job, workers, order_results, concurrency, attempts, results, begin=False)
+        except BaseException as exc:
+            raise trim_traceback(exc)  # raised here: no framework frame below this one
+        return JobResults(self, run, show)
+
+    def _start_job(self, job: Job, workers, order_results: bool, concurrency: int | None,
+                   attempts: int | None, results="all", begin: bool = True) -> JobRun:
+        """Check the arguments, claim the job and (``begin``) start it on the loop; the run whose
+        queue yields results."""
+        self._check_open()
+        if not isinstance(job, Job):
+            raise TypeError(f"execute() takes a Job, not {type(job).__name__}; "
+                            "wrap the tasks: ctx.execute(Job(ctx, tasks))")
+        if job.ctx is not self:
+            raise ValueError(f"job {job.name} belongs to another ExecutionContext; execute it there")
+        if job._run is not None:
+            raise RuntimeError(f"job {job.name} is already executing; read its results, or job.cancel() it")
+        if workers is not None and not isinstance(workers, (list, tuple, set, frozenset)):
+            raise TypeError("workers must be a sequence of workers or worker names")
+        if self.worker_count == 0:
+            self.await_workers()
+        run = JobRun(self, job, workers, order_results, concurrency, attempts, results)
+        run.prepare()
+        if begin:
+            self._begin_run(run)
+        return run
+
+    def _begin_run(self, run: JobRun) -> None:
+        """Start a claimed run on the loop; JobCancelled when it was cancelled or released first."""
+        self._check_open()
+        if not run.begin():
+            raise JobCancelled(f"job {run.job.name} was cancelled before it started")
+        self.jobs.append(run.job)
+        self._loop.call_soon_threadsafe(run.start)
+
+    def _begin_job(self, run: JobRun, progress: bool) -> Iterator:
+        """JobResults' first next(): start the run; the generator of its results."""
+        self._begin_run(run)
+        return self._iterate(run, progress)
+
+    def _iterate(self, run: JobRun, progress: bool = False, deadline: float | None = None,
+                 what: str = "") -> Iterator:
+        __tracebackhide__ = True  # IPython and pytest fold this frame  # noqa: F841
+        results = run.results
+        finished = False
+        bar = None
+        try:
+            if progress:  # shown once results are awaited: an interrupt from here on cancels
+                bar = JobProgress(run.job)
+            wait = 0.5 if bar is None else bar.min_interval
+            while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"{what or run.job.name} did not finish in time; "
+                                           f"job {run.job.name} was cancelled")
+                    wait = min(wait, left)
+                try:
+                    batch = results.get(timeout=wait)
+                except queue.Empty:
+                    batch = None
+                items, ended, error = split_batch(batch, bar)
+                for i, item in enumerate(items):
+                    items[i] = None  # held only until yielded
+                    yield item
+                item = None
+                if ended:
+                    finished = True
+                    if error is not None:
+                        run = results = None  # its traceback must not keep the job alive
+                        raise trim_traceback(error)
+                    return
+        except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button
+            finished = True
+            self._cancel_run(run)
+            raise KeyboardInterrupt(f"interrupted; job {run.job.name} was cancelled") from None
+        finally:
+            if not finished:
+                self._cancel_run(run)
+            if bar is not None:
+                bar.close()
+                bar = None
+
+    def _cancel_run(self, run: JobRun) -> None:
+        """Cancel and wait (bounded) until the workers were told."""
+        if self._loop.is_closed():
+            return
+        run.cancel_threadsafe()
+        if threading.current_thread() is self._io.thread:
+            return  # dropped on the loop itself: it cancels once this callback returns
+        deadline = time.monotonic() + 5
+        while not run.finished and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def cancel(self, job: Job) -> None:
+        job.cancel()
+
+    # -- profiling (bndl_like.profile) ----------------------------------------------------------
+
+    @property
+    def cpu_profiling(self) -> CpuProfiling:
+        """CPU profiling (yappi) of every worker, printed here; created on first use."""
+        if self.__dict__.get("_cpu_profiling") is None:
+            from ...profile import CpuProfiling
+            self._cpu_profiling = CpuProfiling(self)
+        return self._cpu_profiling
+
+    @property
+    def memory_profiling(self) -> MemoryProfiling:
+        """Memory profiling (tracemalloc) of every worker, printed here; created on first use."""
+        if self.__dict__.get("_memory_profiling") is None:
+            from ...profile import MemoryProfiling
+            self._memory_profiling = MemoryProfiling(self)
+        return self._memory_profiling
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this ExecutionContext is closed; make a new one")
+
+    def close(self) -> None:
+        """Stop the local workers this context started, the driver node and its loop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for profiler in (self.__dict__.get("_cpu_profiling"), self.__dict__.get("_memory_profiling")):
+            if profiler is not None and profiler.running:
+                try:
+                    profiler.stop()  # the driver's own hooks too, when include_driver=True
+                except Exception:
+                    log.warning("could not stop %s", type(profiler).__name__, exc_info=True)
+        for run in list(self._runs.values()):
+            try:
+                self._io.call(run.cancel, timeout=5)
+            except Exception:
+                pass
+        self._parts.closed = True
+        self._finalizer()  # the node, the local workers, the loop, the hook thread
+        _open_contexts.discard(self)
+
+    def __enter__(self) -> ExecutionContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        """Name, open/closed, workers, hosts, tasks assigned to the workers, jobs run; never
+        waits more than ~2 s for the loop (load '?' then), never raises."""
+        try:
+            return context_repr(self)
+        except Exception:
+            return f"<ExecutionContext at {id(self):#x}>"
+
+    def _repr_html_(self) -> str:
+        try:
+            return context_html(self)
+        except Exception:
+            return f"<div><b>{esc(repr(self))}</b></div>"
+
+
+@atexit.register
+def _close_all() -> None:
+    for ctx in list(_open_contexts):
+        try:
+            ctx.close()
+        except Exception:
+            pass
+
+
+__all__ = ["ExecutionContext", "JobCancelled"]
