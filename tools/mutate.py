@@ -10,15 +10,20 @@ negated (``<`` -> ``<=``, ``==`` -> ``!=``, ``in`` -> ``not in``), an arithmetic
 swapped (``+`` <-> ``-``, ``<<`` <-> ``>>``, ...), ``and`` <-> ``or``, a ``not`` dropped, an int
 constant ±1, ``True`` <-> ``False``, a returned value replaced with None, a simple statement
 replaced with ``pass``, the condition of an ``if``, ``while`` or conditional expression negated.
-Annotations, docstrings and string constants are left alone.
+Annotations, ``if TYPE_CHECKING:`` blocks, docstrings and string constants are left alone.
 
 The module is never changed where it lives (others may be running tests on it): the package and
 the test directories are copied into a temporary directory once, and each mutant is written over
-the copy and run there, one at a time, with ``pytest -x -q -p no:cacheprovider`` and the copy
-first on the path. A mutant is *killed* when the tests fail (or fail to import), *timed out*
-when they run past ``--timeout`` (counted as killed: an endless loop is noticed), and *survives*
-when they pass. Mutants listed in ``--equivalent`` (they cannot change behaviour: the reason is
-recorded) are set aside before sampling, so a seeded sample is a sample of the mutants that count.
+the copy and run there, one at a time (``--jobs N``: N at a time, each in a copy of its own), with
+``pytest -x -q -p no:cacheprovider --hypothesis-seed=0`` and the copy first on the path; hypothesis'
+example database in the copy is emptied before each run, so no mutant replays the examples that
+failed for another. The tests that killed mutants run first, the most recent killer first (mutants
+run in source order, and neighbours are often killed by the same test), then the others, quickest
+first: a killed mutant fails after a test or two instead of after the whole file. A mutant is
+*killed* when the tests fail (or fail to import), *timed out* when they run past ``--timeout``
+(counted as killed: an endless loop is noticed), and *survives* when they pass. Mutants listed in
+``--equivalent`` (they cannot change behaviour: the reason is recorded) are set aside before
+sampling, so a seeded sample is a sample of the mutants that count.
 
 By default each run is a fork of a process that imported pytest and the third-party libraries
 once (``--preload``), which saves most of pytest's start-up per mutant; ``--no-fork`` starts a
@@ -220,6 +225,10 @@ class _Collector(ast.NodeVisitor):
         self.add(node.test, f"negate the `{what}` condition", f"not ({ast.unparse(node.test)})")
 
     def visit_If(self, node) -> None:
+        if _is_type_checking(node.test):  # imports and aliases for the type checker only
+            for stmt in node.orelse:
+                self.visit(stmt)
+            return
         self._negate(node, "if")
         self.generic_visit(node)
 
@@ -230,6 +239,12 @@ class _Collector(ast.NodeVisitor):
     def visit_IfExp(self, node) -> None:
         self._negate(node, "... if ... else ...")
         self.generic_visit(node)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``: a condition false whenever the code runs."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _annotation_free(tree: ast.AST) -> ast.AST:
@@ -284,8 +299,119 @@ def load_equivalents(path: str | None, relpath: str) -> dict[tuple, str]:
 # -- running the tests -------------------------------------------------------------------------------
 
 
+ORDER_ENV = "MUTATE_TEST_ORDER"  # with --no-fork: a JSON file with the node ids to run first
+REPORT_ENV = "MUTATE_REPORT"  # where a run writes which test failed first and how long each took
+
+
+class TestOrder:
+    """A pytest plugin for one run: the tests in ``first`` run first, in that order, the others after
+    them in the order collected; the first failing test and each test's duration go to ``report``."""
+
+    def __init__(self, first: list[str], report: str):
+        self.first = first
+        self.report = report
+        self.failed: str | None = None
+        self.durations: dict[str, float] = {}
+
+    def pytest_collection_modifyitems(self, items) -> None:
+        rank = {nodeid: i for i, nodeid in enumerate(self.first)}
+        items[:] = sorted(items, key=lambda item: rank.get(item.nodeid, len(rank)))  # stable
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.failed and self.failed is None:
+            self.failed = report.nodeid
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        with open(self.report, "w") as f:
+            json.dump({"failed": self.failed, "durations": self.durations}, f)
+
+
+def pytest_configure(config) -> None:
+    """With ``-p mutate`` (the --no-fork runs): the TestOrder that the environment describes."""
+    if os.environ.get(REPORT_ENV):
+        with open(os.environ[ORDER_ENV]) as f:
+            first = json.load(f)
+        config.pluginmanager.register(TestOrder(first, os.environ[REPORT_ENV]), "mutate-test-order")
+
+
+class Killers:
+    """Which tests to run first: the one that killed the last mutant (mutants run in source order,
+    and neighbours are often killed by the same test), then those that killed earlier ones, most
+    recent first, then the rest, quickest first (as timed in the unmutated run)."""
+
+    def __init__(self):
+        self.recent: list[str] = []
+        self.durations: dict[str, float] = {}
+
+    def killed_by(self, nodeid: str) -> None:
+        if nodeid in self.recent:
+            self.recent.remove(nodeid)
+        self.recent.insert(0, nodeid)
+
+    def order(self) -> list[str]:
+        known = set(self.recent)
+        return self.recent + sorted((t for t in self.durations if t not in known), key=self.durations.get)
+
+
+class Run:
+    """One pytest run in a copy, started in a process group of its own."""
+
+    def __init__(self, runner: Runner, first: list[str], timeout: float):
+        self.runner = runner
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.report = os.path.join(runner.copy, ".mutate-report.json")
+        for stale in (self.report, os.path.join(runner.copy, ".hypothesis")):
+            # no run reads what an earlier one left: hypothesis would replay the examples that
+            # failed for the previous mutant first, and the sample's outcomes would depend on its order
+            if os.path.isdir(stale):
+                shutil.rmtree(stale)
+            elif os.path.exists(stale):
+                os.remove(stale)
+        self.process = runner.spawn(first, self.report)  # a forked pid, or a Popen
+        self.pid = self.process if isinstance(self.process, int) else self.process.pid
+        self.code: int | None = None
+
+    def poll(self) -> bool:
+        """Whether the run ended (exited or timed out, then killed)."""
+        if isinstance(self.process, int):
+            done_pid, status = os.waitpid(self.pid, os.WNOHANG)
+            code = os.waitstatus_to_exitcode(status) if done_pid else None
+        else:
+            code = self.process.poll()
+        if code is not None:
+            self.code = code
+            self.took = time.monotonic() - self.started
+            return True
+        if time.monotonic() > self.deadline:
+            self.took = time.monotonic() - self.started
+            self.kill()
+            return True
+        return False
+
+    def kill(self) -> None:
+        """End the run and whatever it started."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if isinstance(self.process, int):
+            os.waitpid(self.pid, 0)
+        else:
+            self.process.wait()
+
+    def outcome(self) -> dict:
+        """What the run reported: the first failing test and the durations (empty if it wrote nothing)."""
+        try:
+            with open(self.report) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+
 class Runner:
-    """Runs pytest in the copy: forked from a process with the libraries imported, or afresh."""
+    """Runs pytest in one copy: forked from a process with the libraries imported, or afresh."""
 
     def __init__(self, copy: str, tests: list[str], pytest_args: list[str], fork: bool):
         self.copy = copy
@@ -295,17 +421,27 @@ class Runner:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [copy, *filter(None, [os.environ.get("PYTHONPATH")])]), PYTHONDONTWRITEBYTECODE="1")
 
-    def run(self, timeout: float) -> tuple[int | None, float]:
-        """(pytest's exit code or None when timed out, seconds)."""
-        started = time.monotonic()
+    def run(self, timeout: float, first: list[str] = ()) -> tuple[int | None, float, dict]:
+        """(pytest's exit code or None when timed out, seconds, what the run reported)."""
+        run = Run(self, list(first), timeout)
+        try:
+            while not run.poll():
+                time.sleep(0.02)
+        finally:  # interrupted: the run and whatever it started go
+            if run.code is None:
+                run.kill()
+        return run.code, run.took, run.outcome()
+
+    def spawn(self, first: list[str], report: str) -> int | subprocess.Popen:
         if not self.fork:
-            try:
-                done = subprocess.run([sys.executable, "-m", "pytest", *self.args], cwd=self.copy,
-                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      timeout=timeout, start_new_session=True)
-            except subprocess.TimeoutExpired:
-                return None, time.monotonic() - started
-            return done.returncode, time.monotonic() - started
+            order = os.path.join(self.copy, ".mutate-order.json")
+            with open(order, "w") as f:
+                json.dump(first, f)
+            env = dict(self.env, **{ORDER_ENV: order, REPORT_ENV: report})
+            env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
+            return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "mutate", *self.args],
+                                    cwd=self.copy, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
         pid = os.fork()
         if pid == 0:  # the child: run pytest in the copy, never return
             try:
@@ -319,27 +455,11 @@ class Runner:
                 os.dup2(devnull, 1)
                 os.dup2(devnull, 2)
                 import pytest
-                code = int(pytest.main(self.args))
+                code = int(pytest.main(self.args, plugins=[TestOrder(first, report)]))
             except BaseException:
                 code = 3
             os._exit(code)
-        deadline = started + timeout
-        try:
-            while True:
-                done_pid, status = os.waitpid(pid, os.WNOHANG)
-                if done_pid:
-                    pid = 0
-                    return os.waitstatus_to_exitcode(status), time.monotonic() - started
-                if time.monotonic() > deadline:
-                    return None, time.monotonic() - started
-                time.sleep(0.02)
-        finally:  # timed out or interrupted: the run and whatever it started go
-            if pid:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(pid, 0)
+        return pid
 
 
 def _copy_tree(root: str, dest: str, names: list[str]) -> None:
@@ -368,6 +488,8 @@ def main(argv=None) -> int:
                         help="modules the fork server imports once (not the project's own)")
     parser.add_argument("--match", action="append", default=[],
                         help="only the mutants whose label contains this text (repeatable; before sampling)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="mutants run at a time, each in a copy of its own (default 1)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--root", default=os.getcwd(), help="the project root (default: here)")
@@ -407,35 +529,56 @@ def main(argv=None) -> int:
                 importlib.import_module(name)
             except ImportError:
                 pass
-    with tempfile.TemporaryDirectory(prefix="mutate-") as copy:
-        _copy_tree(root, copy, top + extra)
-        target = os.path.join(copy, relpath)
-        runner = Runner(copy, args.tests, shlex.split(args.pytest_args), args.fork)
-        code, baseline = runner.run(args.timeout or 600)
+    with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
+        runners = []
+        for job in range(max(1, args.jobs)):
+            copy = os.path.join(tmp, str(job))
+            os.mkdir(copy)
+            _copy_tree(root, copy, top + extra)
+            runners.append(Runner(copy, args.tests, shlex.split(args.pytest_args), args.fork))
+        code, baseline, report = runners[0].run(args.timeout or 600)
         if code != 0:
             print(f"the tests fail without any mutation (exit code {code}): fix them first", file=sys.stderr)
             return 2
+        killers = Killers()
+        killers.durations = report.get("durations", {})
         timeout = args.timeout or max(20.0, 3 * baseline)
         print(f"{relpath}: {len(mutants)} mutants, {len(set_aside)} set aside as equivalent, "
-              f"running {len(chosen)} (seed {args.seed}); unmutated run {baseline:.1f}s, "
-              f"timeout {timeout:.0f}s", file=sys.stderr)
+              f"running {len(chosen)} (seed {args.seed}, {len(runners)} at a time); unmutated run "
+              f"{baseline:.1f}s, timeout {timeout:.0f}s", file=sys.stderr)
+        waiting = list(enumerate(chosen, 1))[::-1]
+        running: dict[int, tuple[int, Mutant, Run]] = {}  # runner index -> the mutant it runs
         try:
-            for i, m in enumerate(chosen, 1):
-                with open(target, "wb") as f:
-                    f.write(apply(source, m))
-                code, took = runner.run(timeout)
-                if code is None:
-                    outcome = "timed_out"
-                elif code:  # failed, or could not even import (4): the unmutated run passed
-                    outcome = "killed"
-                else:
-                    outcome = "survived"
-                    results["survivors"].append(dict(asdict(m), label=m.label(relpath)))
-                results[outcome] += 1
-                print(f"[{i}/{len(chosen)}] {outcome:9} {took:5.1f}s  {m.label(relpath)}", file=sys.stderr)
-        finally:
-            with open(target, "wb") as f:
-                f.write(source)
+            while waiting or running:
+                for r, runner in enumerate(runners):
+                    if r not in running and waiting:
+                        i, m = waiting.pop()
+                        with open(os.path.join(runner.copy, relpath), "wb") as f:
+                            f.write(apply(source, m))
+                        running[r] = (i, m, Run(runner, killers.order(), timeout))
+                time.sleep(0.02)
+                for r, (i, m, run) in list(running.items()):
+                    if not run.poll():
+                        continue
+                    del running[r]
+                    failed = run.outcome().get("failed")
+                    if run.code is None:
+                        outcome = "timed_out"
+                    elif run.code:  # failed, or could not even import (4): the unmutated run passed
+                        outcome = "killed"
+                        if failed:
+                            killers.killed_by(failed)
+                    else:
+                        outcome = "survived"
+                        results["survivors"].append(dict(asdict(m), label=m.label(relpath)))
+                    results[outcome] += 1
+                    by = f"  (by {failed})" if failed and outcome == "killed" else ""
+                    print(f"[{i}/{len(chosen)}] {outcome:9} {run.took:5.1f}s  {m.label(relpath)}{by}",
+                          file=sys.stderr)
+        finally:  # interrupted: the runs and whatever they started go
+            for _, _, run in running.values():
+                run.kill()
+    results["survivors"].sort(key=lambda s: s["start"])
     counted = results["sampled"]
     results["score"] = round((results["killed"] + results["timed_out"]) / counted, 4) if counted else None
     if args.json:
