@@ -516,7 +516,7 @@ def diagnose(ctx, fns, job, consumer: threading.Thread, drill: Drill, started: f
                           if names.get(ident) in (consumer.name, "bndl-like-driver")},
     }
     try:
-        info["scheduler"] = snap = ctx._io.call(scheduler_snapshot, ctx, job, timeout=5)
+        info["scheduler"] = snap = ctx._portal.call(scheduler_snapshot, ctx, job, timeout=5)
         if "workers" in snap:
             snap["workers"] = {drill.label_of_name(w): v for w, v in snap["workers"].items()}
             snap["connected"] = [drill.label_of_name(w) for w in snap["connected"]]
@@ -526,7 +526,7 @@ def diagnose(ctx, fns, job, consumer: threading.Thread, drill: Drill, started: f
     for peer in ctx.workers:
         label = drill.label(peer.pid)
         try:
-            status[label] = ctx._io.run(lambda peer=peer: peer.call("tasks", "status"), timeout=5)
+            status[label] = ctx._portal.run(lambda peer=peer: peer.call("tasks", "status"), timeout=5)
         except Exception as exc:
             status[label] = f"no status: {err_text(exc)}"
     info["worker_status"] = status

@@ -86,7 +86,7 @@ class ClusterProfiler:
         try:
             if self._include_driver:
                 self._start_driver()
-            self._ctx._io.run(self._start_workers, self.call_timeout + 5)
+            self._ctx._portal.run(self._start_workers, self.call_timeout + 5)
         except BaseException:
             self.stop()  # undoes what was done
             raise
@@ -117,7 +117,7 @@ class ClusterProfiler:
             return
         try:
             if self._ctx.node.running:
-                self._ctx._io.run(self._stop_workers, self.call_timeout + 5)
+                self._ctx._portal.run(self._stop_workers, self.call_timeout + 5)
         finally:
             self._running = False
             if self._include_driver:
@@ -152,7 +152,7 @@ class ClusterProfiler:
             return {}
         results: dict[str, Any] = {}
         if self._ctx.node.running:
-            results = self._ctx._io.run(lambda: self._gather(method), self.call_timeout + 5)
+            results = self._ctx._portal.run(lambda: self._gather(method), self.call_timeout + 5)
         else:
             self._missing.update({name: "the ExecutionContext is closed" for name in self._workers})
         if self._include_driver:

@@ -92,7 +92,7 @@ def test_killing_the_driver_frees_the_worker_which_serves_the_next_driver(tmp_pa
         assert time.monotonic() - killed_at < 2.0 + 5.0
         with ExecutionContext(seeds=[address], secret=SECRET) as ctx:
             assert ctx.await_workers(worker_count=1, stable_timeout=20) == 1
-            status = ctx._io.run(lambda: ctx.workers[0].call("tasks", "status"))
+            status = ctx._portal.run(lambda: ctx.workers[0].call("tasks", "status"))
             assert status["jobs"] == 0 and status["running"] == 0
             assert list(ctx.execute(Job(ctx, [FuncTask(ctx, 0, helpers.add, (2, 3))]))) == [5]
     finally:
@@ -126,7 +126,7 @@ def test_wrong_secret_and_garbage_on_a_worker_port(seed_ctx):
             finally:
                 await node.stop()
 
-        seed_ctx._io.run(intrude())
+        seed_ctx._portal.run(intrude())
         tasks = [FuncTask(seed_ctx, i, helpers.add, (i, i)) for i in range(20)]
         assert list(seed_ctx.execute(Job(seed_ctx, tasks))) == [2 * i for i in range(20)]
     finally:

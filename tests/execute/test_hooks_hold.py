@@ -70,7 +70,7 @@ def test_retry_fires_started_retried_done_and_job_done(ctx, tmp_path):
     # hooks run in their own thread, neither the driver loop's nor the caller's
     threads = {t for _, _, t in rec.calls}
     assert len(threads) == 1
-    assert threads.isdisjoint({ctx._io.thread, threading.current_thread()})
+    assert threads.isdisjoint({ctx._portal.thread, threading.current_thread()})
 
 
 def test_failure_fires_task_failed_task_cancelled_and_job_failed(ctx, tmp_path):
@@ -155,7 +155,7 @@ def test_unknown_worker_raises(ctx):
 
 def _status(ctx, name: str) -> dict:
     peer = ctx.node.peers[name]
-    return ctx._io.run(lambda: peer.call("tasks", "status"), timeout=5)
+    return ctx._portal.run(lambda: peer.call("tasks", "status"), timeout=5)
 
 
 def test_hold_mid_job_then_release(ctx):
@@ -165,7 +165,7 @@ def test_hold_mid_job_then_release(ctx):
     got = [next(results) for _ in range(6)]
     try:
         ctx.hold(ctx.workers[0])  # a worker object works as well as a name
-        sent_before = ctx._io.call(lambda: {t.id for t in tasks if t.executed_on})
+        sent_before = ctx._portal.call(lambda: {t.id for t in tasks if t.executed_on})
         assert _status(ctx, held)["held"] is True and _status(ctx, other)["held"] is False
         got += list(results)
         assert sorted(got) == list(range(80))
@@ -194,12 +194,12 @@ def test_drain_returns_after_its_running_task_finishes(ctx):
         run = job._run
         return run and [t for t in tasks if t.executed_on_last() == drained
                         and run.scheduler.state(t.id) == "running"]
-    wait_until(lambda: ctx._io.call(started_on_drained))
-    running = ctx._io.call(started_on_drained)[0]
+    wait_until(lambda: ctx._portal.call(started_on_drained))
+    running = ctx._portal.call(started_on_drained)[0]
     try:
         ctx.drain(drained, timeout=20)
         assert running.succeeded and running.executed_on == [drained]
-        assert ctx._io.call(lambda: job._run is None or not job._run.scheduler.assigned(drained))
+        assert ctx._portal.call(lambda: job._run is None or not job._run.scheduler.assigned(drained))
         assert list(results) == list(range(8))
         assert tasks[-1].executed_on_last() == other
     finally:
@@ -218,11 +218,11 @@ def test_drain_recomputes_needed_outputs_elsewhere(ctx):
     def locations():
         run = job._run
         return None if run is None else {run.scheduler.location(p.id) for p in parts}
-    before = ctx._io.call(locations)
+    before = ctx._portal.call(locations)
     assert before is not None and drained in before
     try:
         ctx.drain(drained, timeout=20)
-        after = ctx._io.call(locations)
+        after = ctx._portal.call(locations)
         assert not slow.done, "the drain should not wait for the job when outputs can move"
         assert after == {other}
         assert list(results) == list(range(6)) + [100, 115]

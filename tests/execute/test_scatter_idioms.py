@@ -50,7 +50,7 @@ def value_plus(obj, dependency, i):
 
 
 def queued_on_workers(ctx) -> int:
-    return sum(ctx._io.run(lambda w=w: w.call("tasks", "status"))["queued"] for w in ctx.workers)
+    return sum(ctx._portal.run(lambda w=w: w.call("tasks", "status"))["queued"] for w in ctx.workers)
 
 
 def run_gated(ctx, tmp_path, handle, change):

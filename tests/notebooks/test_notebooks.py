@@ -87,7 +87,7 @@ def test_failures_and_recovery_with_the_stop_button():
 WAIT_IDLE = '''
 import time as _time
 def _busy():
-    answers = [ctx._io.run(lambda w=w: w.call("tasks", "status"), timeout=10) for w in ctx.workers]
+    answers = [ctx._portal.run(lambda w=w: w.call("tasks", "status"), timeout=10) for w in ctx.workers]
     return sum(a["running"] + a["queued"] for a in answers)
 _deadline = _time.monotonic() + 10
 while _busy() and _time.monotonic() < _deadline:

@@ -7,7 +7,6 @@ timeout or a cancellation path.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -19,89 +18,31 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ... import config
 from ...display import context_html, context_repr, esc
 from ...local import LocalWorkers
 from ...rmi import Node, takes_peer
 from ..errors import JobCancelled, trim_traceback
-from ..hooks import HookRunner, Hooks
+from ..hooks import HookRunner
 from ..messages import DRIVER_SERVICE, TASKS_SERVICE
 from ..tasks import Job
 from .executor import ExecutorMixin
 from .output import OutputMixin, resolve_forward_output
+from .portal import Portal
 from .progress import JobProgress
 from .progress import check as check_progress
 from .progress import wanted as progress_wanted
 from .recent import RecentJobs
 from .run import JobResults, JobRun, split_batch
+from .state import DriverState
 
 if TYPE_CHECKING:
     from ...profile import CpuProfiling, MemoryProfiling
 
 log = logging.getLogger(__name__)
 _open_contexts: weakref.WeakSet = weakref.WeakSet()
-
-
-def _plumbing(frame) -> bool:
-    """A frame of concurrent.futures or of this module's wrappers around a coroutine."""
-    return frame.f_globals.get("__name__", "").startswith(("concurrent.", __name__))
-
-
-class _LoopThread:
-    """An event loop in a daemon thread, and a way to run coroutines on it."""
-
-    def __init__(self, name: str):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def run(self, coro, timeout: float | None = None) -> Any:
-        """Run a coroutine on the loop and wait for its result.
-
-        Give a coroutine, or a function returning an awaitable: it is then called
-        on the loop thread (``peer.call`` must be, it touches the connection).
-        """
-        if not asyncio.iscoroutine(coro):
-            make = coro
-
-            async def on_loop():
-                return await make()
-            coro = on_loop()
-        __tracebackhide__ = True  # noqa: F841
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except KeyboardInterrupt:  # Ctrl-C, Jupyter's stop button: cancel the work on the loop
-            future.cancel()
-            raise KeyboardInterrupt("interrupted; the call was cancelled") from None
-        except BaseException as exc:
-            future.cancel()
-            if not future.cancelled() and future.done() and future.exception() is exc:
-                # raised by the coroutine: its traceback without concurrent.futures' frames
-                tb = exc.__traceback__
-                while tb is not None and tb.tb_next is not None and _plumbing(tb.tb_frame):
-                    tb = tb.tb_next
-                raise exc.with_traceback(tb)
-            raise
-
-    def call(self, fn, *args, timeout: float | None = None) -> Any:
-        async def call():
-            return fn(*args)
-        return self.run(call(), timeout)
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 class _DriverService:
@@ -116,6 +57,7 @@ class _DriverService:
         run = None if ctx is None else ctx._runs.get(job_id)
         if run is not None:
             run.on_task_events(worker.name, events)
+            run.ctx._state.changes.notify()  # a drain may wait for it
 
 
 def _weakly(method):
@@ -134,8 +76,8 @@ class _Parts:
     """What stopping a context needs, apart from the context: a garbage-collected context
     is stopped from these (``weakref.finalize`` must not refer to the context itself)."""
 
-    def __init__(self, io: _LoopThread, hook_runner: HookRunner):
-        self.io = io
+    def __init__(self, portal: Portal, hook_runner: HookRunner):
+        self.portal = portal
         self.hook_runner = hook_runner
         self.node: Node | None = None
         self.local: LocalWorkers | None = None
@@ -146,7 +88,7 @@ class _Parts:
 def _stop_parts(parts: _Parts) -> None:
     """Stop the driver node, the local workers, the loop and the hook thread. Run once, by
     ``close()`` or when the context is garbage-collected."""
-    if threading.current_thread() is parts.io.thread:  # collected on the loop: stop from outside it
+    if parts.portal.in_loop_thread():  # collected on the loop: stop from outside it
         threading.Thread(target=_stop_parts, args=(parts,), name="bndl-like-driver-stop").start()
         return
     if not parts.closed:
@@ -157,10 +99,10 @@ def _stop_parts(parts: _Parts) -> None:
     node = parts.node
     try:
         if node is not None and node.running:
-            parts.io.run(node.stop(), timeout=10)
+            parts.portal.run(node.stop(), timeout=10)
     except Exception:
         log.exception("error while stopping the driver node")
-    parts.io.stop()
+    parts.portal.stop()
     parts.hook_runner.close()
 
 
@@ -213,11 +155,13 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
                               "`with ExecutionContext.local() as ctx:`) unless you mean to run both "
                               "(it also stops once nothing refers to it)",
                               RuntimeWarning, stacklevel=_caller_stacklevel())
-        self._io = _LoopThread("bndl-like-driver")
-        self._loop = self._io.loop
+        self._portal = Portal("bndl-like-driver")
+        self._loop = self._portal.loop
         self._hook_runner = HookRunner()
+        # what the driver knows (its node, running jobs, held workers, hooks), read on the loop
+        self._state = state = DriverState(self._portal, self._hook_runner)
         # stops what this context started when it is closed, or garbage-collected unclosed
-        self._parts = parts = _Parts(self._io, self._hook_runner)
+        self._parts = parts = _Parts(self._portal, self._hook_runner)
         self._finalizer = weakref.finalize(self, _stop_parts, parts)
         self._finalizer.atexit = False  # _close_all closes what is open at exit, in full
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
@@ -228,6 +172,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             self._finalizer()
             raise
         parts.name = self._node.name
+        state.node = self._node
         self._node.add_service(DRIVER_SERVICE, _DriverService(self))
         self._init_output(forward_output)
         # the node (held by its loop's tasks) refers to this context weakly, so that a context
@@ -235,12 +180,12 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         for service in list(self._node.services.values()):
             if getattr(service, "ctx", None) is self:
                 service.ctx = weakref.proxy(self)
-        self._runs: dict[int, JobRun] = {}
+        self._runs = state.runs
         # running jobs, and the last execute.keep_jobs ended ones (their summaries once dropped)
         self.jobs = RecentJobs(config.get("execute.keep_jobs"))
-        self._hooks = Hooks()
-        self._held: set[str] = set()  # held worker names (changed on the loop thread only)
-        self._worker_pids: dict[str, int] = {}  # worker name -> pid, for exit statuses
+        self._hooks = state.hooks
+        self._held = state.held  # held worker names (changed on the loop thread only)
+        self._worker_pids = state.worker_pids  # worker name -> pid, for exit statuses
         # await_workers waits on this; peers joining or leaving bump the generation
         self._membership = threading.Condition()
         self._membership_generation = 0
@@ -250,7 +195,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         self.progress = check_progress(progress)
         self._expected = local_workers
         try:
-            self._io.run(self._start())
+            self._portal.run(self._start())
             if local_workers:
                 self._local = parts.local = LocalWorkers(local_workers, self._node.addresses[0],
                                                          self._node.secret, self._node.cluster, **tls)
@@ -312,6 +257,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
 
     def _on_peer_added(self, peer) -> None:
         self._membership_changed()
+        self._state.changes.notify()
         if peer.node_type == "worker":
             if isinstance(peer.pid, int):
                 pids = self._worker_pids
@@ -326,6 +272,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
 
     def _on_peer_lost(self, peer) -> None:
         self._membership_changed()
+        self._state.changes.notify()
         if peer.node_type == "worker":
             self._hook_runner.fire("worker_lost", peer.name, self._hooks)
         for run in list(self._runs.values()):
@@ -372,19 +319,19 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         if worker is None:
             return False
         job_id = run.job.id
-        return self._io.run(lambda: worker.call(TASKS_SERVICE, "signal_task", job_id, task.id, int(signum)),
-                            timeout=30)
+        return self._portal.run(
+            lambda: worker.call(TASKS_SERVICE, "signal_task", job_id, task.id, int(signum)), timeout=30)
 
     def hold(self, worker) -> None:
         """No new tasks go to ``worker`` (a worker or its name), in running and later jobs;
         what runs there finishes, what it was handed ahead is taken back."""
         self._check_open()
-        self._io.call(self._set_held, self._worker_name(worker), True)
+        self._portal.call(self._set_held, self._worker_name(worker), True)
 
     def release_worker(self, worker) -> None:
         """Undo :meth:`hold` (or :meth:`drain`): ``worker`` gets tasks again."""
         self._check_open()
-        self._io.call(self._set_held, self._worker_name(worker), False)
+        self._portal.call(self._set_held, self._worker_name(worker), False)
 
     def drain(self, worker, timeout: float | None = None) -> None:
         """Hold ``worker`` and return once it can be stopped with nothing lost.
@@ -396,11 +343,15 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         """
         name = self._worker_name(worker)
         self.hold(name)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._io.call(self._drain_step, name):
-            if deadline is not None and time.monotonic() >= deadline:
+        self._portal.run(self._drain(name, timeout))
+
+    async def _drain(self, name: str, timeout: float | None) -> None:
+        """On the loop: until ``worker`` drained, woken by every change of the jobs' state."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not self._drain_step(name):
+            left = None if deadline is None else deadline - self._loop.time()
+            if left is not None and (left <= 0 or not await self._state.changes.wait(left)):
                 raise TimeoutError(f"worker {name} did not drain within {timeout} s")
-            time.sleep(0.01)
 
     def _drain_step(self, name: str) -> bool:
         return all([run.drain_step(name) for run in list(self._runs.values())])
@@ -502,7 +453,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             return False
         self._seeds_checked = now
         try:
-            return self._io.call(self._node.seeds_final, timeout=5)
+            return self._portal.call(self._node.seeds_final, timeout=5)
         except Exception:
             return False
 
@@ -510,7 +461,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         """Why a wait for ``wanted`` workers ended with fewer: each seed or peer not reached
         and its error (from the node, read on its loop)."""
         try:
-            report = self._io.call(self._node.unreachable_report, timeout=5)
+            report = self._portal.call(self._node.unreachable_report, timeout=5)
         except Exception:
             report = ""
         have = self.worker_count
@@ -527,13 +478,13 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             runs = [run for run in list(self._runs.values()) if not run.finished]
             return {name: sum(len(run.scheduler.assigned(name)) for run in runs) for name in names}
 
-        io = self._io
-        if threading.current_thread() is io.thread:
+        portal = self._portal
+        if portal.in_loop_thread():
             return count()
-        if io.loop.is_closed() or not io.loop.is_running():
+        if not portal.running:
             return None
         try:
-            return io.call(count, timeout=timeout)
+            return portal.call(count, timeout=timeout)
         except Exception:
             return None
 
@@ -650,15 +601,16 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
                 bar = None
 
     def _cancel_run(self, run: JobRun) -> None:
-        """Cancel and wait (bounded) until the workers were told."""
+        """Cancel and wait (at most 5 s) until the workers were told."""
         if self._loop.is_closed():
             return
         run.cancel_threadsafe()
-        if threading.current_thread() is self._io.thread:
+        if self._portal.in_loop_thread() or not self._portal.running:
             return  # dropped on the loop itself: it cancels once this callback returns
-        deadline = time.monotonic() + 5
-        while not run.finished and time.monotonic() < deadline:
-            time.sleep(0.005)
+        try:
+            self._portal.run(self._runs.wait_ended(run.job.id), timeout=5)
+        except TimeoutError:
+            log.warning("job %s: the workers were not all told of its cancellation within 5 s", run.job.name)
 
     def cancel(self, job: Job) -> None:
         job.cancel()
@@ -700,7 +652,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
                     log.warning("could not stop %s", type(profiler).__name__, exc_info=True)
         for run in list(self._runs.values()):
             try:
-                self._io.call(run.cancel, timeout=5)
+                self._portal.call(run.cancel, timeout=5)
             except Exception:
                 pass
         self._parts.closed = True

@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import functools
 import math
-import queue
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -194,7 +193,7 @@ class ExecutorMixin:
     def _run_timed(self: ExecutionContext, method: str, fn, coro: Coroutine, timeout: float | None):
         __tracebackhide__ = True  # noqa: F841
         try:
-            return self._io.run(coro, timeout)
+            return self._portal.run(coro, timeout)
         except WAIT_TIMEOUTS as exc:
             if exc.args:  # raised by fn itself, not the wait
                 raise
@@ -282,7 +281,7 @@ class ExecutorMixin:
         registry = self.__dict__.get("_scatter")
         if registry is None:
             # weakly: the registry listens on the node, which must not keep the context alive
-            registry = self.__dict__["_scatter"] = self._io.call(ScatterRegistry, weakref.proxy(self))
+            registry = self.__dict__["_scatter"] = self._portal.call(ScatterRegistry, weakref.proxy(self))
         return registry
 
     def scatter(self: ExecutionContext, obj: Any):
@@ -296,7 +295,7 @@ class ExecutorMixin:
         registry = self._scatter_registry()
         if not self.workers:
             self._workers_now()
-        return self._io.run(registry.scatter(obj))
+        return self._portal.run(registry.scatter(obj))
 
     def scatter_update(self: ExecutionContext, handle, obj: Any):
         """Replace the object of ``handle`` on every worker holding it; return the handle.
@@ -304,7 +303,7 @@ class ExecutorMixin:
         Returns once every worker holding it holds ``obj``: every task that starts afterwards
         gets ``obj``, tasks of running jobs already queued on a worker included.
         """
-        return self._io.run(self._scatter_registry().update(handle, obj))
+        return self._portal.run(self._scatter_registry().update(handle, obj))
 
     def scatter_update_patch(self: ExecutionContext, handle, patch: Any):
         """Call ``obj.patch(patch)`` on every worker holding the object (and on the driver's copy).
@@ -312,7 +311,7 @@ class ExecutorMixin:
         An exception raised by ``patch`` is raised here as its own type, with the
         remote traceback in ``remote_traceback``.
         """
-        return self._io.run(self._scatter_registry().update_patch(handle, patch))
+        return self._portal.run(self._scatter_registry().update_patch(handle, patch))
 
     def release(self: ExecutionContext, handle) -> None:
         """Drop the object of ``handle`` from every worker; tasks that start afterwards using it
@@ -321,7 +320,7 @@ class ExecutorMixin:
             if not isinstance(handle, ScatterHandle):
                 raise TypeError(f"a ScatterHandle is needed, not {type(handle).__name__}")
             return
-        self._io.run(self._scatter_registry().release(handle))
+        self._portal.run(self._scatter_registry().release(handle))
 
     def ensure_sync(self: ExecutionContext) -> ExecutionContext:
         """This context (it is the synchronous one)."""
@@ -335,17 +334,33 @@ class ExecutorMixin:
         return actx
 
 
-def _take_batches(results: queue.SimpleQueue, timeout: float) -> list | None:
-    """One batch of results (plus any already waiting), or None after ``timeout``."""
-    try:
-        batch = list(results.get(timeout=timeout))
-    except queue.Empty:
-        return None
-    while True:
+class _LoopResults:
+    """A job's results, handed to a coroutine on the caller's event loop: the run puts each batch
+    (on the driver's loop) and the caller's loop is woken once for it; nothing polls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[list] = asyncio.Queue()
+
+    def put(self, batch: list) -> None:
         try:
-            batch.extend(results.get_nowait())
-        except queue.Empty:
-            return batch
+            same = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            same = False
+        if same:
+            self.queue.put_nowait(batch)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, batch)
+
+    async def take(self, timeout: float) -> list | None:
+        """One batch of results (plus any already waiting), or None after ``timeout`` s."""
+        try:
+            batch = list(await asyncio.wait_for(self.queue.get(), timeout))
+        except asyncio.TimeoutError:
+            return None
+        while not self.queue.empty():
+            batch.extend(self.queue.get_nowait())
+        return batch
 
 
 class AsyncExecutionContext:
@@ -359,14 +374,13 @@ class AsyncExecutionContext:
 
     async def _on_driver(self, coro: Coroutine) -> Any:
         """Await ``coro`` run on the driver's loop, without blocking the caller's loop."""
-        loop = self._ctx._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        return await self._ctx._portal.wrap(coro)
+
+    async def _call_on_driver(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` called on the driver's loop (where its state lives)."""
+        async def call() -> Any:
+            return fn(*args)
+        return await self._on_driver(call())
 
     @property
     def workers(self) -> list:
@@ -476,15 +490,21 @@ class AsyncExecutionContext:
 
     async def hold(self, worker) -> None:
         """As ``ExecutionContext.hold``."""
-        await asyncio.to_thread(self._ctx.hold, worker)
+        ctx = self._ctx
+        ctx._check_open()
+        await self._call_on_driver(ctx._set_held, ctx._worker_name(worker), True)
 
     async def release_worker(self, worker) -> None:
         """As ``ExecutionContext.release_worker``."""
-        await asyncio.to_thread(self._ctx.release_worker, worker)
+        ctx = self._ctx
+        ctx._check_open()
+        await self._call_on_driver(ctx._set_held, ctx._worker_name(worker), False)
 
     async def drain(self, worker, timeout: float | None = None) -> None:
         """As ``ExecutionContext.drain``, without blocking the caller's loop."""
-        await asyncio.to_thread(self._ctx.drain, worker, timeout)
+        name = self._ctx._worker_name(worker)
+        await self.hold(name)
+        await self._on_driver(self._ctx._drain(name, timeout))
 
     async def stop_task(self, task) -> bool:
         """As ``ExecutionContext.stop_task``."""
@@ -514,18 +534,19 @@ class AsyncExecutionContext:
         """
         ctx = self._ctx
         show = progress_wanted(progress, ctx.progress)
-        # validates and starts the job; its results are read here from the run's queue, in
-        # batches, off the caller's loop
+        # checks and claims the job (pure work, off the caller's loop); the run hands its results
+        # to this loop, which is woken once per batch
         run = await asyncio.to_thread(ctx._start_job, job, workers, order_results, concurrency, attempts,
-                                      results)
+                                      results, begin=False)
+        results_here = run.results = _LoopResults()
+        ctx._begin_run(run)
         bar = None
         finished = False
         try:
             if show:
                 bar = JobProgress(job)
             while not finished:
-                batch = await asyncio.to_thread(_take_batches, run.results,
-                                                0.25 if bar is None else bar.min_interval)
+                batch = await results_here.take(0.25 if bar is None else bar.min_interval)
                 items, ended, error = split_batch(batch, bar)
                 for i, item in enumerate(items):
                     items[i] = None  # held only until yielded
@@ -538,10 +559,21 @@ class AsyncExecutionContext:
                         raise trim_traceback(error)
         finally:
             if not finished:
-                await asyncio.shield(asyncio.to_thread(ctx._cancel_run, run))
+                await asyncio.shield(self._cancel(run))
             if bar is not None:
                 bar.close()
                 bar = None
+
+    async def _cancel(self, run) -> None:
+        """Cancel ``run`` and wait (at most 5 s) until the workers were told."""
+        ctx = self._ctx
+        run.cancel_threadsafe()
+        if not ctx._portal.running:
+            return
+        try:
+            await asyncio.wait_for(self._on_driver(ctx._runs.wait_ended(run.job.id)), 5)
+        except (asyncio.TimeoutError, RuntimeError):
+            pass
 
     def __repr__(self) -> str:
         return f"<AsyncExecutionContext of {self._ctx!r}>"

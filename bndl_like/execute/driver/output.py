@@ -110,14 +110,14 @@ class OutputMixin:
         def tell_all() -> None:
             for worker in self.workers:
                 DriverOutput.tell(worker, on)
-        self._io.call(tell_all, timeout=30)
+        self._portal.call(tell_all, timeout=30)
 
     def worker_logs(self, n: int = 100, timeout: float | None = 30) -> dict[str, list[str]]:
         """The last ``n`` lines (at most 1000) of every worker: its log lines and what its
         tasks printed and logged, forwarded or not. ``{worker name: [line, ...]}``; a worker
         that does not answer within ``timeout`` s is left out."""
         self._check_open()
-        return self._io.run(self._worker_logs(n, timeout))
+        return self._portal.run(self._worker_logs(n, timeout))
 
     async def _worker_logs(self, n: int, timeout: float | None = 30) -> dict[str, list[str]]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
