@@ -58,8 +58,9 @@ FAILURES: Final = 3    # DEPS_FAILED
 
 Started = tuple[Literal["started"], Hashable, int]
 Succeeded = tuple[Literal["succeeded"], Hashable, int, Any, int]
-Failed = tuple[Literal["failed"], Hashable, int, tuple, bool]
-DepsFailed = tuple[Literal["deps"], Hashable, int, dict]
+# error: dump_exception's (payload or None, type name, message, traceback text, frames or None)
+Failed = tuple[Literal["failed"], Hashable, int, tuple[Any, ...], bool]
+DepsFailed = tuple[Literal["deps"], Hashable, int, dict[str, list[Hashable]]]
 Abandoned = tuple[Literal["cancelled"], Hashable, int]
 Resend = tuple[Literal["resend"], Hashable, int]
 # one event of a batch a worker sends to the driver's ``driver.task_events``
@@ -84,7 +85,8 @@ def plain_key(key: object) -> bool:
 # kwargs, dependencies, timeout, send, confirm) — dependencies: ``{dependency key: the worker
 # holding its output}``; send: the driver wants the result back (else it stays on the worker);
 # confirm: report this task's start and end at once and run it alone (a suspect of killing its worker)
-TaskRun = tuple[Hashable, int, Any, tuple, dict, dict, float | None, bool, bool]
+TaskRun = tuple[Hashable, int, Any, tuple[Any, ...], dict[str, Any], dict[Hashable, str | None], float | None,
+                bool, bool]
 RUN_KEY: Final = 0
 RUN_ATTEMPT: Final = 1
 RUN_FN: Final = 2

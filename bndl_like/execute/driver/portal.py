@@ -28,7 +28,8 @@ class PortalError(RuntimeError):
 
 def _plumbing(frame: Any) -> bool:
     """A frame of concurrent.futures or of this module: left out of a re-raised traceback."""
-    return frame.f_globals.get("__name__", "").startswith(("concurrent.", __name__))
+    module = frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.startswith(("concurrent.", __name__))
 
 
 class Portal:
