@@ -1,32 +1,62 @@
-"""bndl_like: run DAG jobs of interdependent tasks on a cluster of worker processes."""
+"""bndl_like: run DAG jobs of interdependent tasks on a cluster of worker processes.
 
-from .errors import BndlLikeError
-from .execute.command import CommandFailed, CommandResult, CommandTask, CommandTimeout
-from .execute.context import ExecutionContext
-from .execute.errors import (
-                               DependenciesFailed,
-                               FailedDependency,
-                               JobCancelled,
-                               TaskCancelled,
-                               TaskTimeout,
-                               WorkerDied,
-                               WorkersLost,
-)
-from .execute.executor import AsyncExecutionContext
-from .execute.scatter import ScatterError, ScatterHandle
-from .execute.tasks import FuncTask, Job, RmiTask, Task
-from .execute.worker import TaskContext, current_worker, task_context
-from .rmi.errors import (
-                           HandshakeError,
-                           MessageTooLarge,
-                           NotConnected,
-                           ProtocolError,
-                           RemoteError,
-                           SerializationError,
-)
-from .rmi.pickle_check import UnpicklableError
+The names below are imported on first use (``from bndl_like import ExecutionContext`` imports the
+driver; ``import bndl_like`` alone imports nothing else), so a worker process, or a program that
+needs one error class, does not pay for the driver's modules.
+"""
+
+import importlib
+import sys
+import types
+import typing
+
+if typing.TYPE_CHECKING:
+    from .errors import BndlLikeError
+    from .execute.command import CommandFailed, CommandResult, CommandTask, CommandTimeout
+    from .execute.context import ExecutionContext
+    from .execute.errors import (
+                                   DependenciesFailed,
+                                   FailedDependency,
+                                   JobCancelled,
+                                   TaskCancelled,
+                                   TaskTimeout,
+                                   WorkerDied,
+                                   WorkersLost,
+    )
+    from .execute.executor import AsyncExecutionContext
+    from .execute.scatter import ScatterError, ScatterHandle
+    from .execute.tasks import FuncTask, Job, RmiTask, Task
+    from .execute.worker import TaskContext, current_worker, task_context
+    from .rmi.errors import (
+                               HandshakeError,
+                               MessageTooLarge,
+                               NotConnected,
+                               ProtocolError,
+                               RemoteError,
+                               SerializationError,
+    )
+    from .rmi.pickle_check import UnpicklableError
 
 __version__ = "0.1.0"
+
+# each exported name -> the module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    "BndlLikeError": ".errors",
+    **dict.fromkeys(("CommandFailed", "CommandResult", "CommandTask", "CommandTimeout"),
+                    ".execute.command"),
+    "ExecutionContext": ".execute.context",
+    **dict.fromkeys(("DependenciesFailed", "FailedDependency", "JobCancelled", "TaskCancelled",
+                     "TaskTimeout", "WorkerDied", "WorkersLost"), ".execute.errors"),
+    "AsyncExecutionContext": ".execute.executor",
+    **dict.fromkeys(("ScatterError", "ScatterHandle"), ".execute.scatter"),
+    **dict.fromkeys(("FuncTask", "Job", "RmiTask", "Task"), ".execute.tasks"),
+    **dict.fromkeys(("TaskContext", "current_worker", "task_context"), ".execute.worker"),
+    **dict.fromkeys(("HandshakeError", "MessageTooLarge", "NotConnected", "ProtocolError",
+                     "RemoteError", "SerializationError"), ".rmi.errors"),
+    "UnpicklableError": ".rmi.pickle_check",
+}
+# the names whose import means a driver is about to start (see local.prestart_fork_server)
+_DRIVER_NAMES = frozenset({"ExecutionContext", "AsyncExecutionContext"})
 
 __all__ = [
     "ExecutionContext", "AsyncExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
@@ -40,3 +70,31 @@ __all__ = [
     "UnpicklableError", "RemoteError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _DRIVER_NAMES and __name__ + module_name not in sys.modules and _importer() == "__main__":
+        # the driver's modules take a while to import: when a program (a script, a notebook)
+        # imports the driver, a local cluster's fork server starts meanwhile, on another core
+        from .local import prestart_fork_server
+
+        prestart_fork_server()
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value  # later look-ups do not come here
+    return value
+
+
+def _importer() -> str:
+    """The module whose code looks the name up (``from bndl_like import X`` passes through
+    importlib's frames first)."""
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib."):
+        frame = frame.f_back
+    return "" if frame is None else frame.f_globals.get("__name__", "")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

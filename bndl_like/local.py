@@ -7,9 +7,44 @@ import os
 import secrets
 import threading
 
-from .deploy.supervisor import Supervisor
+from .deploy import forkserver
 
 log = logging.getLogger(__name__)
+# what a worker must not inherit from the driver's environment: its own options come as arguments
+DRIVER_ONLY_ENV = ("BNDL_LIKE_SEEDS", "BNDL_LIKE_LISTEN", "BNDL_LIKE_SECRET_FILE", "BNDL_LIKE_NAME")
+
+
+def worker_env(secret: bytes, cluster: str = "default", extra_env: dict | None = None,
+               tls: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment of a local cluster's workers: this process's, with ``extra_env``, the
+    secret, the cluster's name, TLS files (``{"TLS_CERT": path, ...}``) and a log level."""
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    env["BNDL_LIKE_SECRET"] = os.fsdecode(secret)
+    for name, path in (tls or {}).items():
+        if path is not None:
+            env["BNDL_LIKE_" + name] = os.path.abspath(path)
+    env["BNDL_LIKE_CLUSTER"] = cluster
+    env.setdefault("BNDL_LIKE_LOG_LEVEL", "WARNING")
+    for name in DRIVER_ONLY_ENV:
+        env.pop(name, None)
+    return env
+
+
+def prestart_fork_server() -> None:
+    """Start the fork server that this process's first local cluster will fork its workers
+    from, now, in the background: its interpreter start and imports then overlap with the
+    driver's own imports instead of following them. A no-op where a context would not start a
+    local cluster (``BNDL_LIKE_SEEDS`` set), in a worker, or where the workers' environment
+    turns out another one (an unused server stops after :data:`.forkserver.PRESTART_IDLE_TIMEOUT`).
+    Never raises: the server is then started on demand, as without this.
+    """
+    if os.environ.get("BNDL_LIKE_SEEDS") or os.environ.get("BNDL_LIKE_PARENT_PID"):
+        return
+    try:
+        forkserver.prestart(worker_env(b""), os.getcwd())
+    except Exception as exc:  # e.g. no fork() on this platform, or no process may start here
+        log.debug("fork server not started ahead: %s", exc)
 
 
 class LocalWorkers:
@@ -31,16 +66,10 @@ class LocalWorkers:
                  tls_key: str | None = None, tls_ca: str | None = None, fork_server: bool = True):
         if count < 1:
             raise ValueError(f"workers must be >= 1, not {count}")
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        env["BNDL_LIKE_SECRET"] = os.fsdecode(secret)
-        for name, path in (("TLS_CERT", tls_cert), ("TLS_KEY", tls_key), ("TLS_CA", tls_ca)):
-            if path is not None:
-                env["BNDL_LIKE_" + name] = os.path.abspath(path)
-        env["BNDL_LIKE_CLUSTER"] = cluster
-        env.setdefault("BNDL_LIKE_LOG_LEVEL", "WARNING")
-        for name in ("BNDL_LIKE_SEEDS", "BNDL_LIKE_LISTEN", "BNDL_LIKE_SECRET_FILE", "BNDL_LIKE_NAME"):
-            env.pop(name, None)
+        from .deploy.supervisor import Supervisor
+
+        env = worker_env(secret, cluster, extra_env,
+                         {"TLS_CERT": tls_cert, "TLS_KEY": tls_key, "TLS_CA": tls_ca})
         self.supervisor = Supervisor(count, ["--listen", "tcp://127.0.0.1:0", "--seeds", seed],
                                      env=env, backoff=0.1, max_backoff=5.0, fork_server=fork_server)
         self.supervisor.start()

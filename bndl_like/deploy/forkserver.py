@@ -41,20 +41,25 @@ import threading
 import time
 
 from ..errors import BndlLikeError
+from .threads import THREAD_VARIABLES
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 5.0  # seconds a server with no workers and no users is kept before it is stopped
+PRESTART_IDLE_TIMEOUT = 30.0  # the same for a server started ahead (prestart) and not used yet
 FORK_TIMEOUT = 60.0  # seconds to wait for the server's answer to a fork (its start included)
-# what a worker imports: loaded once in the server; numpy and BLAS libraries deliberately not
-PRELOAD = ("bndl_like", "bndl_like.cli", "bndl_like.deploy.logs", "bndl_like.deploy.supervisor",
-           "bndl_like.execute.output", "bndl_like.execute.scatter", "bndl_like.execute.worker",
-           "bndl_like.profile.service", "bndl_like.rmi")
+# what a worker imports (``bndl-like worker``): loaded once in the server. Only the worker's
+# modules, not the driver's (the package root imports its names lazily); numpy and BLAS
+# libraries deliberately not
+PRELOAD = ("bndl_like.cli", "bndl_like.deploy.logs", "bndl_like.deploy.supervisor",
+           "bndl_like.execute.messages", "bndl_like.execute.worker", "bndl_like.execute.worker.output",
+           "bndl_like.execute.worker.scatter", "bndl_like.profile.service", "bndl_like.rmi")
 # variables that differ between clusters and never matter at import time: a server serves
-# requests whose environments differ only in these (and gets each request's full environment)
+# requests whose environments differ only in these (and gets each request's full environment).
+# The BLAS thread limits count among them: the server loads no BLAS, each worker does
 PER_WORKER_ENV = frozenset({"BNDL_LIKE_SECRET", "BNDL_LIKE_SIBLINGS_DIR", "BNDL_LIKE_PARENT_PID",
                             "BNDL_LIKE_CLUSTER", "BNDL_LIKE_LOG_LEVEL", "BNDL_LIKE_TLS_CERT",
-                            "BNDL_LIKE_TLS_KEY", "BNDL_LIKE_TLS_CA"})
+                            "BNDL_LIKE_TLS_KEY", "BNDL_LIKE_TLS_CA", *THREAD_VARIABLES})
 PR_SET_PDEATHSIG = 1
 _HEADER = struct.Struct("!I")
 
@@ -82,6 +87,16 @@ def _recv(sock: socket.socket) -> tuple | None:
         return None
     data = _recv_exactly(sock, _HEADER.unpack(header)[0])
     return None if data is None else pickle.loads(data)
+
+
+def describe_exit(code: int) -> str:
+    """A process's exit status (``Popen.returncode``'s convention) in words."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 # -- the server process -----------------------------------------------------------------------
@@ -255,8 +270,6 @@ class ForkedWorker:
 
     def finish(self) -> str:
         """How it ended (the server killed its group and reaped it already)."""
-        from .supervisor import describe_exit
-
         self.wait_exited(None)
         return "lost with its fork server" if self.returncode is None else describe_exit(self.returncode)
 
@@ -355,11 +368,13 @@ class ForkServer:
         except ForkServerGone:
             pass  # its workers got SIGTERM as it died
 
-    def _check_idle(self) -> None:
-        """Under ``changed``: start the idle clock when nothing uses the server any more."""
+    def _check_idle(self, timeout: float | None = None) -> None:
+        """Under ``changed``: start the idle clock (``timeout``, else ``idle_timeout``) when
+        nothing uses the server any more."""
         if self.alive and not self.workers and not self.users and self._idle_since is None:
             idle_since = self._idle_since = time.monotonic()
-            timer = threading.Timer(self.idle_timeout, self._close_if_idle, (idle_since,))
+            timer = threading.Timer(self.idle_timeout if timeout is None else timeout,
+                                    self._close_if_idle, (idle_since,))
             timer.daemon = True
             timer.start()
 
@@ -409,6 +424,22 @@ def acquire(env: dict, cwd: str | None = None) -> ForkServer:
             del _servers[other.key]
     for other in idle:
         other.close()
+    return server
+
+
+def prestart(env: dict, cwd: str | None = None) -> ForkServer:
+    """Start the server :func:`acquire` will return for ``env`` and ``cwd``, unless it runs:
+    its start then overlaps with what this process does meanwhile. Unused, it stops after
+    :data:`PRESTART_IDLE_TIMEOUT` seconds, or once a server for another environment is acquired.
+    """
+    cwd = os.getcwd() if cwd is None else cwd
+    key = _key(env, cwd)
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is None or not server.alive:
+            server = _servers[key] = ForkServer(env, cwd)
+            with server.changed:
+                server._check_idle(PRESTART_IDLE_TIMEOUT)
     return server
 
 

@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from . import forkserver
-from .forkserver import ForkedWorker
+from .forkserver import ForkedWorker, describe_exit
 from .threads import thread_limits, worker_concurrency
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,6 @@ def die_with(parent: int):
 
 
 EXITS_KEPT = 1000  # how many workers' exits exit_status() remembers
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def kill_group(pgid: int) -> None:
