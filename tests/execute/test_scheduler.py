@@ -10,20 +10,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bndl_like.execute.scheduler import (
+from bndl_like.execute.core import (
     CancelJob,
     CancelTask,
-    DependencyLost,
-    JobCancelled,
-    JobDone,
-    JobFailed,
+    EndJob,
+    JobOutcome,
+    MarkOutputLost,
+    MarkTaskDone,
+    RetryTask,
     RunTask,
     Scheduler,
     TakeBack,
     TaskDependenciesFailed,
-    TaskDone,
     TaskFailed,
-    TaskRetry,
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
@@ -31,10 +30,11 @@ from bndl_like.execute.scheduler import (
     WorkerAdded,
     WorkerHeld,
     WorkerLost,
-    WorkerReleased,
+    WorkerResumed,
 )
 
 T = TaskSpec
+JOB_DONE = EndJob(JobOutcome.DONE)
 
 
 def run(s: Scheduler, *events) -> list:
@@ -65,25 +65,26 @@ def test_diamond():
     assert started(s) == [RunTask("a", "w1", 1)]
     assert s.state("a") == "assigned" and s.state("d") == "waiting"
     # b and c both prefer w1 (it holds a); b gets it, c goes to the idle w2
-    assert finish(s, "a", "w1", 100) == [TaskDone("a", "w1"), RunTask("b", "w1", 1), RunTask("c", "w2", 1)]
-    assert finish(s, "b", "w1", 10) == [TaskDone("b", "w1")]
+    assert finish(s, "a", "w1", 100) == [
+        MarkTaskDone("a", "w1"), RunTask("b", "w1", 1), RunTask("c", "w2", 1)]
+    assert finish(s, "b", "w1", 10) == [MarkTaskDone("b", "w1")]
     assert s.state("d") == "waiting"
-    assert finish(s, "c", "w2", 20) == [TaskDone("c", "w2"), RunTask("d", "w2", 1)]  # w2 holds more bytes
-    assert finish(s, "d", "w2") == [TaskDone("d", "w2"), JobDone()]
-    assert s.done and s.counts()["done"] == 4 and s.counts()["pending"] == 0
+    assert finish(s, "c", "w2", 20) == [MarkTaskDone("c", "w2"), RunTask("d", "w2", 1)]  # w2 holds more bytes
+    assert finish(s, "d", "w2") == [MarkTaskDone("d", "w2"), JOB_DONE]
+    assert s.over and s.counts()["done"] == 4 and s.counts()["pending"] == 0
     assert s.handle(TaskSucceeded("d", "w2")) == []
 
 
 def test_empty_job_is_done_at_start():
     s = Scheduler([], ["w1"])
-    assert s.start() == [JobDone()]
-    assert s.done and s.start() == []
+    assert s.start() == [JOB_DONE]
+    assert s.over and s.start() == []
 
 
 def test_priorities_lower_first_ties_in_spec_order():
     s = Scheduler([T("a", priority=3), T("b", priority=1), T("c", priority=2), T("d", priority=1)], ["w1"])
     order = [started(s)[0].task_id]
-    while not s.done:
+    while not s.over:
         decisions = finish(s, order[-1], "w1")
         order += [d.task_id for d in decisions if isinstance(d, RunTask)]
     assert order == ["b", "d", "c", "a"]
@@ -108,8 +109,8 @@ def test_free_worker_takes_from_its_locality_queue_before_the_global_queue():
     s = Scheduler(specs, ["w1", "w2"])
     assert started(s) == [RunTask("a", "w2", 1), RunTask("b", "w1", 1)]
     # d has the better priority, but w2 takes c from its own locality queue
-    assert finish(s, "a", "w2") == [TaskDone("a", "w2"), RunTask("c", "w2", 1)]
-    assert finish(s, "b", "w1") == [TaskDone("b", "w1"), RunTask("d", "w1", 1)]
+    assert finish(s, "a", "w2") == [MarkTaskDone("a", "w2"), RunTask("c", "w2", 1)]
+    assert finish(s, "b", "w1") == [MarkTaskDone("b", "w1"), RunTask("d", "w1", 1)]
 
 
 def test_worker_joining_later_gets_the_tasks_that_prefer_it():
@@ -121,8 +122,8 @@ def test_worker_joining_later_gets_the_tasks_that_prefer_it():
 def test_forbidden_worker_never_runs_the_task_and_the_job_waits_for_another():
     s = Scheduler([T("a", locality={"w1": -1}), T("b")], ["w1"])
     assert started(s) == [RunTask("b", "w1", 1)]
-    assert finish(s, "b", "w1") == [TaskDone("b", "w1")]
-    assert s.state("a") == "ready" and not s.done
+    assert finish(s, "b", "w1") == [MarkTaskDone("b", "w1")]
+    assert s.state("a") == "ready" and not s.over
     assert run(s, WorkerAdded("w2")) == [RunTask("a", "w2", 1)]
 
 
@@ -147,7 +148,7 @@ def test_data_locality_never_overrides_a_forbidden_worker():
     specs = [T("a", locality={"w1": 1}), T("b", ("a",), locality={"w1": -1})]
     s = Scheduler(specs, ["w1", "w2"])
     assert started(s) == [RunTask("a", "w1", 1)]
-    assert finish(s, "a", "w1", 10**9) == [TaskDone("a", "w1"), RunTask("b", "w2", 1)]
+    assert finish(s, "a", "w1", 10**9) == [MarkTaskDone("a", "w1"), RunTask("b", "w2", 1)]
 
 
 # -- slots ---------------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_concurrency_cap_and_prefetch():
     assert s.assigned("w1") == ["t0", "t1", "t4"]
     assert run(s, TaskStarted("t0", "w1"), TaskStarted("t1", "w1")) == []
     assert s.state("t0") == "running" and s.state("t4") == "assigned" and s.counts()["running"] == 2
-    assert run(s, TaskSucceeded("t0", "w1")) == [TaskDone("t0", "w1"), RunTask("t6", "w1", 1)]
+    assert run(s, TaskSucceeded("t0", "w1")) == [MarkTaskDone("t0", "w1"), RunTask("t6", "w1", 1)]
     assert s.counts()["assigned"] == 6
 
 
@@ -199,7 +200,7 @@ def test_take_back_refused_changes_nothing_but_the_next_task_is_asked_for():
     s = prefetched()
     assert run(s, TaskTakenBack("b", "w1", False)) == [TakeBack("c", "w1")]
     assert s.state("b") == "running" and s.assigned("w1") == ["a", "b", "c"]
-    assert finish(s, "c", "w1") == [TaskDone("c", "w1")]
+    assert finish(s, "c", "w1") == [MarkTaskDone("c", "w1")]
     assert run(s, TaskTakenBack("c", "w1", True)) == []  # late answer for a finished task
 
 
@@ -218,9 +219,9 @@ def test_held_worker_gives_back_prefetched_tasks_and_gets_nothing_until_released
     assert run(s, WorkerHeld("w1")) == [TakeBack("c", "w1")]
     assert run(s, TaskTakenBack("c", "w1", True)) == []  # w2 is full, w1 is held
     assert s.state("c") == "ready"
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1")]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1")]
     assert s.assigned("w1") == []
-    assert run(s, WorkerReleased("w1")) == [RunTask("c", "w1", 1), RunTask("e", "w1", 1)]
+    assert run(s, WorkerResumed("w1")) == [RunTask("c", "w1", 1), RunTask("e", "w1", 1)]
 
 
 # -- failures ------------------------------------------------------------------------------------------
@@ -229,14 +230,14 @@ def test_retry_forbids_the_failed_worker_then_fails_the_job_after_attempts():
     err = RuntimeError("boom")
     s = Scheduler([T("a")], ["w1", "w2"], attempts=3)
     assert started(s) == [RunTask("a", "w1", 1)]
-    assert run(s, TaskFailed("a", "w1", err)) == [TaskRetry("a", "w1", err), RunTask("a", "w2", 2)]
+    assert run(s, TaskFailed("a", "w1", err)) == [RetryTask("a", "w1", err), RunTask("a", "w2", 2)]
     # w1 is forbidden now, so no other worker could take it: retry on w2 again
-    assert run(s, TaskFailed("a", "w2", err)) == [TaskRetry("a", "w2", err), RunTask("a", "w2", 3)]
+    assert run(s, TaskFailed("a", "w2", err)) == [RetryTask("a", "w2", err), RunTask("a", "w2", 3)]
     decisions = run(s, TaskFailed("a", "w2", err))
-    assert len(decisions) == 1 and isinstance(decisions[0], JobFailed)
+    assert len(decisions) == 1 and decisions[0].outcome is JobOutcome.FAILED
     assert decisions[0].task_id == "a" and decisions[0].error is err
     assert "'a'" in decisions[0].reason and "3" in decisions[0].reason
-    assert s.done and s.state("a") == "failed"
+    assert s.over and s.state("a") == "failed"
     assert s.counts()["failed_attempts"] == 3 and s.counts()["retried"] == 2
 
 
@@ -244,7 +245,7 @@ def test_retry_ban_is_lifted_when_the_other_workers_are_lost():
     err = RuntimeError("boom")
     s = Scheduler([T("a"), T("b")], ["w1", "w2"], attempts=3)
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
-    assert run(s, TaskFailed("a", "w1", err)) == [TaskRetry("a", "w1", err)]
+    assert run(s, TaskFailed("a", "w1", err)) == [RetryTask("a", "w1", err)]
     assert s.state("a") == "ready"  # w1 is banned for a, w2 is busy
     assert run(s, WorkerLost("w2")) == [RunTask("a", "w1", 2)]
 
@@ -252,7 +253,7 @@ def test_retry_ban_is_lifted_when_the_other_workers_are_lost():
 def test_retry_ban_is_lifted_when_only_the_banned_worker_comes_back():
     s = Scheduler([T("a", locality={"w3": -1}), T("b")], ["w1", "w2", "w3"], attempts=3)
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
-    assert run(s, TaskFailed("a", "w1", None)) == [TaskRetry("a", "w1", None)]
+    assert run(s, TaskFailed("a", "w1", None)) == [RetryTask("a", "w1", None)]
     assert run(s, WorkerLost("w1")) == []
     assert run(s, WorkerLost("w2")) == [RunTask("b", "w3", 2)]
     assert s.state("a") == "ready"  # only w2 was allowed; it is gone: wait for a worker
@@ -263,41 +264,41 @@ def test_no_ban_when_the_other_workers_are_held():
     s = Scheduler([T("a")], ["w1", "w2"], attempts=2)
     started(s)
     run(s, WorkerHeld("w2"))
-    assert run(s, TaskFailed("a", "w1", None)) == [TaskRetry("a", "w1", None), RunTask("a", "w1", 2)]
+    assert run(s, TaskFailed("a", "w1", None)) == [RetryTask("a", "w1", None), RunTask("a", "w1", 2)]
 
 
 def test_retry_bans_do_not_outlive_a_success():
     specs = [T("a", locality={"w3": -1}), T("b", ("a",), locality={"w2": 1}, data_locality=False)]
     s = Scheduler(specs, ["w1", "w2", "w3"], attempts=3)
     assert started(s) == [RunTask("a", "w1", 1)]
-    assert run(s, TaskFailed("a", "w1", None)) == [TaskRetry("a", "w1", None), RunTask("a", "w2", 2)]
-    assert finish(s, "a", "w2") == [TaskDone("a", "w2"), RunTask("b", "w2", 1)]
+    assert run(s, TaskFailed("a", "w1", None)) == [RetryTask("a", "w1", None), RunTask("a", "w2", 2)]
+    assert finish(s, "a", "w2") == [MarkTaskDone("a", "w2"), RunTask("b", "w2", 1)]
     # a's output on w2 is gone; w1 may run it again (w3 may not, w2 is busy)
     assert run(s, TaskDependenciesFailed("b", "w2", {"w2": ["a"]})) == [
-        DependencyLost("a", "w2"), RunTask("a", "w1", 3)]
+        MarkOutputLost("a", "w2"), RunTask("a", "w1", 3)]
 
 
 def test_failure_that_cannot_be_retried_fails_the_job_at_once():
     s = Scheduler([T("a"), T("b")], ["w1", "w2"], attempts=5)
     started(s)
     decisions = run(s, TaskFailed("a", "w1", TypeError("cannot pickle"), retry=False))
-    assert decisions[0] == CancelTask("b", "w2") and isinstance(decisions[1], JobFailed)
-    assert "cannot be retried" in decisions[1].reason and s.done
+    assert decisions[0] == CancelTask("b", "w2") and decisions[1].outcome is JobOutcome.FAILED
+    assert "cannot be retried" in decisions[1].reason and s.over
 
 
 def test_single_worker_retries_on_the_same_worker():
     err = ValueError("x")
     s = Scheduler([T("a")], ["w1"], attempts=2)
     started(s)
-    assert run(s, TaskFailed("a", "w1", err)) == [TaskRetry("a", "w1", err), RunTask("a", "w1", 2)]
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), JobDone()]
+    assert run(s, TaskFailed("a", "w1", err)) == [RetryTask("a", "w1", err), RunTask("a", "w1", 2)]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), JOB_DONE]
 
 
 def test_failed_job_cancels_the_other_assigned_tasks():
     s = Scheduler([T("a"), T("b"), T("c", ("a",))], ["w1", "w2"])
     started(s)
     decisions = run(s, TaskFailed("a", "w1", None))
-    assert decisions[0] == CancelTask("b", "w2") and isinstance(decisions[1], JobFailed)
+    assert decisions[0] == CancelTask("b", "w2") and decisions[1].outcome is JobOutcome.FAILED
     assert len(decisions) == 2
     assert [s.state(t) for t in "abc"] == ["failed", "cancelled", "waiting"]
 
@@ -307,18 +308,18 @@ def test_dependencies_failed_chain_is_discovered_in_two_rounds():
              T("c", ("b",), locality={"w2": 1}, data_locality=False)]
     s = Scheduler(specs, ["w1", "w2"])
     assert started(s) == [RunTask("a", "w1", 1)]
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b", "w1", 1)]
-    assert finish(s, "b", "w1") == [TaskDone("b", "w1"), RunTask("c", "w2", 1)]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("b", "w1", 1)]
+    assert finish(s, "b", "w1") == [MarkTaskDone("b", "w1"), RunTask("c", "w2", 1)]
     # w1 cannot serve b: b runs again; a's output is believed fine for now
     assert run(s, TaskDependenciesFailed("c", "w2", {"w1": ["b"]})) == [
-        DependencyLost("b", "w1"), RunTask("b", "w1", 2)]
+        MarkOutputLost("b", "w1"), RunTask("b", "w1", 2)]
     assert s.state("c") == "waiting" and s.state("a") == "done"
     # round two: a is gone too
     assert run(s, TaskDependenciesFailed("b", "w1", {"w1": ["a"]})) == [
-        DependencyLost("a", "w1"), RunTask("a", "w1", 2)]
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b", "w1", 3)]
-    assert finish(s, "b", "w1") == [TaskDone("b", "w1"), RunTask("c", "w2", 2)]
-    assert finish(s, "c", "w2") == [TaskDone("c", "w2"), JobDone()]
+        MarkOutputLost("a", "w1"), RunTask("a", "w1", 2)]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("b", "w1", 3)]
+    assert finish(s, "b", "w1") == [MarkTaskDone("b", "w1"), RunTask("c", "w2", 2)]
+    assert finish(s, "c", "w2") == [MarkTaskDone("c", "w2"), JOB_DONE]
     assert s.counts()["failed_attempts"] == 0 and s.counts()["dependencies_lost"] == 2
 
 
@@ -328,8 +329,8 @@ def test_dependencies_failed_for_an_output_that_is_elsewhere_just_runs_again():
     started(s)
     finish(s, "a", "w1")
     assert s.assigned("w2") == ["b"]
-    assert run(s, WorkerLost("w1")) == [DependencyLost("a", "w1"), RunTask("a", "w3", 2)]
-    assert finish(s, "a", "w3") == [TaskDone("a", "w3")]
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("a", "w1"), RunTask("a", "w3", 2)]
+    assert finish(s, "a", "w3") == [MarkTaskDone("a", "w3")]
     assert run(s, TaskDependenciesFailed("b", "w2", {"w1": ["a"]})) == [RunTask("b", "w2", 2)]
 
 
@@ -337,12 +338,12 @@ def test_dependencies_failed_too_often_fails_the_job():
     specs = [T("a", locality={"w1": 1}), T("b", ("a",), locality={"w2": 1}, data_locality=False)]
     s = Scheduler(specs, ["w1", "w2"])
     started(s)
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b", "w2", 1)]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("b", "w2", 1)]
     for attempt in range(2, 12):  # the holder named is not where a's output is: nothing is lost
         (decision,) = run(s, TaskDependenciesFailed("b", "w2", {"w9": ["a"]}))
         assert decision == RunTask("b", "w2", attempt)
     (decision,) = run(s, TaskDependenciesFailed("b", "w2", {"w9": ["a"]}))
-    assert isinstance(decision, JobFailed) and decision.task_id == "b"
+    assert decision.outcome is JobOutcome.FAILED and decision.task_id == "b"
     assert "could not fetch" in decision.reason and "['a']" in decision.reason and "w9" in decision.reason
     assert s.counts()["failed_attempts"] == 0
 
@@ -354,46 +355,46 @@ def test_worker_lost_reruns_needed_outputs_and_requeues_its_tasks():
     s = Scheduler(specs, ["w1", "w2"])
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
     finish(s, "a", "w1", 10)
-    assert finish(s, "b", "w2", 1) == [TaskDone("b", "w2"), RunTask("c", "w1", 1)]
-    assert run(s, WorkerLost("w1")) == [DependencyLost("a", "w1"), RunTask("a", "w2", 2)]
+    assert finish(s, "b", "w2", 1) == [MarkTaskDone("b", "w2"), RunTask("c", "w1", 1)]
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("a", "w1"), RunTask("a", "w2", 2)]
     assert s.state("c") == "waiting" and s.workers == ["w2"]
-    assert finish(s, "a", "w2") == [TaskDone("a", "w2"), RunTask("c", "w2", 2)]
-    assert finish(s, "c", "w2") == [TaskDone("c", "w2"), RunTask("d", "w2", 1)]
-    assert finish(s, "d", "w2") == [TaskDone("d", "w2"), JobDone()]
+    assert finish(s, "a", "w2") == [MarkTaskDone("a", "w2"), RunTask("c", "w2", 2)]
+    assert finish(s, "c", "w2") == [MarkTaskDone("c", "w2"), RunTask("d", "w2", 1)]
+    assert finish(s, "d", "w2") == [MarkTaskDone("d", "w2"), JOB_DONE]
 
 
 def test_worker_lost_outputs_no_longer_needed_are_not_rerun():
     specs = [T("a", locality={"w1": 1}), T("b", ("a",)), T("c", locality={"w2": 1})]
     s = Scheduler(specs, ["w1", "w2"])
     assert started(s) == [RunTask("a", "w1", 1), RunTask("c", "w2", 1)]
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b", "w1", 1)]
-    assert finish(s, "b", "w1") == [TaskDone("b", "w1")]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("b", "w1", 1)]
+    assert finish(s, "b", "w1") == [MarkTaskDone("b", "w1")]
     assert run(s, WorkerLost("w1")) == []
     assert s.state("a") == "lost" and s.state("b") == "lost" and s.location("a") is None
-    assert finish(s, "c", "w2") == [TaskDone("c", "w2"), JobDone()]
+    assert finish(s, "c", "w2") == [MarkTaskDone("c", "w2"), JOB_DONE]
 
 
 def test_worker_lost_ready_dependents_wait_again():
     specs = [T("x", locality={"w2": 1}), T("a", locality={"w1": 1}), T("b1", ("a",)), T("b2", ("a",))]
     s = Scheduler(specs, ["w1", "w2"])
     assert started(s) == [RunTask("x", "w2", 1), RunTask("a", "w1", 1)]
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b1", "w1", 1)]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("b1", "w1", 1)]
     assert s.state("b2") == "ready"
-    assert run(s, WorkerLost("w1")) == [DependencyLost("a", "w1")]
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("a", "w1")]
     assert s.state("b1") == "waiting" and s.state("b2") == "waiting" and s.state("a") == "ready"
-    assert finish(s, "x", "w2") == [TaskDone("x", "w2"), RunTask("a", "w2", 2)]
+    assert finish(s, "x", "w2") == [MarkTaskDone("x", "w2"), RunTask("a", "w2", 2)]
 
 
 def test_dependents_running_elsewhere_are_left_alone():
     specs = [T("a", locality={"w1": 1}), T("b", ("a",), locality={"w2": 5})]
     s = Scheduler(specs, ["w1", "w2", "w3"])
     started(s)
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("b", "w2", 1)]
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("b", "w2", 1)]
     assert run(s, TaskStarted("b", "w2")) == []
-    assert run(s, WorkerLost("w1")) == [DependencyLost("a", "w1"), RunTask("a", "w3", 2)]
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("a", "w1"), RunTask("a", "w3", 2)]
     assert s.state("b") == "running"
     # b had fetched a already: the re-run of a is no longer needed
-    assert run(s, TaskSucceeded("b", "w2")) == [TaskDone("b", "w2"), CancelTask("a", "w3"), JobDone()]
+    assert run(s, TaskSucceeded("b", "w2")) == [MarkTaskDone("b", "w2"), CancelTask("a", "w3"), JOB_DONE]
     assert s.state("a") == "lost" and s.state("b") == "done"
 
 
@@ -404,7 +405,7 @@ def test_late_events_for_tasks_run_elsewhere_are_ignored():
     before = snapshot(s, "ab")
     for late in (TaskSucceeded("a", "w1", 5), TaskFailed("a", "w1", None), TaskStarted("a", "w1"),
                  TaskDependenciesFailed("a", "w1", {}), TaskTakenBack("a", "w1", True),
-                 WorkerLost("nobody"), WorkerHeld("nobody"), WorkerReleased("nobody")):
+                 WorkerLost("nobody"), WorkerHeld("nobody"), WorkerResumed("nobody")):
         assert run(s, late) == []
         assert snapshot(s, "ab") == before
     assert run(s, WorkerAdded("w1")) == []
@@ -429,14 +430,14 @@ def test_job_fails_when_every_worker_is_lost():
     (decision,) = run(s, WorkerLost("w2"))
     assert decision.task_id is None and decision.error is None
     assert "every worker was lost" in decision.reason
-    assert s.done and s.handle(WorkerAdded("w3")) == []
+    assert s.over and s.handle(WorkerAdded("w3")) == []
 
 
 def test_cancel_job():
     s = Scheduler([T("a"), T("b"), T("c")], ["w1", "w2"])
     started(s)
-    assert run(s, CancelJob()) == [CancelTask("a", "w1"), CancelTask("b", "w2"), JobCancelled()]
-    assert s.done and [s.state(t) for t in "abc"] == ["cancelled", "cancelled", "ready"]
+    assert run(s, CancelJob()) == [CancelTask("a", "w1"), CancelTask("b", "w2"), EndJob(JobOutcome.CANCELLED)]
+    assert s.over and [s.state(t) for t in "abc"] == ["cancelled", "cancelled", "ready"]
     assert s.handle(TaskSucceeded("a", "w1"), CancelJob()) == []
 
 
@@ -532,21 +533,20 @@ class Sim:
             elif isinstance(d, CancelTask):
                 assert self.on.get(d.task_id) == d.worker, d
                 self._leave(d.task_id)
-            elif isinstance(d, TaskDone):
+            elif isinstance(d, MarkTaskDone):
                 self.avail[d.task_id] = d.worker
                 self.store[d.worker].add(d.task_id)
                 self.succeeded.add(d.task_id)
-            elif isinstance(d, DependencyLost):
+            elif isinstance(d, MarkOutputLost):
                 assert self.avail.get(d.task_id, d.worker) == d.worker, d
                 self.avail.pop(d.task_id, None)
                 self.store.get(d.worker, set()).discard(d.task_id)
-            elif isinstance(d, JobDone):
-                assert self.succeeded == set(self.specs), "JobDone before every task succeeded"
-                self.outcome = "done"
-            elif isinstance(d, (JobFailed, JobCancelled)):
-                self.outcome = "failed" if isinstance(d, JobFailed) else "cancelled"
+            elif isinstance(d, EndJob):
+                assert d.outcome is not JobOutcome.DONE or self.succeeded == set(self.specs), \
+                    "the job is done before every task succeeded"
+                self.outcome = d.outcome.value
             else:
-                assert isinstance(d, TaskRetry), d
+                assert isinstance(d, RetryTask), d
         if self.outcome:
             assert not self.on, "tasks left running after the end of the job"
 
@@ -561,7 +561,7 @@ class Sim:
         self.apply(decisions)
         if self.check:
             self.s.validate_state()
-            assert self.s.done == (self.outcome is not None)
+            assert self.s.over == (self.outcome is not None)
             if not self.outcome:
                 assert self.s.workers == sorted(self.live)
                 for w in self.live:
@@ -598,7 +598,7 @@ class Sim:
             self.send(TaskFailed(t, w, RuntimeError(t)))
         else:
             decisions = self.send(TaskSucceeded(t, w, rng.randrange(100) if rng else 1))
-            assert TaskDone(t, w) in decisions
+            assert MarkTaskDone(t, w) in decisions
 
     def answer(self, t) -> None:
         w = self.takebacks.pop(t)
@@ -649,7 +649,7 @@ class Sim:
     def drain(self, max_steps: int) -> None:
         for w in sorted(self.held):
             self.held.discard(w)
-            self.send(WorkerReleased(w))
+            self.send(WorkerResumed(w))
         for w in UNIVERSE:
             if w not in self.live and not self.outcome:
                 self.add(w)
@@ -707,14 +707,14 @@ def play(sim: Sim, rng: random.Random, steps: int, *, attempts: int, must_finish
         elif action == "release" and sim.held:
             w = rng.choice(sorted(sim.held))
             sim.held.discard(w)
-            sim.send(WorkerReleased(w))
+            sim.send(WorkerResumed(w))
         elif action == "stale":
             sim.stale(rng)
         elif action == "cancel":
             sim.send(CancelJob())
     if not sim.outcome:
         sim.drain(max_steps=40 * len(sim.specs) + 200)
-    assert sim.s.done and sim.s.handle(TaskSucceeded(next(iter(sim.specs)), "w0")) == []
+    assert sim.s.over and sim.s.handle(TaskSucceeded(next(iter(sim.specs)), "w0")) == []
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -769,7 +769,7 @@ def test_take_back_queue_is_dropped_while_nobody_idles_and_rebuilt_for_an_idle_w
     assert s.start() == [RunTask("root", "w1", 1)]
     assert s.drops._stealing_on  # w2 sits idle
     decisions = s.handle(TaskStarted("root", "w1"), TaskSucceeded("root", "w1"))
-    assert decisions == [TaskDone("root", "w1")] + [RunTask(i, w, 1) for i, w in
+    assert decisions == [MarkTaskDone("root", "w1")] + [RunTask(i, w, 1) for i, w in
                                                      zip(range(6), ["w1", "w2", "w1", "w1", "w2", "w2"],
                                                          strict=True)]
     assert s.handle(TaskStarted(1, "w2")) == []  # w2 runs 1 and never finishes; w1 does the rest

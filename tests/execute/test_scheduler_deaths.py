@@ -13,18 +13,17 @@ from hypothesis import strategies as st
 
 import bndl_like
 from bndl_like import config
-from bndl_like.execute.errors import WorkerDied
-from bndl_like.execute.scheduler import (
+from bndl_like.execute.core import (
     CancelTask,
-    DependencyLost,
-    JobDone,
-    JobFailed,
+    EndJob,
+    JobOutcome,
+    MarkOutputLost,
+    MarkTaskDone,
+    RetryTask,
     RunTask,
     Scheduler,
     TakeBack,
-    TaskDone,
     TaskFailed,
-    TaskRetry,
     TaskSpec,
     TaskStarted,
     TaskTakenBack,
@@ -32,17 +31,19 @@ from bndl_like.execute.scheduler import (
     WorkerHeld,
     WorkerLost,
 )
+from bndl_like.execute.errors import WorkerDied
+from bndl_like.execute.scheduler import worker_died
 
-from .test_scheduler import Sim, finish, jobs, play, run, started
+from .test_scheduler import JOB_DONE, Sim, finish, jobs, play, run, started
 
 T = TaskSpec
 
 
-def died(task_id, workers: list[str], limit: int = 2) -> JobFailed:
+def died(task_id, workers: list[str], limit: int = 2) -> EndJob:
     """The decision that ends a job when ``task_id`` was running on each of ``workers`` as it died."""
-    return JobFailed(task_id, WorkerDied(task_id, workers[-1], len(workers), workers),
-                     f"task {task_id!r} was running on {len(workers)} worker(s) that died "
-                     f"({', '.join(workers)}), the maximum (worker_deaths={limit})")
+    return EndJob(JobOutcome.FAILED, task_id, None,
+                  f"task {task_id!r} was running on {len(workers)} worker(s) that died "
+                  f"({', '.join(workers)}), the maximum (worker_deaths={limit})", tuple(workers))
 
 
 # -- the limit -------------------------------------------------------------------------------------------
@@ -57,10 +58,10 @@ def test_task_started_on_two_lost_workers_fails_the_job_with_worker_died():
     assert run(s, TaskStarted("boom", "w3")) == []
     decisions = run(s, WorkerLost("w3"))
     assert decisions == [CancelTask("x", "w2"), died("boom", ["w1", "w3"])]
-    error = decisions[-1].error
+    error = worker_died(decisions[-1])
     assert (error.task_id, error.worker, error.deaths, error.workers, error.exit_status) == (
         "boom", "w3", 2, ["w1", "w3"], None)
-    assert s.done and s.state("boom") == "failed" and s.state("x") == "cancelled"
+    assert s.over and s.state("boom") == "failed" and s.state("x") == "cancelled"
     assert s.counts()["worker_deaths"] == 2 and s.workers == ["w2"]
     assert s.handle(WorkerLost("w2"), WorkerAdded("w4")) == []
 
@@ -101,7 +102,7 @@ def test_tasks_handed_over_but_not_started_do_not_count():
     # nothing started on w1: a and c go back in line, nobody died running them
     assert run(s, WorkerLost("w1")) == []
     assert s.counts()["worker_deaths"] == 0 and s.state("a") == "ready" and s.state("c") == "ready"
-    assert finish(s, "b", "w2") == [TaskDone("b", "w2"), RunTask("a", "w2", 2)]
+    assert finish(s, "b", "w2") == [MarkTaskDone("b", "w2"), RunTask("a", "w2", 2)]
     assert run(s, WorkerAdded("w3")) == [RunTask("c", "w3", 2)]
     # w2 runs d and has a prefetched: only d dies with it
     assert run(s, TaskStarted("d", "w2")) == []
@@ -135,7 +136,7 @@ def test_a_task_that_died_once_then_succeeded_finishes_the_job():
     started(s)
     run(s, TaskStarted("a", "w1"))
     assert run(s, WorkerLost("w1")) == [RunTask("a", "w2", 2)]
-    assert finish(s, "a", "w2") == [TaskDone("a", "w2"), JobDone()]
+    assert finish(s, "a", "w2") == [MarkTaskDone("a", "w2"), JOB_DONE]
     assert s.counts()["worker_deaths"] == 1
 
 
@@ -145,10 +146,10 @@ def test_a_drained_worker_let_go_of_runs_nothing_and_nothing_counts():
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
     run(s, TaskStarted("a", "w1"))
     assert run(s, WorkerHeld("w1")) == []
-    assert finish(s, "a", "w1") == [TaskDone("a", "w1"), RunTask("c", "w2", 1)]  # w1 is held
+    assert finish(s, "a", "w1") == [MarkTaskDone("a", "w1"), RunTask("c", "w2", 1)]  # w1 is held
     assert s.assigned("w1") == [] and s.outputs("w1") == ["a"]
-    assert run(s, WorkerLost("w1")) == [DependencyLost("a", "w1")]  # c needs it; w2 is full
-    assert s.counts()["worker_deaths"] == 0 and not s.done
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("a", "w1")]  # c needs it; w2 is full
+    assert s.counts()["worker_deaths"] == 0 and not s.over
 
 
 # -- with attempts and lineage ------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def test_a_failed_attempt_and_a_death_are_counted_apart():
     s = Scheduler([T("a")], ["w1", "w2", "w3"], attempts=2)
     started(s)
     run(s, TaskStarted("a", "w1"))
-    assert run(s, TaskFailed("a", "w1", err)) == [TaskRetry("a", "w1", err), RunTask("a", "w2", 2)]
+    assert run(s, TaskFailed("a", "w1", err)) == [RetryTask("a", "w1", err), RunTask("a", "w2", 2)]
     run(s, TaskStarted("a", "w2"))
     assert run(s, WorkerLost("w2")) == [RunTask("a", "w3", 3)]
     assert s.counts()["failed_attempts"] == 1 and s.counts()["worker_deaths"] == 1
@@ -185,9 +186,9 @@ def test_the_count_survives_a_success_and_the_re_run_of_a_lost_output():
     assert started(s) == [RunTask("a", "w1", 1)]
     run(s, TaskStarted("a", "w1"))
     assert run(s, WorkerLost("w1")) == [RunTask("a", "w2", 2)]
-    assert finish(s, "a", "w2") == [TaskDone("a", "w2"), RunTask("b", "w3", 1)]
+    assert finish(s, "a", "w2") == [MarkTaskDone("a", "w2"), RunTask("b", "w3", 1)]
     # b needs a's output, which goes with w2: a runs again, and its first death still counts
-    assert run(s, WorkerLost("w2")) == [DependencyLost("a", "w2"), RunTask("a", "w4", 3)]
+    assert run(s, WorkerLost("w2")) == [MarkOutputLost("a", "w2"), RunTask("a", "w4", 3)]
     run(s, TaskStarted("a", "w4"))
     assert run(s, WorkerLost("w4")) == [CancelTask("b", "w3"), died("a", ["w1", "w4"])]
 
@@ -197,14 +198,14 @@ def test_dependents_of_a_dying_task_and_lost_outputs_are_re_run_as_before():
     s = Scheduler(specs, ["w1", "w2", "w3"])
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
     finish(s, "a", "w1", 10)
-    assert finish(s, "b", "w2", 1) == [TaskDone("b", "w2"), RunTask("c", "w1", 1)]
+    assert finish(s, "b", "w2", 1) == [MarkTaskDone("b", "w2"), RunTask("c", "w1", 1)]
     run(s, TaskStarted("c", "w1"))
     # c dies with w1 and waits for a, which runs again
-    assert run(s, WorkerLost("w1")) == [DependencyLost("a", "w1"), RunTask("a", "w2", 2)]
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("a", "w1"), RunTask("a", "w2", 2)]
     assert s.state("c") == "waiting" and s.counts()["worker_deaths"] == 1
-    assert finish(s, "a", "w2") == [TaskDone("a", "w2"), RunTask("c", "w2", 2)]
+    assert finish(s, "a", "w2") == [MarkTaskDone("a", "w2"), RunTask("c", "w2", 2)]
     run(s, TaskStarted("c", "w2"))
-    # the second death ends the job: no DependencyLost for outputs nobody will use
+    # the second death ends the job: no MarkOutputLost for outputs nobody will use
     assert run(s, WorkerLost("w2")) == [died("c", ["w1", "w2"])]
     assert [s.state(t) for t in "abc"] == ["lost", "lost", "failed"]
 
@@ -221,8 +222,9 @@ class DeathSim(Sim):
 
     def apply(self, decisions) -> None:
         for d in decisions:
-            if isinstance(d, JobFailed) and isinstance(d.error, WorkerDied):
-                self.error = d.error
+            if isinstance(d, EndJob) and d.deaths:
+                assert d.outcome is JobOutcome.FAILED and d.error is None
+                self.error = worker_died(d)
         super().apply(decisions)
 
     def lose(self, w) -> None:

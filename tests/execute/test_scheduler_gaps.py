@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from bndl_like.execute.scheduler import (
-    JobDone,
-    JobFailed,
+from bndl_like.execute.core import (
+    EndJob,
+    JobOutcome,
+    MarkTaskDone,
+    RetryTask,
     RunTask,
     Scheduler,
     TakeBack,
     TaskDependenciesFailed,
-    TaskDone,
     TaskFailed,
-    TaskRetry,
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
@@ -23,7 +23,7 @@ from bndl_like.execute.scheduler import (
     WorkerLost,
 )
 
-from .test_scheduler import run, started
+from .test_scheduler import JOB_DONE, run, started
 
 T = TaskSpec
 pytestmark = pytest.mark.timeout(10)
@@ -58,20 +58,21 @@ def test_a_refused_take_back_of_a_reported_start_counts_it_once():
 def test_the_last_success_with_a_worker_loss_in_the_same_call_ends_in_job_done():
     s = Scheduler([T("a"), T("b")], ["w1"])
     assert started(s) == [RunTask("a", "w1", 1)]
-    assert run(s, TaskStarted("a", "w1"), TaskSucceeded("a", "w1")) == [TaskDone("a", "w1"),
+    assert run(s, TaskStarted("a", "w1"), TaskSucceeded("a", "w1")) == [MarkTaskDone("a", "w1"),
                                                                          RunTask("b", "w1", 1)]
     # the job is over once b succeeded: the loss of its only worker right after is not its failure
     decisions = run(s, TaskStarted("b", "w1"), TaskSucceeded("b", "w1"), WorkerLost("w1"))
-    assert decisions == [TaskDone("b", "w1"), JobDone()]
-    assert s.done and s.location("b") == "w1"
+    assert decisions == [MarkTaskDone("b", "w1"), JOB_DONE]
+    assert s.over and s.location("b") == "w1"
 
 
 def test_the_last_success_with_a_failure_in_the_same_call_ends_in_job_done():
     s = Scheduler([T("a"), T("b")], ["w1", "w2"])
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
-    assert run(s, TaskSucceeded("a", "w1")) == [TaskDone("a", "w1")]
+    assert run(s, TaskSucceeded("a", "w1")) == [MarkTaskDone("a", "w1")]
     error = RuntimeError("late")
-    assert run(s, TaskSucceeded("b", "w2"), TaskFailed("a", "w1", error)) == [TaskDone("b", "w2"), JobDone()]
+    assert run(s, TaskSucceeded("b", "w2"), TaskFailed("a", "w1", error)) == [
+        MarkTaskDone("b", "w2"), JOB_DONE]
 
 
 # -- locality ----------------------------------------------------------------------------------------
@@ -99,9 +100,9 @@ def test_a_tie_between_equally_preferred_free_workers_goes_to_the_first_by_name(
 def test_a_tie_in_data_locality_between_two_holders_goes_to_the_first_by_name():
     s = Scheduler([T("x"), T("a"), T("b"), T("c", ("a", "b"))], ["w1", "w2", "w3"])
     assert started(s) == [RunTask("x", "w1", 1), RunTask("a", "w2", 1), RunTask("b", "w3", 1)]
-    assert run(s, TaskSucceeded("b", "w3", 7)) == [TaskDone("b", "w3")]
+    assert run(s, TaskSucceeded("b", "w3", 7)) == [MarkTaskDone("b", "w3")]
     # equal bytes on w2 and w3: w2, though w3 became free first
-    assert run(s, TaskSucceeded("a", "w2", 7)) == [TaskDone("a", "w2"), RunTask("c", "w2", 1)]
+    assert run(s, TaskSucceeded("a", "w2", 7)) == [MarkTaskDone("a", "w2"), RunTask("c", "w2", 1)]
 
 
 def test_data_locality_of_three_dependencies_weighs_bytes_then_outputs_then_names():
@@ -128,7 +129,7 @@ def test_data_locality_breaks_a_tie_in_bytes_by_the_number_of_outputs():
     run(s, TaskSucceeded("p", "w1", 10))
     run(s, TaskSucceeded("q", "w2", 5))
     # 10 bytes on each worker, but two outputs on w2: c goes there, not to w1 (first by name)
-    assert run(s, TaskSucceeded("r", "w2", 5)) == [TaskDone("r", "w2"), RunTask("c", "w2", 1)]
+    assert run(s, TaskSucceeded("r", "w2", 5)) == [MarkTaskDone("r", "w2"), RunTask("c", "w2", 1)]
 
 
 # -- what the scheduler tells ------------------------------------------------------------------------
@@ -168,12 +169,12 @@ def test_a_duplicate_task_id_is_named_wherever_it_is():
 def test_dependency_fetch_failures_end_the_job_after_max_of_10_and_5_per_attempt(attempts, limit):
     s = Scheduler([T("a"), T("b", ("a",))], ["w1"], attempts=attempts)
     assert started(s) == [RunTask("a", "w1", 1)]
-    assert run(s, TaskSucceeded("a", "w1")) == [TaskDone("a", "w1"), RunTask("b", "w1", 1)]
+    assert run(s, TaskSucceeded("a", "w1")) == [MarkTaskDone("a", "w1"), RunTask("b", "w1", 1)]
     for i in range(limit):  # fetch failures naming no holder lose nothing: b runs again
         assert run(s, TaskDependenciesFailed("b", "w1", {})) == [RunTask("b", "w1", i + 2)]
     decisions = run(s, TaskDependenciesFailed("b", "w1", {}))
-    assert decisions == [JobFailed("b", None, f"task 'b' could not fetch its dependencies {limit + 1} "
-                                              "times (last: none named)")]
+    assert decisions == [EndJob(JobOutcome.FAILED, "b", None, f"task 'b' could not fetch its dependencies "
+                                                              f"{limit + 1} times (last: none named)")]
     assert s.state("b") == "failed"
 
 
@@ -183,10 +184,10 @@ def test_attempts_count_failures_not_fetch_failures():
     run(s, TaskSucceeded("a", "w1"))
     assert run(s, TaskDependenciesFailed("b", "w1", {})) == [RunTask("b", "w1", 2)]
     error = ValueError("x")
-    assert run(s, TaskFailed("b", "w1", error)) == [TaskRetry("b", "w1", error), RunTask("b", "w1", 3)]
+    assert run(s, TaskFailed("b", "w1", error)) == [RetryTask("b", "w1", error), RunTask("b", "w1", 3)]
     decisions = run(s, TaskFailed("b", "w1", error))
-    assert decisions == [JobFailed("b", error, "task 'b' failed 2 time(s), the maximum (attempts=2): "
-                                               "ValueError('x')")]
+    assert decisions == [EndJob(JobOutcome.FAILED, "b", error,
+                                "task 'b' failed 2 time(s), the maximum (attempts=2): ValueError('x')")]
 
 
 # -- defaults ------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_the_default_priority_is_zero():
     # a tie with an explicit 0 keeps the spec order; a negative priority goes first
     s = Scheduler([T("b", priority=0), T("a"), T("c", priority=-1)], ["w1"])
     assert started(s) == [RunTask("c", "w1", 1)]
-    assert run(s, TaskSucceeded("c", "w1")) == [TaskDone("c", "w1"), RunTask("b", "w1", 1)]
+    assert run(s, TaskSucceeded("c", "w1")) == [MarkTaskDone("c", "w1"), RunTask("b", "w1", 1)]
     s = Scheduler([T("a"), T("b", priority=0)], ["w1"])
     assert started(s) == [RunTask("a", "w1", 1)]
 
@@ -204,4 +205,4 @@ def test_the_default_output_size_is_zero_bytes():
     s = Scheduler([T("a"), T("b"), T("c", ("a", "b"))], ["w1", "w2"])
     assert started(s) == [RunTask("a", "w1", 1), RunTask("b", "w2", 1)]
     run(s, TaskSucceeded("a", "w1"))  # no size given: none, so w2's one byte is more
-    assert run(s, TaskSucceeded("b", "w2", 1)) == [TaskDone("b", "w2"), RunTask("c", "w2", 1)]
+    assert run(s, TaskSucceeded("b", "w2", 1)) == [MarkTaskDone("b", "w2"), RunTask("c", "w2", 1)]

@@ -1,30 +1,21 @@
-"""Invariant checks for the scheduler, for tests: :meth:`Scheduler.validate_state
-<bndl_like.execute.scheduler.Scheduler.validate_state>` calls :func:`validate_state`.
-
-Kept apart so that ``scheduler.py`` holds the state machine only.
-"""
+"""The scheduler's invariants, for tests: :meth:`Scheduler.validate_state
+<bndl_like.execute.core.machine.Scheduler.validate_state>` calls :func:`validate_state`."""
 
 from __future__ import annotations
 
-from .scheduler import (
-    _MUST_RUN,
-    _STATE_NAMES,
-    ASSIGNED,
-    CANCELLED,
-    DONE,
-    FAILED,
-    LOST,
-    READY,
-    WAITING,
-    Scheduler,
-    WorkerName,
-)
+from typing import TYPE_CHECKING
+
+from .events import WorkerName
+from .states import ASSIGNED, CANCELLED, DONE, FAILED, LOST, MUST_RUN, READY, STATE_NAMES, WAITING
+
+if TYPE_CHECKING:
+    from .machine import Scheduler
 
 
 def validate_state(sched: Scheduler) -> None:
     """Assert the invariants of ``sched``: O(tasks + edges + queue entries)."""
     status, rank, n = sched._status, sched._rank, sched._n
-    assert [status.count(s) for s in range(len(_STATE_NAMES))] == sched._counts, "status counts"
+    assert [status.count(s) for s in range(len(STATE_NAMES))] == sched._counts, "status counts"
     assert sched._n_succeeded == sum(sched._succeeded), "succeeded count"
     deaths, limit = sched._deaths, sched._worker_deaths
     assert sched._n_deaths == sum(map(len, deaths.values())), "worker deaths count"
@@ -45,16 +36,18 @@ def validate_state(sched: Scheduler) -> None:
         assert sched._missing[t] == sum(status[d] != DONE for d in sched._deps[t]), f"missing {t}"
         assert (sched._location[t] is not None) == (s == DONE), f"location {t}"
         assert s not in (DONE, LOST) or sched._succeeded[t], f"done without success {t}"
-        assert s not in (FAILED, CANCELLED), f"{_STATE_NAMES[s]} task in a running job {t}"
-        if s == DONE:
-            outputs.setdefault(sched._location[t], set()).add(t)
-        if s in _MUST_RUN:  # every dependency is available or on its way (lineage)
+        assert s not in (FAILED, CANCELLED), f"{STATE_NAMES[s]} task in a running job {t}"
+        holder = sched._location[t]
+        if holder is not None:
+            outputs.setdefault(holder, set()).add(t)
+        if s in MUST_RUN:  # every dependency is available or on its way (lineage)
             assert all(status[d] != LOST for d in sched._deps[t]), f"lost dependency not re-run {t}"
         assert (s == WAITING) == (sched._missing[t] > 0 and s in (WAITING, READY)), f"waiting {t}"
         if s == ASSIGNED:
-            w = sched._where[t]
-            assert w in sched._workers and t in sched._workers[w].assigned, f"assignment {t}"
-            assert not sched._forbidden(t, w), f"assigned to a forbidden worker {t}"
+            on = sched._where[t]
+            assert on is not None and on in sched._workers, f"assigned to no live worker {t}"
+            assert t in sched._workers[on].assigned, f"assignment {t}"
+            assert not sched._forbidden(t, on), f"assigned to a forbidden worker {t}"
             assert all(sched._succeeded[d] for d in sched._deps[t]), f"ran before dependencies {t}"
         else:
             assert sched._where[t] is None and not sched._started[t] and t not in sched._pending
@@ -70,35 +63,35 @@ def validate_state(sched: Scheduler) -> None:
     assert list(sched._ready.items) == sorted(rank[t] for t in range(n) if status[t] == READY)
     assert {w: list(b) for w, b in sched._ready.banned.items() if b} == {
         w: sorted(b) for w, b in ready_banned.items()}, "ready queue bans"
-    local: dict[WorkerName, list] = {}
+    local: dict[WorkerName, list[int]] = {}
     for t, prefs in sched._prefs.items():
         for w, loc in prefs.items():
             assert loc > 0 and not sched._forbidden(t, w), f"locality entry {t} {w}"
             local.setdefault(w, []).append(rank[t] - loc * n)
     steal_banned: dict[WorkerName, list[int]] = {}
     stealable = []
-    for name, w in sched._workers.items():
-        assert len(w.assigned) <= sched._cap, f"{name} over its slots"
-        assert all(sched._where[t] == name for t in w.assigned)
-        assert w.started == sum(sched._started[t] for t in w.assigned)
-        assert w.unstarted == {t for t in w.assigned if not sched._started[t] and t not in sched._pending}
-        spare = len(w.unstarted) - max(0, sched._concurrency - w.started)
+    for name, ws in sched._workers.items():
+        assert len(ws.assigned) <= sched._cap, f"{name} over its slots"
+        assert all(sched._where[t] == name for t in ws.assigned)
+        assert ws.started == sum(sched._started[t] for t in ws.assigned)
+        assert ws.unstarted == {t for t in ws.assigned if not sched._started[t] and t not in sched._pending}
+        spare = len(ws.unstarted) - max(0, sched._concurrency - ws.started)
         if sched._stealing_on:
-            assert w.stealable == (w.unstarted if spare > 0 else set()), f"stealable on {name}"
+            assert ws.stealable == (ws.unstarted if spare > 0 else set()), f"stealable on {name}"
         else:
-            assert not w.stealable, f"stealable on {name} while no take-back queue is kept"
-        assert list(w.local) == sorted(local.get(name, ())), f"locality queue of {name}"
-        assert w.outputs == outputs.pop(name, set()), f"outputs on {name}"
-        assert all(sched._pending.get(t) == name and sched._where[t] != name for t in w.stealing)
-        assert (name in sched._free) == (not w.held and len(w.assigned) < sched._cap), f"free {name}"
-        hungry = not w.held and len(w.assigned) + len(w.stealing) < sched._concurrency
+            assert not ws.stealable, f"stealable on {name} while no take-back queue is kept"
+        assert list(ws.local) == sorted(local.get(name, ())), f"locality queue of {name}"
+        assert ws.outputs == outputs.pop(name, set()), f"outputs on {name}"
+        assert all(sched._pending.get(t) == name and sched._where[t] != name for t in ws.stealing)
+        assert (name in sched._free) == (not ws.held and len(ws.assigned) < sched._cap), f"free {name}"
+        hungry = not ws.held and len(ws.assigned) + len(ws.stealing) < sched._concurrency
         assert (name in sched._hungry) == hungry, f"hungry {name}"
-        for t in w.stealable:
+        for t in ws.stealable:
             stealable.append(rank[t])
-            for b in sched._banned_live(t):
-                steal_banned.setdefault(b, []).append(rank[t])
+            for x in sched._banned_live(t):
+                steal_banned.setdefault(x, []).append(rank[t])
         if name in sched._free:  # filling reached a fixed point
-            assert sched._next_for(w) is None, f"{name} has a free slot and a ready task"
+            assert sched._next_for(ws) is None, f"{name} has a free slot and a ready task"
             if hungry:  # (then the take-back queue is kept)
                 assert sched._stealing_on and sched._steal.first_for(name) is None, \
                     f"{name} idle while it could take back"
@@ -111,5 +104,5 @@ def validate_state(sched: Scheduler) -> None:
     for t, thief in sched._pending.items():
         assert thief is None or t in sched._workers[thief].stealing
     for w, tasks in sched._retry_index.items():
-        assert all(w in sched._retry_banned.get(t, ()) and status[t] in _MUST_RUN for t in tasks)
+        assert all(w in sched._retry_banned.get(t, ()) and status[t] in MUST_RUN for t in tasks)
     assert sum(map(len, sched._retry_index.values())) == sum(map(len, sched._retry_banned.values()))

@@ -1,0 +1,129 @@
+"""What the scheduler tells the shell to do: decisions, carried out in the order given.
+
+Every decision names the stimulus that caused it (``stimulus_id``: the event's own or the number
+the scheduler gave it; decisions made while filling free slots after a batch of events name the
+batch's last event). Stimulus ids do not take part in equality: two decisions are equal when
+they ask for the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, TypeVar
+
+from .events import StimulusId, TaskId, WorkerName
+
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    """Send the task to the worker. ``attempt`` numbers its runs: 1 for the first; retries and
+    re-runs after a loss count up, a run taken back before it started does not."""
+    task_id: TaskId
+    worker: WorkerName
+    attempt: int
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TakeBack:
+    """Ask the worker to give back a task it was handed and has not started; it answers with
+    :class:`~bndl_like.execute.core.events.TaskTakenBack`."""
+    task_id: TaskId
+    worker: WorkerName
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """Stop the task on the worker: the job ended before it did."""
+    task_id: TaskId
+    worker: WorkerName
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkTaskDone:
+    """Mark the task done: its output on ``worker`` is final (for now: lineage may run it again
+    if the output is lost)."""
+    task_id: TaskId
+    worker: WorkerName
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTask:
+    """Mark the task pending again: its run on ``worker`` raised ``error`` and it has attempts
+    left (a RunTask for it follows, now or later)."""
+    task_id: TaskId
+    worker: WorkerName
+    error: BaseException | None
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkOutputLost:
+    """Mark a finished task's output lost: ``worker`` was lost or could not serve it, and the
+    task runs again (the shell marks it FailedDependency)."""
+    task_id: TaskId
+    worker: WorkerName
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+class JobOutcome(str, Enum):
+    """How a job ended; the values are the job states of the shell."""
+    DONE = "done"            # every task succeeded
+    FAILED = "failed"        # a task failed for good, or every worker was lost
+    CANCELLED = "cancelled"  # CancelJob
+
+
+@dataclass(frozen=True, slots=True)
+class EndJob:
+    """End the job; always the last decision (tasks still assigned get a CancelTask first).
+
+    For ``FAILED``: ``task_id`` is the task that failed for good and ``error`` its exception;
+    both are None when every worker was lost. When the task failed by killing workers,
+    ``error`` is None and ``deaths`` names the workers that died running it, oldest first (the
+    shell raises :class:`~bndl_like.execute.errors.WorkerDied` from these facts). ``reason``
+    says why in words.
+    """
+    outcome: JobOutcome
+    task_id: TaskId | None = None
+    error: BaseException | None = None
+    reason: str = ""
+    deaths: tuple[WorkerName, ...] = ()
+    stimulus_id: StimulusId | None = field(default=None, compare=False)
+
+
+Decision = RunTask | TakeBack | CancelTask | MarkTaskDone | RetryTask | MarkOutputLost | EndJob
+
+_D = TypeVar("_D")
+
+
+def fast_constructor(cls: type[_D]) -> Callable[..., _D]:
+    """A constructor for a frozen, slotted dataclass that fills the slots directly instead of
+    going through the generated ``__init__`` (``object.__setattr__`` per field): same object,
+    several times faster. Every field is a positional argument."""
+    new = object.__new__
+    setters: list[Callable[[Any, Any], None]] = [getattr(cls, f.name).__set__ for f in fields(cls)]  # type: ignore[arg-type]
+    if len(setters) == 3:
+        set_a, set_b, set_c = setters
+
+        def make3(a: Any, b: Any, c: Any) -> _D:
+            obj = new(cls)
+            set_a(obj, a)
+            set_b(obj, b)
+            set_c(obj, c)
+            return obj
+        return make3
+    set_a, set_b, set_c, set_d = setters
+
+    def make4(a: Any, b: Any, c: Any, d: Any) -> _D:
+        obj = new(cls)
+        set_a(obj, a)
+        set_b(obj, b)
+        set_c(obj, c)
+        set_d(obj, d)
+        return obj
+    return make4

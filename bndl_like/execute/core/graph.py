@@ -1,0 +1,147 @@
+"""The job's task graph as the scheduler keeps it: tasks numbered in spec order, dependencies
+and dependents as tuples of numbers, ranks, and the static locality (sparse)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, itemgetter
+
+from .events import TaskId, TaskSpec, WorkerName
+
+
+class Graph:
+    """Built once from the specs (:func:`build_graph`); never changes afterwards."""
+
+    __slots__ = ("n", "ids", "index", "deps", "dependents", "rank", "by_rank", "static_prefs",
+                 "static_banned", "pref_index", "ban_index", "data_locality")
+
+    def __init__(self, ids: list[TaskId], index: dict[TaskId, int]) -> None:
+        self.n = len(ids)
+        self.ids = ids
+        self.index = index
+        self.deps: list[tuple[int, ...]] = [()] * self.n         # deduplicated, in the order given
+        self.dependents: list[tuple[int, ...]] = [()] * self.n   # in spec order
+        self.rank: list[int] = []       # task -> rank, by (priority, spec order)
+        self.by_rank: list[int] = []    # rank -> task
+        # static locality, sparse: only tasks that name a worker appear
+        self.static_prefs: dict[int, tuple[tuple[WorkerName, int], ...]] = {}
+        self.static_banned: dict[int, frozenset[WorkerName]] = {}
+        self.pref_index: dict[WorkerName, list[tuple[int, int]]] = {}
+        self.ban_index: dict[WorkerName, list[int]] = {}
+        self.data_locality = bytearray()
+
+
+def build_graph(specs: Sequence[TaskSpec]) -> Graph:
+    """Number, link and rank the tasks; ValueError or TypeError for specs that make no job."""
+    n = len(specs)
+    index: dict[TaskId, int] = {}
+    ids: list[TaskId] = []
+    if all(map(isinstance, specs, repeat(TaskSpec))):
+        ids = list(map(attrgetter("task_id"), specs))
+        index.update(zip(ids, range(n), strict=True))
+    if len(index) != n:
+        _spec_error(specs)
+    g = Graph(ids, index)
+    # few objects per task, as the cyclic garbage collector walks every one of them
+    dependents: dict[int, list[int]] = {}
+    deps_of = g.deps
+    get = index.__getitem__
+    ordered = True  # every task depends on earlier ones only: no cycle
+    for i, spec in enumerate(specs):
+        named = spec.dependencies
+        if not named:
+            continue
+        if type(named) is not tuple:
+            named = tuple(named)
+        try:
+            deps = tuple(map(get, named))
+        except KeyError:
+            unknown = next(d for d in dict.fromkeys(named) if d not in index)
+            raise ValueError(f"task {spec.task_id!r} depends on unknown task {unknown!r}") from None
+        if len(deps) > 1:
+            deps = tuple(dict.fromkeys(deps))
+        if ordered and max(deps) >= i:
+            ordered = False
+        for d in deps:
+            if d in dependents:
+                dependents[d].append(i)
+            else:
+                dependents[d] = [i]
+        deps_of[i] = deps
+    for d, after in dependents.items():
+        g.dependents[d] = tuple(after)
+    if not ordered:
+        _check_acyclic(g)
+    _rank_tasks(g, specs)
+    for i, spec in enumerate(specs):
+        loc = spec.locality
+        if not loc:
+            continue
+        prefs = tuple((w, int(v)) for w, v in loc.items() if v > 0)
+        banned = frozenset(w for w, v in loc.items() if v < 0)
+        if prefs:
+            g.static_prefs[i] = prefs
+            for w, v in prefs:
+                g.pref_index.setdefault(w, []).append((i, v))
+        if banned:
+            g.static_banned[i] = banned
+            for w in banned:
+                g.ban_index.setdefault(w, []).append(i)
+    g.data_locality = bytearray(map(bool, map(attrgetter("data_locality"), specs)))
+    return g
+
+
+def _spec_error(specs: Sequence[object]) -> None:
+    """Raise the error for the first spec that is not a TaskSpec or repeats a task id."""
+    seen = set()
+    for spec in specs:
+        if not isinstance(spec, TaskSpec):
+            raise TypeError(f"expected a TaskSpec, got {spec!r}")
+        if spec.task_id in seen:
+            raise ValueError(f"duplicate task id {spec.task_id!r}")
+        seen.add(spec.task_id)
+    raise AssertionError("unreachable")
+
+
+def _rank_tasks(g: Graph, specs: Sequence[TaskSpec]) -> None:
+    """Rank by (priority, spec order)."""
+    n = g.n
+    priorities = list(map(attrgetter("priority"), specs))
+    try:
+        # a stable sort on the priorities alone gives the order of the (priority, index) pairs
+        # without building them; they are the fallback for priorities that are equal but do
+        # not order (None, say)
+        g.by_rank = sorted(range(n), key=priorities.__getitem__)
+    except TypeError:
+        try:
+            g.by_rank = list(map(itemgetter(1), sorted(zip(priorities, range(n), strict=True))))
+        except TypeError as exc:
+            raise ValueError(f"task priorities must be mutually comparable: {exc}") from None
+    g.rank = sorted(range(n), key=g.by_rank.__getitem__)  # the inverse permutation
+
+
+def _check_acyclic(g: Graph) -> None:
+    """Raise ValueError naming a cycle if there is one."""
+    pending = [len(d) for d in g.deps]
+    stack = [i for i, c in enumerate(pending) if c == 0]
+    seen = 0
+    dependents = g.dependents
+    while stack:
+        seen += 1
+        for j in dependents[stack.pop()]:
+            pending[j] -= 1
+            if pending[j] == 0:
+                stack.append(j)
+    if seen == len(pending):
+        return
+    # every task left waits on a task left: follow such dependencies until one repeats
+    i = next(i for i, c in enumerate(pending) if c)
+    path: list[int] = []
+    position: dict[int, int] = {}
+    while i not in position:
+        position[i] = len(path)
+        path.append(i)
+        i = next(d for d in g.deps[i] if pending[d])
+    cycle = " -> ".join(repr(g.ids[k]) for k in path[position[i]:] + [i])
+    raise ValueError(f"dependency cycle (-> means 'depends on'): {cycle}")
