@@ -10,11 +10,20 @@ import socket
 import pytest
 
 from bndl_like import ExecutionContext
+from bndl_like.rmi import node as rmi_node
 
 from ..conftest import TEST_SECRET, wait_for_condition, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 NODE_LOG = "bndl_like.rmi.node"
+
+
+def quick_discovery(monkeypatch) -> None:
+    """Nodes made from now on (in this test) look whom to dial every 10 ms and redial an address
+    that failed every 20 ms at most (instead of every 0.25 s and 5 s): the repeated dials these
+    tests count, and those they must not see, come within a fraction of a second."""
+    monkeypatch.setattr(rmi_node, "DISCOVERY_INTERVAL", 0.01)
+    monkeypatch.setattr(rmi_node, "REDIAL_MAX", 0.02)
 
 
 def closed_port_address() -> str:
@@ -48,8 +57,8 @@ async def test_a_seed_not_reached_says_why_once(make_node, caplog, monkeypatch, 
     options, expected = CASES[case]
     worker = await make_node("worker", "worker")
     seed = closed_port_address() if case == "refused" else worker.addresses[0]
+    quick_discovery(monkeypatch)  # the driver redials often: a repeated warning would show at once
     driver = await make_node("driver", seeds=[seed], **options)
-    driver.redial_max = 0.05  # redial often: a repeated warning would show within a second
     await wait_for_condition(lambda: driver.dial_log.repeats(seed) >= 5, timeout=15,
                              message="five redials of the seed")
     assert expected in driver.seed_errors()[seed]
@@ -62,12 +71,12 @@ async def test_a_seed_not_reached_says_why_once(make_node, caplog, monkeypatch, 
     assert not driver.peers and not worker.peers
 
 
-async def test_a_seed_that_comes_up_is_news_again_when_it_fails_again(make_node, caplog):
+async def test_a_seed_that_comes_up_is_news_again_when_it_fails_again(make_node, caplog, monkeypatch):
     """Once dialled successfully, a later failure of the seed is logged again."""
     caplog.set_level(logging.INFO, logger=NODE_LOG)
     seed = closed_port_address()
+    quick_discovery(monkeypatch)
     driver = await make_node("driver", seeds=[seed])
-    driver.redial_max = 0.05
     await wait_for_condition(lambda: driver.dial_log.repeats(seed) >= 2, message="redials")
     worker = await make_node("worker", "worker", listen=seed)
     await wait_for_condition(lambda: "worker" in driver.peers, message="the seed comes up")
@@ -77,19 +86,20 @@ async def test_a_seed_that_comes_up_is_news_again_when_it_fails_again(make_node,
                              message="the new failure logged")
 
 
-async def test_seeding_with_localhost_does_not_redial_a_connected_node(make_node, caplog):
+async def test_seeding_with_localhost_does_not_redial_a_connected_node(make_node, caplog, monkeypatch):
     """A node is the same node whatever address reached it: seeded as localhost, found as
     127.0.0.1, it is dialled once."""
     caplog.set_level(logging.DEBUG, logger=NODE_LOG)
     worker = await make_node("worker", "worker")
     port = worker.addresses[0].rsplit(":", 1)[1]
     seed = f"tcp://localhost:{port}"
+    quick_discovery(monkeypatch)
     driver = await make_node("driver", seeds=[seed])
-    driver.redial_max = driver.discovery_interval = 0.02
     await wait_for_condition(lambda: "worker" in driver.peers, message="connected")
     rounds = driver.discovery_rounds
-    await wait_for_condition(lambda: driver.discovery_rounds >= rounds + 50, timeout=15,
-                             message="50 rounds of discovery")
+    # a redial would come every other round (its backoff is 20 ms at most)
+    await wait_for_condition(lambda: driver.discovery_rounds >= rounds + 25, timeout=15,
+                             message="25 rounds of discovery")
     refused = [r for r in caplog.records if "already connected" in r.getMessage()]
     assert len(refused) <= 2, [r.getMessage() for r in refused]  # one crossing dial at most
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
