@@ -186,9 +186,6 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         self._hooks = state.hooks
         self._held = state.held  # held worker names (changed on the loop thread only)
         self._worker_pids = state.worker_pids  # worker name -> pid, for exit statuses
-        # await_workers waits on this; peers joining or leaving bump the generation
-        self._membership = threading.Condition()
-        self._membership_generation = 0
         self._local: LocalWorkers | None = None
         self._closed = False
         # None: the execute.progress option (auto: on in an interactive session)
@@ -242,21 +239,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             return None
         return self._local.exit_status(pid, timeout)
 
-    def _membership_changed(self) -> None:
-        with self._membership:
-            self._membership_generation += 1
-            self._membership.notify_all()
-
-    def _await_membership(self, seen: int, timeout: float) -> int:
-        """Wait until peers joined or left since generation ``seen`` (at most ``timeout`` s);
-        the generation now."""
-        with self._membership:
-            if self._membership_generation == seen and timeout > 0:
-                self._membership.wait(timeout)
-            return self._membership_generation
-
     def _on_peer_added(self, peer) -> None:
-        self._membership_changed()
         self._state.changes.notify()
         if peer.node_type == "worker":
             if isinstance(peer.pid, int):
@@ -271,7 +254,6 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             run.worker_added(peer)
 
     def _on_peer_lost(self, peer) -> None:
-        self._membership_changed()
         self._state.changes.notify()
         if peer.node_type == "worker":
             self._hook_runner.fire("worker_lost", peer.name, self._hooks)
@@ -406,62 +388,61 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         just waits and returns how many came.
         """
         self._check_open()
+        return self._portal.run(self._await_workers(worker_count, connect_timeout, stable_timeout))
+
+    async def _await_workers(self, worker_count: int | None, connect_timeout: float,
+                             stable_timeout: float) -> int:
+        """await_workers on the loop: woken by every worker joining or leaving, and every 0.1 s
+        to see whether the local cluster failed or every seed refused us for good."""
+        changes = self._state.changes
+        loop = self._loop
         target = worker_count or self._expected or None
-        start = time.monotonic()
-        # woken as peers join or leave; every 0.1 s at the latest, to see whether the local
-        # cluster failed or every seed refused us for good
-        seen = self._membership_generation
+        start = loop.time()
         if target:
             while self.worker_count < target:
-                left = stable_timeout - (time.monotonic() - start)
+                left = stable_timeout - (loop.time() - start)
                 if left <= 0:
                     break
                 self._check_local_alive()
-                if self._seeds_hopeless(start):
+                if self._seeds_hopeless():
                     break
-                seen = self._await_membership(seen, min(left, 0.1))
+                await changes.wait(min(left, 0.1))
             if worker_count and self.worker_count < worker_count:
-                raise TimeoutError(self._too_few_workers(worker_count, time.monotonic() - start))
+                raise TimeoutError(self._too_few_workers(worker_count, loop.time() - start))
             return self.worker_count
         while self.worker_count == 0:
-            left = connect_timeout - (time.monotonic() - start)
-            if left <= 0 or self._seeds_hopeless(start):
+            left = connect_timeout - (loop.time() - start)
+            if left <= 0 or self._seeds_hopeless():
                 break
-            seen = self._await_membership(seen, min(left, 0.1))
+            await changes.wait(min(left, 0.1))
         if self.worker_count == 0:
             if self._node.seeds:
-                raise TimeoutError(self._too_few_workers(1, time.monotonic() - start))
+                raise TimeoutError(self._too_few_workers(1, loop.time() - start))
             return 0
         # then until the count stays the same for a moment
         quiet = min(1.0, connect_timeout)
-        since = time.monotonic()
+        since = loop.time()
+        count = self.worker_count
         while True:
-            now = time.monotonic()
+            now = loop.time()
             left = min(quiet - (now - since), stable_timeout - (now - start))
             if left <= 0:
                 break
-            generation = self._await_membership(seen, left)
-            if generation != seen:
-                seen, since = generation, time.monotonic()
+            await changes.wait(left)
+            if self.worker_count != count:
+                count, since = self.worker_count, loop.time()
         return self.worker_count
 
-    def _seeds_hopeless(self, start: float) -> bool:
+    def _seeds_hopeless(self) -> bool:
         """No worker, and every seed refused us for a reason waiting does not cure (a wrong
-        secret, another cluster); looked at every 0.1 s, on the loop that owns the node."""
-        now = time.monotonic()
-        if self.worker_count or not self._node.seeds or now - getattr(self, "_seeds_checked", 0) < 0.1:
-            return False
-        self._seeds_checked = now
-        try:
-            return self._portal.call(self._node.seeds_final, timeout=5)
-        except Exception:
-            return False
+        secret, another cluster). On the loop, which owns the node."""
+        return not self.worker_count and bool(self._node.seeds) and self._node.seeds_final()
 
     def _too_few_workers(self, wanted: int, waited: float) -> str:
         """Why a wait for ``wanted`` workers ended with fewer: each seed or peer not reached
         and its error (from the node, read on its loop)."""
         try:
-            report = self._portal.call(self._node.unreachable_report, timeout=5)
+            report = self._node.unreachable_report()  # on the loop, which owns the node
         except Exception:
             report = ""
         have = self.worker_count

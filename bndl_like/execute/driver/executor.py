@@ -402,9 +402,9 @@ class AsyncExecutionContext:
 
     async def await_workers(self, worker_count: int | None = None, connect_timeout: float = 5,
                             stable_timeout: float = 60) -> int:
-        """``ExecutionContext.await_workers`` in a thread; return how many workers are connected."""
-        return await asyncio.to_thread(self._ctx.await_workers, worker_count, connect_timeout,
-                                       stable_timeout)
+        """As ``ExecutionContext.await_workers``: how many workers are connected."""
+        self._ctx._check_open()
+        return await self._on_driver(self._ctx._await_workers(worker_count, connect_timeout, stable_timeout))
 
     async def _timed(self, method: str, fn, prepare, args, kwargs, timeout) -> Any:
         timeout = check_timeout(timeout)
