@@ -55,8 +55,12 @@ _EXPORTS: dict[str, str] = {
                      "RemoteError", "SerializationError"), ".rmi.errors"),
     "UnpicklableError": ".rmi.pickle_check",
 }
-# the names whose import means a driver is about to start (see local.prestart_fork_server)
-_DRIVER_NAMES = frozenset({"ExecutionContext", "AsyncExecutionContext"})
+# the names a driver program imports: when a program's own code (a script's, a notebook's) looks
+# one up before the driver's modules are imported, the fork server of its local cluster starts
+# then (see local.prestart_fork_server), and imports the workers' modules while the driver imports
+# its own, on another core
+_DRIVER_NAMES = frozenset({"ExecutionContext", "AsyncExecutionContext", "Job", "Task", "RmiTask", "FuncTask"})
+_DRIVER_MODULE = __name__ + _EXPORTS["ExecutionContext"]
 
 __all__ = [
     "ExecutionContext", "AsyncExecutionContext", "Job", "Task", "RmiTask", "FuncTask",
@@ -76,9 +80,7 @@ def __getattr__(name: str) -> typing.Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name in _DRIVER_NAMES and __name__ + module_name not in sys.modules and _importer() == "__main__":
-        # the driver's modules take a while to import: when a program (a script, a notebook)
-        # imports the driver, a local cluster's fork server starts meanwhile, on another core
+    if name in _DRIVER_NAMES and _DRIVER_MODULE not in sys.modules and _importer() == "__main__":
         from .local import prestart_fork_server
 
         prestart_fork_server()

@@ -3,9 +3,11 @@ forks a worker on request, so a local cluster starts in the time of a fork, not 
 interpreter start and a few hundred modules imported per worker.
 
 The server is started (``python -m bndl_like.deploy._forkserve FD``) on the first request of a
-driver process and shared by its local clusters; it exits once it had no worker and no
-supervisor using it for :data:`IDLE_TIMEOUT` seconds, when the driver closes its end of the
-control socket, or when the driver dies (the socket's end of file). It stays single-threaded
+driver process, or ahead of it (:func:`prestart`: when a program imports the driver, see
+:func:`bndl_like.local.prestart_fork_server`), and shared by its local clusters; it exits once it
+had no worker and no supervisor using it for :data:`IDLE_TIMEOUT` seconds
+(:data:`PRESTART_IDLE_TIMEOUT` for one started ahead and not used yet), when the driver closes its
+end of the control socket, or when the driver dies (the socket's end of file). It stays single-threaded
 with no event loop, and imports neither numpy nor any BLAS, so each worker gets its BLAS thread
 variables in its environment before numpy loads in it (see :mod:`.threads`).
 
