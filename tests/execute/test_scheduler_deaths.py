@@ -245,7 +245,7 @@ class DeathSim(Sim):
         assert self.s.counts()["worker_deaths"] == sum(map(len, self.deaths.values()))
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(jobs(), st.integers(0, 2**32), st.integers(0, 400), st.integers(1, 3), st.integers(1, 3))
 def test_random_jobs_fail_with_worker_died_exactly_when_a_task_reaches_the_limit(job, seed, steps, attempts,
                                                                                  worker_deaths):
