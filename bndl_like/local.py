@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 import threading
 
 from .deploy import forkserver
@@ -34,12 +35,15 @@ def worker_env(secret: bytes, cluster: str = "default", extra_env: dict | None =
 def prestart_fork_server() -> None:
     """Start the fork server that this process's first local cluster will fork its workers
     from, now, in the background: its interpreter start and imports then overlap with the
-    driver's own imports instead of following them. A no-op where a context would not start a
-    local cluster (``BNDL_LIKE_SEEDS`` set), in a worker, or where the workers' environment
-    turns out another one (an unused server stops after :data:`.forkserver.PRESTART_IDLE_TIMEOUT`).
-    Never raises: the server is then started on demand, as without this.
+    driver's own imports instead of following them. Does nothing where a context would not
+    start a local cluster (``BNDL_LIKE_SEEDS`` set), in a worker, or without ``fork()``. A server
+    that no cluster uses (the environment changed meanwhile, or no local cluster came) stops after
+    :data:`.forkserver.PRESTART_IDLE_TIMEOUT` s, or once a cluster starts its own. Never raises:
+    the server is then started on demand, as without this.
     """
     if os.environ.get("BNDL_LIKE_SEEDS") or os.environ.get("BNDL_LIKE_PARENT_PID"):
+        return
+    if not hasattr(os, "fork") or getattr(sys, "frozen", False):  # a frozen app has no `python -m`
         return
     try:
         forkserver.prestart(worker_env(b""), os.getcwd())
