@@ -67,8 +67,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+for _path in (ROOT, HERE):  # this checkout's bndl_like, and the task functions
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from execute_tasks import add, array_sum, getpid, noop, sleep_task  # noqa: E402
 
@@ -81,10 +82,13 @@ DASK = "dask.distributed"
 POOL = "ProcessPoolExecutor"
 POOL_MAP = "ProcessPoolExecutor.map"
 RAY = "ray"
+ECHO = "asyncio echo"
+PEERS = {"pool": POOL, "dask": DASK, "echo": ECHO}  # --peers names
 
 TARGET_W1_TASKS_S = 10_000
 TARGET_W1_VS_DASK = 25.0
 TARGET_W2_P50_US = 400.0
+TARGET_W2_VS_ECHO = 2.0  # W2 p50 at most this many asyncio echo round trips
 TARGET_W3A_S = 0.1
 TARGET_W3B_S = 0.5
 TARGET_W4_MIB_S = 1_000.0
@@ -592,6 +596,49 @@ class RaySystem:
 # -- the workloads ----------------------------------------------------------------------------------------
 
 
+class EchoSystem:
+    """The floor of W2: a 5-byte message to an asyncio streams echo server in another process
+    and back (``benchmarks/rmi.py --serve echo``), round trips timed one by one inside one event
+    loop, TCP_NODELAY on both ends. It runs no task: W2 only."""
+
+    name = ECHO
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        import asyncio
+
+        import rmi
+
+        self._stack = contextlib.ExitStack()
+        self.loop = asyncio.new_event_loop()
+        try:
+            address = self._stack.enter_context(rmi.server_process("echo"))
+            self.client = self.loop.run_until_complete(rmi.EchoClient.connect(address))
+        except BaseException:
+            self.loop.close()
+            self._stack.close()
+            raise
+
+    def latencies(self, n: int, warmup: int) -> list[float]:
+        """Seconds of each of ``n`` sequential round trips (after ``warmup`` more)."""
+        async def measure() -> list[float]:
+            for _ in range(warmup):
+                await self.client.round_trip()
+            out = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await self.client.round_trip()
+                out.append(time.perf_counter() - t0)
+            return out
+        return self.loop.run_until_complete(measure())
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.client.close())
+        finally:
+            self.loop.close()
+            self._stack.close()
+
+
 def timed(fn: Callable, *args) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn(*args)
@@ -619,15 +666,19 @@ def run_w1(system, counts: Counts, report: Report, pool_map: bool = False) -> No
 
 def run_w2(system, counts: Counts, report: Report) -> None:
     sec = report.section("W2", f"{counts.w2_jobs} sequential one-task jobs", "µs", "lower", ["p50", "p99"])
-    for i in range(counts.w2_warmup):
-        system.one(i)
-    lat = []
-    for i in range(counts.w2_jobs):
-        t0 = time.perf_counter()
-        out = system.one(i)
-        lat.append((time.perf_counter() - t0) * 1e6)
-        if out != i:
-            raise AssertionError(f"W2 {system.name}: {out!r} != {i}")
+    if isinstance(system, EchoSystem):
+        lat = [s * 1e6 for s in system.latencies(counts.w2_jobs, counts.w2_warmup)]
+        sec.notes.append(f"{ECHO}: one 5-byte message to another process and back, no task (the floor)")
+    else:
+        for i in range(counts.w2_warmup):
+            system.one(i)
+        lat = []
+        for i in range(counts.w2_jobs):
+            t0 = time.perf_counter()
+            out = system.one(i)
+            lat.append((time.perf_counter() - t0) * 1e6)
+            if out != i:
+                raise AssertionError(f"W2 {system.name}: {out!r} != {i}")
     lat.sort()
     sec.rows[system.name] = {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
                              "mean": statistics.fmean(lat)}
@@ -833,16 +884,21 @@ def guarded(report: Report, key: str, system: str, fn: Callable, *args) -> None:
 
 def factories(names: list[str], watchdog: Watchdog) -> dict[str, Callable]:
     table = {BNDL: lambda: BndlSystem(watchdog), DASK: lambda: DaskSystem(watchdog),
-             POOL: lambda: PoolSystem(watchdog), RAY: lambda: RaySystem(watchdog)}
+             POOL: lambda: PoolSystem(watchdog), RAY: lambda: RaySystem(watchdog),
+             ECHO: lambda: EchoSystem(watchdog)}
     return {name: table[name] for name in names}
 
 
 def run_all(args, counts: Counts, report: Report, watchdog: Watchdog) -> None:
-    names = [BNDL] + ([] if args.no_peers else [POOL, DASK]) + ([RAY] if args.ray_ok else [])
-    make = factories(names, watchdog)
+    peers = [] if args.no_peers else [PEERS[p] for p in args.peers]
+    names = [BNDL] + [p for p in peers if p != ECHO] + ([RAY] if args.ray_ok else [])
+    make = factories(names + [ECHO], watchdog)
     only = args.only
     arr = np.ones(BULK_ELEMENTS) if "W4" in only else None
 
+    if "W2" in only and ECHO in peers:
+        progress(f"starting {ECHO} for W2")
+        guarded(report, "W2", ECHO, _run_echo, make[ECHO], counts, report)
     if any(w in only for w in ("W1", "W2", "W3", "W4")):
         for name in names:
             progress(f"starting {name} for W1-W4")
@@ -913,6 +969,14 @@ def run_all(args, counts: Counts, report: Report, watchdog: Watchdog) -> None:
         guarded(report, "MEM", BNDL, run_memory, counts, report, watchdog)
 
 
+def _run_echo(make: Callable, counts: Counts, report: Report) -> None:
+    system = make()
+    try:
+        run_w2(system, counts, report)
+    finally:
+        system.close()
+
+
 def check_targets(report: Report) -> None:
     t = report.targets
 
@@ -937,6 +1001,13 @@ def check_targets(report: Report) -> None:
     if "W2" in report.sections:
         add_target("W2 p50", get("W2", BNDL, "p50"), "{:,.0f} µs", f"≤ {TARGET_W2_P50_US:,.0f} µs",
                    lambda v: v <= TARGET_W2_P50_US)
+        ratios = report.sections["W2"].ratios()
+        if ECHO in report.sections["W2"].rows:
+            add_target(f"W2 p50 / {ECHO} p50", ratios.get(ECHO, {}).get("p50"), "{:.2f}x",
+                       f"≤ {TARGET_W2_VS_ECHO:g}x", lambda v: v <= TARGET_W2_VS_ECHO)
+        if POOL in report.sections["W2"].rows:
+            add_target(f"W2 p50 / {POOL} p50", ratios.get(POOL, {}).get("p50"), "{:.2f}x", "≤ 1x",
+                       lambda v: v <= 1.0)
     if "W3a" in report.sections:
         add_target("W3 100x100 (median)", get("W3a", BNDL, "median"), "{:.3f} s", f"≤ {TARGET_W3A_S} s",
                    lambda v: v <= TARGET_W3A_S)
@@ -1068,6 +1139,9 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=",".join(WORKLOADS),
                     help="comma-separated workloads to run, of " + ",".join(WORKLOADS))
     ap.add_argument("--no-peers", action="store_true", help="run bndl_like only")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="comma-separated peers to run beside bndl_like, of " + ",".join(PEERS)
+                         + f" (default all; {ECHO}: W2 only)")
     ap.add_argument("--ray", action="store_true",
                     help="also run Ray; refused unless loopback is the only network interface "
                          "(Ray listens on all of them), e.g. under `unshare -n`")
@@ -1077,6 +1151,10 @@ def parse_args(argv=None):
     if unknown:
         ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     args.only = only
+    args.peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in args.peers if p not in PEERS]
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     return args
 
 

@@ -594,7 +594,8 @@ class Job:
                                      "which is not a task of this job")
         self._by_id = by_id
         from .graph import find_cycle
-        cycle = find_cycle({t.id: [d.id for d in t.dependencies] for t in self.tasks})
+        # a task without dependencies is on no cycle: a job of independent tasks walks no graph
+        cycle = find_cycle({t.id: [d.id for d in t.dependencies] for t in self.tasks if t.dependencies})
         if cycle:
             raise ValueError(f"job {self.name}: the task graph has a cycle: "
                              + " -> ".join(repr(i) for i in cycle))

@@ -512,6 +512,14 @@ class Connection(asyncio.BufferedProtocol):
             self._out = []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def flush(self) -> None:
+        """Write the corked frames now instead of at the end of the loop's iteration: for a
+        caller that just sent the last message of its batch (on the loop thread)."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush()
+
     def send_ping(self) -> None:
         self._send_frame(protocol.PING)
 

@@ -182,6 +182,9 @@ class JobRun:
             # workers held in the context get no task of this job (before the first fill)
             stimuli += [S.WorkerHeld(w) for w in known + joined if w in self.ctx._held and w in live]
             self.apply(self.scheduler.handle(*stimuli) if stimuli else self.scheduler.start())
+            if self.flush_handle is not None:  # the first tasks leave now, not next iteration
+                self.flush_handle.cancel()
+                self._flush()
             if job._cancel_requested:
                 job._cancel_requested = False
                 self.cancel()
@@ -261,6 +264,11 @@ class JobRun:
         ctx = self.ctx
         ctx._hook_runner.fire(event, arg, ctx._hooks if ctx_too else None, self.job._hooks)
 
+    def _hooked(self) -> bool:
+        """Whether any hook is registered (on the context or the job): per task, the hooks
+        are fired only then."""
+        return bool(self.ctx._hooks.fns or self.job._hooks.fns)
+
     # -- events from workers ----------------------------------------------------------------------
 
     def on_task_events(self, worker: str, events: list) -> None:
@@ -306,18 +314,24 @@ class JobRun:
 
     def apply(self, decisions: list) -> None:
         job = self.job
+        by_id = job._by_id
+        hooked = self._hooked()
+        RunTask, TaskDone = S.RunTask, S.TaskDone
         for decision in decisions:
             kind = type(decision)
-            if kind is S.RunTask:
-                self._run_task(decision)
-                self._fire("task_started", job.task(decision.task_id))
-            elif kind is S.TaskDone:
-                task = job.task(decision.task_id)
+            if kind is RunTask:
+                task = by_id[decision.task_id]
+                self._run_task(decision, task)
+                if hooked:
+                    self._fire("task_started", task)
+            elif kind is TaskDone:
+                task = by_id[decision.task_id]
                 if task.state != "done":
                     job.done_count += 1
                 task.mark_done(self.task_results.get(decision.task_id, NOT_FETCHED))
                 self._emit(task)
-                self._fire("task_done", task)
+                if hooked:
+                    self._fire("task_done", task)
             elif kind is S.TakeBack:
                 self._take_back(decision)
             elif kind is S.CancelTask:
@@ -356,12 +370,15 @@ class JobRun:
             elif kind is S.JobCancelled:
                 self._finish("cancelled", JobCancelled(f"job {job.name} was cancelled"))
 
-    def _run_task(self, decision) -> None:
-        task = self.job.task(decision.task_id)
-        task.set_executing(decision.worker)
-        self.used_workers.add(decision.worker)
+    def _run_task(self, decision, task) -> None:
+        worker = decision.worker
+        task.set_executing(worker)
+        self.used_workers.add(worker)
         if isinstance(task, RmiTask):
-            self.outbox.setdefault(decision.worker, []).append(self._spec(task, decision.attempt))
+            batch = self.outbox.get(worker)
+            if batch is None:
+                batch = self.outbox[worker] = []
+            batch.append(self._spec(task, decision.attempt))
             if self.flush_handle is None:
                 self.flush_handle = self.loop.call_soon(self._flush)
         else:
@@ -395,8 +412,11 @@ class JobRun:
 
     def _spec(self, task, attempt: int) -> tuple:
         """What a worker needs to run ``task``."""
-        location = self.scheduler.location
-        deps = {d.id: location(d.id) for d in task.dependencies}
+        if task.dependencies:
+            location = self.scheduler.location
+            deps = {d.id: location(d.id) for d in task.dependencies}
+        else:
+            deps = {}
         send = self.wanted is None or task.id in self.wanted
         return (task.id, attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout, send,
                 self.scheduler.suspect(task.id))
@@ -432,6 +452,7 @@ class JobRun:
             self.on_task_events(worker, [(SUCCEEDED, task.id, 0, result, 0)])
 
     def _flush(self) -> None:
+        """Send the tasks decided so far, a ``tasks.run`` notice per worker, out at once."""
         self.flush_handle = None
         outbox, self.outbox = self.outbox, {}
         node = self.ctx._node
@@ -441,6 +462,9 @@ class JobRun:
                 if peer is None:
                     raise NotConnected(worker)
                 self._notify_run(worker, batch)
+                connection = peer.connection
+                if connection is not None:
+                    connection.flush()
             except (NotConnected, KeyError):
                 if not self.finished and worker in self.scheduler.workers:
                     self.apply(self.scheduler.handle(S.WorkerLost(worker)))
@@ -563,10 +587,12 @@ class JobRun:
         job._run = None
         self.ctx._runs.pop(job.id, None)
         job.error = error
+        hooked = self._hooked()
         for task in job.tasks:
             if not task.done:
                 task.cancel()
-                self._fire("task_cancelled", task)
+                if hooked:
+                    self._fire("task_cancelled", task)
         self._fire("job_done" if state == "done" else "job_failed", job)
         for runner in list(self.generic):
             runner.cancel()
@@ -599,6 +625,7 @@ class JobRun:
         if error is not None:
             self._put(_Failure(error))
         self._put(END)
+        self._hand_over()  # the caller's wait ends now, not at the loop's next iteration
 
 
 class _ResultsStatus:

@@ -63,7 +63,13 @@ def _clear_async_exc(ident: int) -> None:
         pass
 
 
+# results whose size is their sys.getsizeof, looked up without an attribute miss
+_SIZED_BY_GETSIZEOF = frozenset({int, float, bool, type(None), complex})
+
+
 def nbytes_of(value) -> int:
+    if type(value) in _SIZED_BY_GETSIZEOF:
+        return sys.getsizeof(value)
     size = getattr(value, "nbytes", None)
     if isinstance(size, int):
         return int(size)
@@ -74,12 +80,18 @@ def nbytes_of(value) -> int:
 
 _WAIT = object()  # a task that must run alone waits for the others to end
 
+# guards each run's thread and cancelled fields (between a cancel and the run's thread); held
+# for a few statements at a time, so one lock for all runs instead of one allocated per run
+_RUN_LOCK = threading.Lock()
+
 
 class _Run:
     """One task handed to this worker."""
 
-    __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "lock", "thread", "cancelled",
+    __slots__ = ("key", "attempt", "fn", "args", "kwargs", "deps", "thread", "cancelled",
                  "started", "ready", "failure", "timeout", "send", "confirm", "handles")
+
+    lock = _RUN_LOCK
 
     def __init__(self, key, attempt, fn, args, kwargs, deps, timeout=None, send=True, confirm=False):
         self.key = key
@@ -91,7 +103,6 @@ class _Run:
         self.args = args
         self.kwargs = kwargs
         self.deps = deps  # {dependency id: worker holding its output}
-        self.lock = threading.Lock()
         self.thread: int | None = None
         self.cancelled = False
         self.timeout = timeout
@@ -125,7 +136,10 @@ class WorkerService:
         self.node = node
         self.max_threads = max_threads
         self.jobs: dict[tuple, _JobState] = {}
-        self._cond = threading.Condition()
+        # a plain lock (no nested acquisition here): ``with self._lock`` costs less than the
+        # condition's own ``with``, on the paths taken per task
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         self._idle = 0
         # tasks a worker died running: each runs alone on this worker (nothing else of any job
@@ -170,12 +184,12 @@ class WorkerService:
                 missing = find_missing((run.args, run.kwargs))
                 if missing is not None:
                     run.failure = (FAILED, run.key, run.attempt, dump_exception(missing.error()))
-        with self._cond:
+        with self._lock:
             job = self._job(driver.name, job_id, concurrency)
         for run in runs:
             if run.deps:
                 self._prepare(job, run)
-        with self._cond:
+        with self._lock:
             job.queue.extend(runs)
             for run in runs:
                 if run.confirm:
@@ -183,7 +197,7 @@ class WorkerService:
             self._wake_runners(job)
 
     def _unreadable(self, driver: str, job_id: int, concurrency: int, keys: list, exc: Exception) -> None:
-        with self._cond:
+        with self._lock:
             job = self._job(driver, job_id, concurrency)
         if len(keys) > 1:
             for key, attempt in keys:
@@ -218,7 +232,7 @@ class WorkerService:
                 run.failure = (FAILED, run.key, run.attempt, dump_exception(exc))
             else:
                 self._fill(run, outputs)
-            with self._cond:
+            with self._lock:
                 run.ready = True
                 self._wake_runners(job)
         task = self.loop.create_task(fetch())
@@ -241,7 +255,7 @@ class WorkerService:
     @takes_peer
     def take_back(self, driver, job_id: int, keys: list) -> list:
         """Give back the tasks among ``keys`` not started yet; return their keys."""
-        with self._cond:
+        with self._lock:
             job = self.jobs.get((driver.name, job_id))
             if job is None:
                 return []
@@ -317,7 +331,7 @@ class WorkerService:
 
     def _next_run(self):
         """Block until a task may start; None when closing. Called by runner threads."""
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closing:
                     return None
@@ -382,7 +396,7 @@ class WorkerService:
                 # posted before the run counts as ended: a task run alone next reports its
                 # start after this event, never before it
                 self._post(job, event)
-            with self._cond:
+            with self._lock:
                 if job.running.get(run.key) is run:
                     del job.running[run.key]
                 self._idle += 1
@@ -487,12 +501,34 @@ class WorkerService:
         sent.wait(timeout)
 
     def _drain_completed(self) -> None:
+        """Report what the runner threads posted, and send it now (this is the batch).
+
+        A start whose task ended in the same batch is left out: the end says it all, and the
+        driver handles one event instead of two per short task."""
         self._wakeup_pending = False
         completed = self._completed
+        if not completed:
+            return
+        events: list = []
+        starts: dict = {}  # (job, key, attempt) -> index in events of a start
         while completed:
             job, event = completed.popleft()
-            if not job.released:
-                self._report(job, event)
+            if job.released:
+                continue
+            kind = event[0]
+            if kind == STARTED:
+                starts[(job, event[1], event[2])] = len(events)
+            elif starts:
+                index = starts.pop((job, event[1], event[2]), None)
+                if index is not None:
+                    events[index] = None
+            events.append((job, event))
+        for entry in events:
+            if entry is not None:
+                self._report(*entry)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
 
     async def _fetch(self, job: _JobState, deps: dict) -> dict:
         """Dependency outputs: local ones as they are, remote ones fetched once per job."""
@@ -585,7 +621,7 @@ class WorkerService:
                 _raise_in_thread(run.thread, TaskTimeout)
 
     def _cancel(self, job: _JobState, keys: set | None, report: bool = True) -> None:
-        with self._cond:
+        with self._lock:
             kept: deque[_Run] = deque()
             dropped: list[_Run] = []
             for run in job.queue:
@@ -602,7 +638,7 @@ class WorkerService:
                     _raise_in_thread(run.thread, TaskCancelled)
 
     def _drop(self, driver: str, job_id: int) -> None:
-        with self._cond:
+        with self._lock:
             job = self.jobs.pop((driver, job_id), None)
         if job is not None:
             job.released = True
@@ -622,13 +658,17 @@ class WorkerService:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Send the events reported so far, a message per driver and job, out at once (not
+        corked until the loop's next iteration: they end a task's round trip)."""
         self._flush_handle = None
         output.flush_pending()  # what tasks printed reaches their driver before their ends
         outbox, self._outbox = self._outbox, {}
+        sent_to = []
         for (driver, job_id), events in outbox.items():
             peer = self.node.peers.get(driver)
             if peer is None:
                 continue
+            sent_to.append(peer)
             try:
                 if all(type(e[1]) in PLAIN_KEYS or plain_key(e[1]) for e in events) and \
                         all(type(e[3]) is not dict for e in events if e[0] == DEPS_FAILED):
@@ -640,6 +680,10 @@ class WorkerService:
                 self._send_one_by_one(peer, job_id, events)
             except NotConnected:
                 pass
+        for peer in sent_to:
+            connection = peer.connection
+            if connection is not None:
+                connection.flush()
 
     def _send_one_by_one(self, peer, job_id: int, events: list) -> None:
         """Events of a batch that did not go out, one by one; one that does not either becomes
@@ -683,7 +727,7 @@ class WorkerService:
         keeps its daemon thread until it returns)."""
         for driver, job_id in list(self.jobs):
             self._drop(driver, job_id)
-        with self._cond:
+        with self._lock:
             self._closing = True
             self._cond.notify_all()
         for task in list(self._fetch_tasks):
