@@ -27,14 +27,16 @@ sampling, so a seeded sample is a sample of the mutants that count.
 
 By default each run is a fork of a process that imported pytest and the third-party libraries
 once (``--preload``), which saves most of pytest's start-up per mutant; ``--no-fork`` starts a
-fresh interpreter per mutant instead (the same results, slower). Bytecode is never written in the
-copy, so a mutant can never run a stale ``.pyc`` of another one.
+fresh interpreter per mutant instead (the same results, slower). The mutated module's bytecode
+is removed before each run, so a mutant can never run a stale ``.pyc`` of another one; the rest
+of the copy keeps its bytecode, so the tests are compiled (and their asserts rewritten) once.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import importlib
 import json
 import os
@@ -357,12 +359,19 @@ class Killers:
 class Run:
     """One pytest run in a copy, started in a process group of its own."""
 
-    def __init__(self, runner: Runner, first: list[str], timeout: float):
+    def __init__(self, runner: Runner, first: list[str], timeout: float, module: str):
         self.runner = runner
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.report = os.path.join(runner.copy, ".mutate-report.json")
-        for stale in (self.report, os.path.join(runner.copy, ".hypothesis")):
+        # the mutated module's bytecode: a mutant of the same size written within the same second
+        # as the previous one would otherwise run the previous one's .pyc (the rest of the copy
+        # keeps its bytecode: the test modules are compiled and their asserts rewritten once)
+        cache = os.path.join(runner.copy, os.path.dirname(module), "__pycache__")
+        stem = os.path.splitext(os.path.basename(module))[0] + "."
+        pycs = [os.path.join(cache, n) for n in os.listdir(cache) if n.startswith(stem)] \
+            if os.path.isdir(cache) else []
+        for stale in (self.report, os.path.join(runner.copy, ".hypothesis"), *pycs):
             # no run reads what an earlier one left: hypothesis would replay the examples that
             # failed for the previous mutant first, and the sample's outcomes would depend on its order
             if os.path.isdir(stale):
@@ -419,11 +428,11 @@ class Runner:
         self.args = ["-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *pytest_args, *tests]
         self.fork = fork
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [copy, *filter(None, [os.environ.get("PYTHONPATH")])]), PYTHONDONTWRITEBYTECODE="1")
+            [copy, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
-    def run(self, timeout: float, first: list[str] = ()) -> tuple[int | None, float, dict]:
+    def run(self, module: str, timeout: float, first: list[str] = ()) -> tuple[int | None, float, dict]:
         """(pytest's exit code or None when timed out, seconds, what the run reported)."""
-        run = Run(self, list(first), timeout)
+        run = Run(self, list(first), timeout, module)
         try:
             while not run.poll():
                 time.sleep(0.02)
@@ -450,7 +459,6 @@ class Runner:
                 os.environ.clear()
                 os.environ.update(self.env)
                 sys.path.insert(0, self.copy)
-                sys.dont_write_bytecode = True
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
                 os.dup2(devnull, 2)
@@ -529,6 +537,10 @@ def main(argv=None) -> int:
                 importlib.import_module(name)
             except ImportError:
                 pass
+        # what is imported now is never collected: the runs' collections (pytest forces a few at
+        # its end) skip it, and the forked children do not copy the pages it lies on
+        gc.collect()
+        gc.freeze()
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
         runners = []
         for job in range(max(1, args.jobs)):
@@ -536,7 +548,7 @@ def main(argv=None) -> int:
             os.mkdir(copy)
             _copy_tree(root, copy, top + extra)
             runners.append(Runner(copy, args.tests, shlex.split(args.pytest_args), args.fork))
-        code, baseline, report = runners[0].run(args.timeout or 600)
+        code, baseline, report = runners[0].run(relpath, args.timeout or 600)
         if code != 0:
             print(f"the tests fail without any mutation (exit code {code}): fix them first", file=sys.stderr)
             return 2
@@ -555,7 +567,7 @@ def main(argv=None) -> int:
                         i, m = waiting.pop()
                         with open(os.path.join(runner.copy, relpath), "wb") as f:
                             f.write(apply(source, m))
-                        running[r] = (i, m, Run(runner, killers.order(), timeout))
+                        running[r] = (i, m, Run(runner, killers.order(), timeout, relpath))
                 time.sleep(0.02)
                 for r, (i, m, run) in list(running.items()):
                     if not run.poll():
