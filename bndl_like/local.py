@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 import threading
 
@@ -112,6 +111,8 @@ class LocalWorkers:
 
     @staticmethod
     def new_secret() -> bytes:
+        import secrets
+
         return secrets.token_hex(32).encode()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -28,9 +28,7 @@ from it: ``("forked", id, pid)`` (pid -1 and a message when the fork failed),
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib
-import logging
 import os
 import pickle
 import selectors
@@ -43,9 +41,9 @@ import threading
 import time
 
 from ..errors import BndlLikeError
-from .threads import THREAD_VARIABLES
 
-log = logging.getLogger(__name__)
+# the driver imports this module before it starts a server ahead (see prestart): what only the
+# server needs (ctypes) is imported in serve()
 
 IDLE_TIMEOUT = 5.0  # seconds a server with no workers and no users is kept before it is stopped
 PRESTART_IDLE_TIMEOUT = 30.0  # the same for a server started ahead (prestart) and not used yet
@@ -57,11 +55,10 @@ PRELOAD = ("bndl_like.cli", "bndl_like.deploy.logs", "bndl_like.deploy.superviso
            "bndl_like.execute.messages", "bndl_like.execute.worker", "bndl_like.execute.worker.output",
            "bndl_like.execute.worker.scatter", "bndl_like.profile.service", "bndl_like.rmi")
 # variables that differ between clusters and never matter at import time: a server serves
-# requests whose environments differ only in these (and gets each request's full environment).
-# The BLAS thread limits count among them: the server loads no BLAS, each worker does
+# requests whose environments differ only in these (and gets each request's full environment)
 PER_WORKER_ENV = frozenset({"BNDL_LIKE_SECRET", "BNDL_LIKE_SIBLINGS_DIR", "BNDL_LIKE_PARENT_PID",
                             "BNDL_LIKE_CLUSTER", "BNDL_LIKE_LOG_LEVEL", "BNDL_LIKE_TLS_CERT",
-                            "BNDL_LIKE_TLS_KEY", "BNDL_LIKE_TLS_CA", *THREAD_VARIABLES})
+                            "BNDL_LIKE_TLS_KEY", "BNDL_LIKE_TLS_CA"})
 PR_SET_PDEATHSIG = 1
 _HEADER = struct.Struct("!I")
 
@@ -113,6 +110,8 @@ def _worker_child(argv: list[str], env: dict, cwd: str, server: int, close) -> N
         close()  # the server's control socket, selector and wake-up pipe
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        import ctypes  # loaded by serve(): no import here
+
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         except (OSError, AttributeError):
@@ -155,6 +154,8 @@ def _kill_group(pgid: int) -> None:
 
 def serve(fd: int) -> int:
     """The server's loop on control socket ``fd``; returns when the driver closed its end."""
+    import ctypes  # noqa: F401 - for the forked workers (see _worker_child)
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     for name in PRELOAD:
         importlib.import_module(name)

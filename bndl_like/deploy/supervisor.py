@@ -266,26 +266,28 @@ class Supervisor:
         if self.siblings_dir is None:
             self.siblings_dir = tempfile.mkdtemp(prefix="bndl-like-workers-")
         env[SIBLINGS_ENV] = self.siblings_dir
-        env.update(thread_limits(env, self.threads))  # before numpy loads in the worker
+        limits = thread_limits(env, self.threads)  # before numpy loads in the worker
         if self.fork_server:
-            slot.process = self._fork(env)
+            slot.process = self._fork(env, limits)
         else:
             slot.process = SpawnedWorker(subprocess.Popen(
-                self.command, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command, env={**env, **limits}, stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=die_with(os.getpid())))
         slot.started = time.monotonic()
         slot.restart_at = None
         log.info("worker %d started (pid %d)", slot.index, slot.process.pid)
 
-    def _fork(self, env: dict) -> ForkedWorker:
-        """A worker from the fork server; a new server if the one in use is gone."""
+    def _fork(self, env: dict, limits: dict) -> ForkedWorker:
+        """A worker in ``env`` plus the BLAS thread ``limits`` from the fork server; a new server
+        if the one in use is gone. The limits do not choose the server (it loads no BLAS, and
+        one started ahead did not know them)."""
         for attempt in range(2):
             if self._server is None or not self._server.alive:
                 if self._server is not None:
                     forkserver.release(self._server)
                 self._server = forkserver.acquire(env, self._cwd)
             try:
-                return self._server.fork(self.worker_argv, env, self._cwd)
+                return self._server.fork(self.worker_argv, {**env, **limits}, self._cwd)
             except forkserver.ForkServerGone:
                 if attempt:
                     raise
