@@ -150,14 +150,16 @@ class Task:
         self.started_at = time.time()
         self.stopped_at = None
         self._exception = None
-        self._notify(0)
+        if self._listeners:
+            self._notify(0)
 
     def mark_done(self, result=None) -> None:
         self.state = DONE
         self._result = result
         self._exception = None
         self.stopped_at = time.time()
-        self._notify(1)
+        if self._listeners:
+            self._notify(1)
 
     def mark_failed(self, exc: BaseException) -> None:
         self.state = FAILED
@@ -533,7 +535,14 @@ class FuncTask(RmiTask):
                  locality=None, **task_kw):
         found: dict = {}
         try:
-            args = extract_dependencies(tuple(args) if isinstance(args, list) else args, found)
+            if type(args) is tuple:
+                for arg in args:
+                    if type(arg) not in _OPAQUE:
+                        args = extract_dependencies(args, found)
+                        break
+                # else: ints, strings and the like only: no Task to look for
+            else:
+                args = extract_dependencies(tuple(args) if isinstance(args, list) else args, found)
             kwargs = extract_dependencies(kwargs or {}, found, "kwargs") if kwargs is not None else None
         except TypeError as exc:  # a Task in a dict key
             raise TypeError(f"task {task_id!r}: {exc}") from None

@@ -79,11 +79,13 @@ def wrap_large(value):
     """Wrap large bytes in ``value`` itself or among its direct items (list, tuple, dict values)."""
     cls = type(value)
     if cls is tuple or cls is list:
-        if any(type(v) in (bytes, bytearray) for v in value):
+        types = set(map(type, value))  # no Python-level step per item: batches can be long
+        if bytes in types or bytearray in types:
             return cls(_wrap(v) for v in value)
         return value
     if cls is dict:
-        if any(type(v) in (bytes, bytearray) for v in value.values()):
+        types = set(map(type, value.values()))
+        if bytes in types or bytearray in types:
             return {k: _wrap(v) for k, v in value.items()}
         return value
     return _wrap(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import queue
 import threading
 import time
@@ -125,14 +126,17 @@ class JobRun:
 
         def specs():
             # in the order of the task ids: the scheduler breaks priority ties by spec order
+            TaskSpec = S.TaskSpec
             for task in _priority_order(job.tasks):
                 locality = None
-                loc = list(task.locality(workers))
-                if loc:
-                    locality = {getattr(w, "name", w): int(v) for w, v in loc}
-                yield S.TaskSpec(task.id, tuple(d.id for d in task.dependencies),
-                                 task.priority if task.priority is not None else 0,
-                                 locality, isinstance(task, FuncTask))
+                is_func = isinstance(task, FuncTask)
+                if type(task) is not FuncTask or task._locality is not None:  # else: none
+                    loc = list(task.locality(workers))
+                    if loc:
+                        locality = {getattr(w, "name", w): int(v) for w, v in loc}
+                deps = task.dependencies
+                yield TaskSpec(task.id, tuple([d.id for d in deps]) if deps else (),
+                               task.priority if task.priority is not None else 0, locality, is_func)
         self.scheduler = S.Scheduler(specs(), names, concurrency=self.concurrency,
                                      prefetch=self.prefetch, attempts=self.attempts,
                                      worker_deaths=self.worker_deaths, suspects=True)
@@ -430,7 +434,12 @@ class JobRun:
     def _notify_run(self, worker: str, batch: list) -> None:
         keys = [(spec[0], spec[1]) for spec in batch]
         peer = self.ctx._node.peers[worker]
-        if all(type(key) in PLAIN_KEYS or plain_key(key) for key, _ in keys):
+        plain = True
+        for spec in batch:
+            if type(spec[0]) not in PLAIN_KEYS and not plain_key(spec[0]):
+                plain = False
+                break
+        if plain:
             # the keys always unpickle: they go in the envelope, the specs in their own payload
             peer.notify_plain(TASKS_SERVICE, "run", self.job.id, self.concurrency, keys, Payload.dump(batch))
         else:
@@ -559,9 +568,17 @@ class JobRun:
         i = self.next_index
         if i >= len(tasks) or tasks[i] is not task:
             return  # not its turn yet, not wanted, or handed out before (a re-run after a loss)
-        while i < len(tasks) and tasks[i].state == "done":
-            self._put(tasks[i]._result)
-            tasks[i]._result = HANDED_OUT
+        batch = self.result_batch
+        if batch is None:
+            batch = self.result_batch = []
+            self.loop.call_soon(self._hand_over)
+        n = len(tasks)
+        while i < n:
+            done = tasks[i]
+            if done.state != "done":
+                break
+            batch.append(done._result)
+            done._result = HANDED_OUT
             i += 1
         self.next_index = i
 
@@ -589,7 +606,7 @@ class JobRun:
         job.error = error
         hooked = self._hooked()
         for task in job.tasks:
-            if not task.done:
+            if task.state not in _ENDED:
                 task.cancel()
                 if hooked:
                     self._fire("task_cancelled", task)
@@ -799,10 +816,14 @@ class _Failure:
         self.error = error
 
 
+_ENDED = frozenset({"done", "failed", "cancelled"})  # the states in which Task.done is true
+_task_id = operator.attrgetter("id")
+
+
 def _priority_order(tasks: list) -> list:
     """Tasks in the order of their ids when those compare, else as given."""
     try:
-        return sorted(tasks, key=lambda t: t.id)
+        return sorted(tasks, key=_task_id)
     except TypeError:
         return list(tasks)
 

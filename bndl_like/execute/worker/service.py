@@ -85,6 +85,18 @@ _WAIT = object()  # a task that must run alone waits for the others to end
 _RUN_LOCK = threading.Lock()
 
 
+def _plain_events(events: list) -> bool:
+    """Whether ``events`` may travel in a message's envelope: plain task ids, and no failures
+    map of dependencies (whose keys are task ids too)."""
+    for event in events:
+        key = event[1]
+        if type(key) not in PLAIN_KEYS and not plain_key(key):
+            return False
+        if event[0] == DEPS_FAILED and type(event[3]) is dict:
+            return False
+    return True
+
+
 class _Run:
     """One task handed to this worker."""
 
@@ -209,7 +221,14 @@ class WorkerService:
 
     def _wake_runners(self, job: _JobState) -> None:
         """Notify runners of tasks that may start (under the lock)."""
-        wanted = min(sum(1 for r in job.queue if r.ready), job.concurrency - len(job.running))
+        free = job.concurrency - len(job.running)
+        wanted = 0
+        if free > 0:
+            for queued in job.queue:  # up to ``free`` ready ones: the queue may be long
+                if queued.ready:
+                    wanted += 1
+                    if wanted == free:
+                        break
         if wanted > 0:
             self._cond.notify(wanted)
             self._add_threads(wanted)
@@ -603,7 +622,10 @@ class WorkerService:
                 output.end(sink)
                 with run.lock:
                     run.thread = None
-                _clear_async_exc(ident)  # a cancel that lost the race must not hit this thread later
+                # a cancel or timeout that lost the race must not hit this thread later (either
+                # one is sent only with run.cancelled set or a timeout given)
+                if run.cancelled or timer is not None:
+                    _clear_async_exc(ident)
         except TaskCancelled as exc:
             _clear_async_exc(ident)
             return _CANCELLED, exc
@@ -670,8 +692,7 @@ class WorkerService:
                 continue
             sent_to.append(peer)
             try:
-                if all(type(e[1]) in PLAIN_KEYS or plain_key(e[1]) for e in events) and \
-                        all(type(e[3]) is not dict for e in events if e[0] == DEPS_FAILED):
+                if _plain_events(events):
                     # keys and values (plain, or payloads of their own) always unpickle
                     peer.notify_plain(DRIVER_SERVICE, TASK_EVENTS, job_id, events)
                 else:
