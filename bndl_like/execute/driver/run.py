@@ -616,10 +616,10 @@ class JobRun:
         for worker in self.used_workers:
             peer = self.ctx._node.peers.get(worker)
             if peer is not None:
-                try:
+                try:  # an int and None: plain arguments, in the envelope
                     if state != "done":
-                        peer.notify(TASKS_SERVICE, "cancel", job.id, None)
-                    peer.notify(TASKS_SERVICE, "release", job.id)
+                        peer.notify_plain(TASKS_SERVICE, "cancel", job.id, None)
+                    peer.notify_plain(TASKS_SERVICE, "release", job.id)
                 except NotConnected:
                     pass
         if state == "done" and self.order_results:
