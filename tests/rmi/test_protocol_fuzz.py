@@ -6,14 +6,18 @@ Bounded for the test suite; ``benchmarks/fuzz.py N`` runs the same fuzzers for a
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, is_hypothesis_test, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from bndl_like.rmi.errors import HandshakeError
 from bndl_like.rmi.protocol import KIND_NAMES, PREFIX, FrameSealer
 
+from ..conftest import ROOT
+from . import test_protocol
 from .protocol_drive import (
     FORGED_KINDS,
     KEY,
@@ -34,7 +38,9 @@ from .protocol_drive import (
     wire,
 )
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+# on top of the session's profile (tests/conftest.py), not instead of it: its example database is
+# kept, so each run tries new inputs and first replays those that failed before
+FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -252,3 +258,16 @@ def test_undisturbed_handshake(ops, case):
 def test_handshake_on_arbitrary_bytes(data, cuts, role, hello):
     """A node talking to something that sends junk (after a valid HELLO or not)."""
     check_handshake_on_junk(role, hello, data, reads(cuts))
+
+
+def test_the_fuzzers_keep_their_examples():
+    """Every fuzzer of the protocol runs on the session's example database (.hypothesis/ of the repo,
+    which CI keeps) and is not derandomized: each run tries new inputs and replays the failing ones."""
+    fuzzers = [f for module in (globals(), vars(test_protocol)) for f in module.values()
+               if is_hypothesis_test(f)]
+    assert len(fuzzers) >= 8
+    for fuzzer in fuzzers:
+        chosen = fuzzer._hypothesis_internal_use_settings  # what @settings gave the test
+        assert not chosen.derandomize, fuzzer.__name__
+        assert isinstance(chosen.database, DirectoryBasedExampleDatabase), fuzzer.__name__
+        assert os.path.abspath(chosen.database.path) == os.path.join(ROOT, ".hypothesis", "examples")
