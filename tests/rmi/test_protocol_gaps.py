@@ -25,7 +25,7 @@ from bndl_like.rmi.protocol import (
     encode,
 )
 
-from .protocol_drive import BIG, KEY, frame_bytes, handshake_decoder, wire
+from .protocol_drive import BIG, KEY, frame_bytes, handshake_decoder, sealed_decoder, wire
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -119,3 +119,17 @@ def test_one_frame_mode_through_the_buffer_interface_until_the_buffer_is_full():
             break
     assert got == mains and full > 3
     assert decoder.bytes_received == sum(len(frame_bytes(HELLO, m)) for m in mains)
+
+
+@pytest.mark.parametrize("parts", [[], [b"p"], [b"\x01" * (LARGE_PART + 1)]],
+                         ids=["main only", "small part", "large part"])
+def test_an_authentication_failure_names_the_frame_that_failed(parts):
+    """Each way a frame is checked (inlined, BLAKE2b with parts, Poly1305) counts the frames it read."""
+    sealer = FrameSealer(KEY)
+    good = b"".join(wire(sealer.seal(MESSAGE, b"m%d" % i, parts)) for i in range(3))
+    bad = bytearray(wire(sealer.seal(MESSAGE, b"bad", parts)))
+    bad[-1] ^= 1
+    decoder = sealed_decoder()
+    assert [bytes(f.main) for f in decoder.feed(good)] == [b"m0", b"m1", b"m2"]
+    with pytest.raises(ProtocolError, match=r"frame authentication failed \(frame 3\)"):
+        decoder.feed(bytes(bad))
