@@ -124,6 +124,16 @@ def test_a_program_importing_the_driver_starts_the_fork_server_its_cluster_then_
                "the server and the workers to exit with the driver")
 
 
+def test_a_server_started_ahead_stops_when_its_driver_dies_before_using_it(drivers):
+    driver = drivers(PRESTARTED)
+    driver.read()
+    (server,) = driver.read()
+    assert alive(server)
+    driver.proc.kill()  # no atexit, no close(): the server sees its control socket's end of file
+    driver.proc.wait()
+    wait_until(lambda: not alive(server), 10, "the server to exit with its driver")
+
+
 NOT_PRESTARTED = COMMON + """
 import types
 import bndl_like
