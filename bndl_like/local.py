@@ -69,7 +69,7 @@ class LocalWorkers:
                  tls_key: str | None = None, tls_ca: str | None = None, fork_server: bool = True):
         if count < 1:
             raise ValueError(f"workers must be >= 1, not {count}")
-        from .deploy.supervisor import Supervisor
+        from .deploy.supervisor import Supervisor  # here: prestart_fork_server needs none of it
 
         env = worker_env(secret, cluster, extra_env,
                          {"TLS_CERT": tls_cert, "TLS_KEY": tls_key, "TLS_CA": tls_ca})
