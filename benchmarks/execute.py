@@ -10,7 +10,8 @@ script puts that directory on ``PYTHONPATH`` before it starts any worker. What i
 W1   10,000 independent no-op tasks submitted at once (one Job; ``client.map``; 10,000
      ``submit`` and, labelled, ``map(chunksize=500)``): tasks/s, median and best of 3 rounds.
 W2   200 sequential one-task jobs (``execute`` of a one-task Job; ``submit().result()``):
-     p50 / p99 latency in µs.
+     p50 / p99 latency in µs. Beside them the floor: an asyncio echo (a 5-byte message to an
+     asyncio streams server in another process and back, timed inside one event loop).
 W3a  a 100x100 all-to-all DAG: 100 tasks, then 100 tasks that each take all 100 results: wall s.
 W3b  3 layers of 1,000 tasks, task j of a layer takes tasks j and (j+1) % 1000 of the layer
      before: wall s. The ProcessPoolExecutor has no dependencies: the driver runs it layer by
@@ -36,6 +37,8 @@ Run from the repository root::
     python benchmarks/execute.py --json          # one JSON object instead of the table
     python benchmarks/execute.py --only W1,W3    # some workloads (W1..W6, MEM)
     python benchmarks/execute.py --no-peers      # bndl_like only
+    python benchmarks/execute.py --only W1,W2 --peers pool,echo
+                                                 # W1/W2 against the pool and the echo floor
     unshare -n sh -c 'ip link set lo up && python benchmarks/execute.py --ray'
                                                  # with Ray, which listens on every interface,
                                                  # so it only runs where loopback is the only one
