@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from .events import WorkerName
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 def validate_state(sched: Scheduler) -> None:
     """Assert the invariants of ``sched``: O(tasks + edges + queue entries)."""
     status, rank, n = sched._status, sched._rank, sched._n
-    assert [status.count(s) for s in range(len(STATE_NAMES))] == sched._counts, "status counts"
+    counted = Counter(status)
+    assert [counted[s] for s in range(len(STATE_NAMES))] == sched._counts, "status counts"
     assert sched._n_succeeded == sum(sched._succeeded), "succeeded count"
     deaths, limit = sched._deaths, sched._worker_deaths
     assert sched._n_deaths == sum(map(len, deaths.values())), "worker deaths count"
@@ -31,35 +33,41 @@ def validate_state(sched: Scheduler) -> None:
     assert not sched._staged, "staged tasks left after filling"
     ready_banned: dict[WorkerName, list[int]] = {}
     outputs: dict[WorkerName, set[int]] = {}
+    missing, deps_of, location, succeeded = sched._missing, sched._deps, sched._location, sched._succeeded
+    where, started, pending = sched._where, sched._started, sched._pending
+    workers, prefs_of = sched._workers, sched._prefs
+    forbidden, retry_banned = sched._forbidden, sched._retry_banned
     for t in range(n):
         s = status[t]
-        assert sched._missing[t] == sum(status[d] != DONE for d in sched._deps[t]), f"missing {t}"
-        assert (sched._location[t] is not None) == (s == DONE), f"location {t}"
-        assert s not in (DONE, LOST) or sched._succeeded[t], f"done without success {t}"
+        deps = deps_of[t]
+        dep_status = [status[d] for d in deps]
+        assert missing[t] == len(deps) - dep_status.count(DONE), f"missing {t}"
+        holder = location[t]
+        assert (holder is not None) == (s == DONE), f"location {t}"
+        assert s not in (DONE, LOST) or succeeded[t], f"done without success {t}"
         assert s not in (FAILED, CANCELLED), f"{STATE_NAMES[s]} task in a running job {t}"
-        holder = sched._location[t]
         if holder is not None:
             outputs.setdefault(holder, set()).add(t)
         if s in MUST_RUN:  # every dependency is available or on its way (lineage)
-            assert all(status[d] != LOST for d in sched._deps[t]), f"lost dependency not re-run {t}"
-        assert (s == WAITING) == (sched._missing[t] > 0 and s in (WAITING, READY)), f"waiting {t}"
+            assert LOST not in dep_status, f"lost dependency not re-run {t}"
+        assert (s == WAITING) == (missing[t] > 0 and s in (WAITING, READY)), f"waiting {t}"
         if s == ASSIGNED:
-            on = sched._where[t]
-            assert on is not None and on in sched._workers, f"assigned to no live worker {t}"
-            assert t in sched._workers[on].assigned, f"assignment {t}"
-            assert not sched._forbidden(t, on), f"assigned to a forbidden worker {t}"
-            assert all(sched._succeeded[d] for d in sched._deps[t]), f"ran before dependencies {t}"
+            on = where[t]
+            assert on is not None and on in workers, f"assigned to no live worker {t}"
+            assert t in workers[on].assigned, f"assignment {t}"
+            assert not forbidden(t, on), f"assigned to a forbidden worker {t}"
+            assert all(succeeded[d] for d in deps), f"ran before dependencies {t}"
         else:
-            assert sched._where[t] is None and not sched._started[t] and t not in sched._pending
+            assert where[t] is None and not started[t] and t not in pending
         if s == READY:
             for w in sched._banned_live(t):
                 ready_banned.setdefault(w, []).append(rank[t])
-            prefs = sched._prefs.get(t, {})
+            prefs = prefs_of.get(t, {})
             assert all(prefs.get(w, 0) >= loc for w, loc in sched._static_prefs.get(t, ())
-                       if w in sched._workers and not sched._forbidden(t, w)), f"static locality {t}"
-        if s in (WAITING, READY) and any(w in sched._workers for w in sched._retry_banned.get(t, ())):
-            assert any(not sched._forbidden(t, w) for w in sched._workers), f"retry bans block {t}"
-        assert (t in sched._prefs) <= (s == READY), f"prefs of a task not ready {t}"
+                       if w in workers and not forbidden(t, w)), f"static locality {t}"
+        if s in (WAITING, READY) and t in retry_banned and any(w in workers for w in retry_banned[t]):
+            assert any(not forbidden(t, w) for w in workers), f"retry bans block {t}"
+        assert (t in prefs_of) <= (s == READY), f"prefs of a task not ready {t}"
     assert list(sched._ready.items) == sorted(rank[t] for t in range(n) if status[t] == READY)
     assert {w: list(b) for w, b in sched._ready.banned.items() if b} == {
         w: sorted(b) for w, b in ready_banned.items()}, "ready queue bans"

@@ -101,13 +101,15 @@ class Scheduler(Placement):
                     self._check_failures(event)  # type: ignore[arg-type]
             elif kind not in _HANDLERS:
                 raise TypeError(f"not a scheduler event: {event!r}")
+        seq = self._seq
         for event in events:
             if self._over:
                 break
-            self._seq += 1
+            seq += 1
             stim = event.stimulus_id
-            self._stim = self._seq if stim is None else stim
+            self._stim = seq if stim is None else stim
             _HANDLERS[type(event)](self, event)
+        self._seq = seq
         if not self._over:
             self._fill()
         out, self._out = self._out, []
@@ -296,8 +298,10 @@ class Scheduler(Placement):
             self._update_free(w)
 
     def _on_task_started(self, event: TaskStarted) -> None:
-        t = self._current(event)
-        if t is not None and not self._started[t]:
+        t = self._index[event.task_id]
+        if self._where[t] != event.worker or (event.attempt is not None and event.attempt != self._runs[t]):
+            self._n_stale += 1
+        elif not self._started[t]:
             w = self._workers[event.worker]
             self._started[t] = 1
             w.started += 1

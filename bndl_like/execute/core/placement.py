@@ -258,7 +258,7 @@ class Placement:
 
     def _unassign(self, t: int) -> None:
         """Take the task off its worker (the caller sets the new status)."""
-        name = self._holder(t)
+        name: WorkerName = self._where[t]  # type: ignore[assignment]  # (assigned)
         w = self._workers[name]
         if t in self._pending:
             thief = self._pending.pop(t)
@@ -281,7 +281,7 @@ class Placement:
             self._refresh_stealable(w)
 
     def _mark_started(self, t: int) -> None:
-        w = self._workers[self._holder(t)]
+        w = self._workers[self._where[t]]  # type: ignore[index]  # (assigned)
         self._started[t] = 1
         w.started += 1
         w.unstarted.discard(t)
