@@ -68,7 +68,8 @@ def _imports(module: str) -> tuple[set[str], set[str]]:
                 continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 (inner if in_function else top).update(_resolve(module, child, is_package))
-            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+            function = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            visit(child, in_function or function)
     visit(tree, False)
     return top - {module}, inner - {module}
 

@@ -64,6 +64,8 @@ NOT_ERRORS = {
     "bndl_like.execute.errors.TaskCancelled",
     # the __cause__ attached to a remote exception re-raised here, saying where; never raised
     "bndl_like.rmi.remote_tb.RemoteTraceback",
+    # stands in for a task's exception in a scheduler recording (the core imports nothing else)
+    "bndl_like.execute.core.recorder.RecordedError",
     # private: raised and caught inside one function
     "bndl_like.execute.tasks._TaskInKey",
     "bndl_like.rmi.remote_tb._Raise",

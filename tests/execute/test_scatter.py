@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from bndl_like import ExecutionContext, FuncTask, Job
-from bndl_like import ScatterError, ScatterHandle
+from bndl_like import ExecutionContext, FuncTask, Job, ScatterError, ScatterHandle
 
 from . import helpers
 

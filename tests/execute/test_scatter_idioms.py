@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from bndl_like import ExecutionContext, FuncTask, Job
-from bndl_like import ScatterError
+from bndl_like import ExecutionContext, FuncTask, Job, ScatterError
 
 from ..conftest import wait_until
 from . import helpers

@@ -80,10 +80,10 @@ def test_a_failed_task_shows_the_users_frames_and_the_full_trace_on_request(ctx)
     exc = info.value
     shown = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     assert "in parse_json" in shown and "json/decoder.py" in shown
-    assert "bndl_like/execute/worker.py" not in shown
+    assert "bndl_like/execute/worker/service.py" not in shown
     assert "task 'bad' failed on worker" in shown and "attempt 1" in shown
     assert "folded, all in exc.remote_traceback" in shown
-    assert "bndl_like/execute/worker.py" in exc.remote_traceback  # nothing lost
+    assert "bndl_like/execute/worker/service.py" in exc.remote_traceback  # nothing lost
     assert exc.remote_frames_folded >= 1
     # where it failed: the cause; the remote frames: last in its own traceback, the user's first
     assert isinstance(exc.__cause__, RemoteTraceback) and "task 'bad' failed" in str(exc.__cause__)
@@ -99,7 +99,7 @@ def test_run_function_errors_have_no_futures_plumbing(ctx):
         ctx.run_function(helpers.fail, "nope")
     exc = info.value
     shown = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    assert "concurrent/futures" not in shown and "bndl_like/execute/worker.py" not in shown
+    assert "concurrent/futures" not in shown and "bndl_like/execute/worker/service.py" not in shown
     assert "in fail" in shown and "raised on worker" in shown
     assert ctx.run_function(helpers.identity, 3) == 3
 

@@ -19,10 +19,12 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from ...errors import BndlLikeError
+
 T = TypeVar("T")
 
 
-class PortalError(RuntimeError):
+class PortalError(BndlLikeError, RuntimeError):
     """A call the portal cannot make: from its own loop thread, or after it stopped."""
 
 
