@@ -248,13 +248,13 @@ class Scheduler(Placement):
         for t in requeue:
             self._requeue(t)
         self._rerun_needed(lost)
-        if not self._workers:
+        if self._workers:
+            self._lift_retry_bans()
+        else:
             left = self._n - self._n_succeeded
             self._end(EndJob(JobOutcome.FAILED, None, None, f"every worker was lost (the last: {w.name!r}); "
                                                             f"{left} of {self._n} tasks never finished",
                              (), self._stim))
-            return
-        self._lift_retry_bans()
 
     def _count_deaths(self, died: list[int], name: WorkerName, requeue: list[int]) -> bool:
         """Count the loss of ``name`` against the tasks it was running (``died``, by rank). When

@@ -1,0 +1,46 @@
+"""Corners of the core that mutation testing (tools/mutate.py) found untested: each test here fails
+for some small change to bndl_like/execute/core/ that the other tests let pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from bndl_like.execute.core import (
+    MarkTaskDone,
+    RunTask,
+    Scheduler,
+    TaskSpec,
+    TaskStarted,
+    TaskSucceeded,
+    WorkerLost,
+)
+
+from .test_scheduler import JOB_DONE, run, started
+
+T = TaskSpec
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_suspect_is_false_when_suspects_are_not_tracked():
+    s = Scheduler([T("a"), T("b")], ["w1", "w2"])
+    started(s)
+    run(s, TaskStarted("a", "w1"), WorkerLost("w1"))
+    assert s.suspect("a") is False and s.suspect("b") is False
+    tracked = Scheduler([T("a")], ["w1", "w2"], suspects=True)
+    started(tracked)
+    assert tracked.suspect("a") is False
+    run(tracked, TaskStarted("a", "w1"), WorkerLost("w1"))
+    assert tracked.suspect("a") is True
+
+
+@pytest.mark.parametrize("nbytes, kept", [(None, 0), (7.9, 7), (-5, 0), (0, 0), (True, 1)])
+def test_output_sizes_that_are_not_positive_ints_are_made_so(nbytes, kept):
+    specs = [T("a", locality={"w1": 1}), T("b", locality={"w2": 1}), T("c", ("a", "b"))]
+    s = Scheduler(specs, ["w1", "w2"], concurrency=2)
+    started(s)
+    assert run(s, TaskSucceeded("a", "w1", nbytes)) == [MarkTaskDone("a", "w1")]
+    assert s._nbytes[s._index["a"]] == kept
+    # one byte on w2: c goes to w1 when a's output is as large (a tie goes to the first name)
+    expected = "w1" if kept >= 1 else "w2"
+    assert run(s, TaskSucceeded("b", "w2", 1)) == [MarkTaskDone("b", "w2"), RunTask("c", expected, 1)]
+    assert run(s, TaskSucceeded("c", expected)) == [MarkTaskDone("c", expected), JOB_DONE]
