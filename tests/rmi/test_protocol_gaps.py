@@ -4,6 +4,7 @@ fails for some small change to bndl_like/rmi/protocol.py that the other protocol
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from bndl_like.rmi.protocol import (
 )
 
 from .protocol_drive import BIG, KEY, frame_bytes, handshake_decoder, sealed_decoder, wire
+from .test_protocol import connect, make_pair
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -133,3 +135,27 @@ def test_an_authentication_failure_names_the_frame_that_failed(parts):
     assert [bytes(f.main) for f in decoder.feed(good)] == [b"m0", b"m1", b"m2"]
     with pytest.raises(ProtocolError, match=r"frame authentication failed \(frame 3\)"):
         decoder.feed(bytes(bad))
+
+
+def test_without_numpy_large_parts_arrive_in_a_bytearray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` raises ImportError
+    (frame,) = FrameDecoder(BIG).feed(frame_bytes(MESSAGE, b"m", [b"\x07" * UNINITIALIZED_PART]))
+    (part,) = frame.parts
+    assert type(part) is bytearray and part == b"\x07" * UNINITIALIZED_PART
+
+
+@pytest.mark.parametrize("size", [16, 17, 64])
+def test_nonces_of_16_bytes_or_more_are_accepted(size):
+    """16 bytes is the shortest nonce a peer may send (15 is refused: test_malformed_hello_...)."""
+    client, server = make_pair(client_nonce=b"c" * size, server_nonce=b"s" * size)
+    c, s = connect(client, server)
+    assert c.error is None and s.error is None and client.done and server.done
+    assert client.peer_nonce == b"s" * size and server.peer_nonce == b"c" * size
+
+
+def test_clean_text_escapes_control_characters_and_cuts():
+    assert protocol.clean_text("a plain line: é, ü, 中") == "a plain line: é, ü, 中"
+    assert protocol.clean_text("evil\nINFO forged\x1b[31m\t\x00") == "evil\\nINFO forged\\x1b[31m\\t\\x00"
+    assert protocol.clean_text("x" * 50, 10) == "x" * 10
+    # cut first, then escaped: a line of at most ``limit`` characters of the peer's, each shown
+    assert protocol.clean_text("\n" * 50, 10) == "\\n" * 10
