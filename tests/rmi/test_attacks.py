@@ -32,6 +32,8 @@ from .test_security import LeavesAFile
 
 WORKER = "worker-1"
 NODE_LOG = "bndl_like.rmi"
+FLOOD = 800  # idle connections: > 3x the node's cap of unauthenticated ones (256), > 6x per source (64)
+REFUSALS = 200  # refused attempts, of which the refusal log makes a handful of lines
 
 
 def source(i: int) -> str:
@@ -289,8 +291,10 @@ async def connect_and_call(driver, address: str, deadline: float) -> tuple[int, 
 
 
 async def test_idle_connection_flood(make_node, open_files):
-    open_files(2000 * 2 + 1000)
-    timeout = 1.0
+    """FLOOD idle connections, half of them from one address: three times the node's total cap of
+    unauthenticated connections and six times its cap per source."""
+    open_files(FLOOD * 2 + 1000)
+    timeout = 0.5
     node = await make_node("target", node_type="worker", connect_timeout=timeout)
     node.add_service("test", Echo())
     guard = node._guard
@@ -301,7 +305,7 @@ async def test_idle_connection_flood(make_node, open_files):
 
     async def run_flood():
         tasks = []
-        for i in range(2000):
+        for i in range(FLOOD):
             if i % 20 < 14:
                 tasks.append(flood.open(i))
             elif i % 20 < 17:
@@ -310,7 +314,7 @@ async def test_idle_connection_flood(make_node, open_files):
             else:
                 tasks.append(flood.open(i, upgrade=True))
         pending = [asyncio.ensure_future(t) for t in tasks]
-        await wait_for_condition(lambda: flood.opened >= 1000, timeout=20, message="1000 connections")
+        await wait_for_condition(lambda: flood.opened >= FLOOD // 2, timeout=20, message="half the flood")
         halfway.set()
         await asyncio.gather(*pending)
 
@@ -322,7 +326,7 @@ async def test_idle_connection_flood(make_node, open_files):
         assert took < 5, f"connecting took {took:.1f}s in {attempts} attempts"
         await asyncio.wait_for(flooding, 25)
         flood_done = time.monotonic()
-        assert flood.opened == 2000
+        assert flood.opened == FLOOD
         # all open (as far as the flood knows): the driver still calls, a fresh dial works too
         assert await asyncio.wait_for(driver.peers["target"].call("test", "echo", 5), 5) == 5
         other = await make_node("other")
@@ -385,14 +389,15 @@ async def test_upgraded_idle_connections_keep_memory_bounded(make_node, spawn_pe
 
 
 async def test_closed_unauthenticated_connections_are_freed_at_once(make_node, open_files):
-    open_files(1000 * 2 + 1000)
+    count = 400  # the node evicts at least 144 of them (its cap is 256)
+    open_files(count * 2 + 1000)
     node = await make_node("target", node_type="worker")
     flood = Flood(host_port(node.addresses[0])[1])
     gc.collect()
     gc.disable()  # what is not freed by reference counting stays, and is counted below
     try:
-        await asyncio.wait_for(asyncio.gather(*(flood.open(i, upgrade=True) for i in range(1000))), 20)
-        assert node._guard.evicted >= 1000 - node._guard.max_total
+        await asyncio.wait_for(asyncio.gather(*(flood.open(i, upgrade=True) for i in range(count))), 20)
+        assert node._guard.evicted >= count - node._guard.max_total
         await asyncio.sleep(0)  # let the transports' connection_lost callbacks run
         closed = sum(1 for o in gc.get_objects()
                      if isinstance(o, Connection) and o.node is node and o.is_closed)
@@ -501,7 +506,7 @@ def log_lines(caplog, text: str = "refused connection from") -> list[logging.Log
 
 
 async def flood_refusals(make_node, caplog, flood: str, interval: float | None = None):
-    """500 attempts of the ``flood`` at a fresh node (logging refusals every ``interval`` if given);
+    """REFUSALS attempts of the ``flood`` at a fresh node (logging refusals every ``interval`` if given);
     the node, the lines it logged and how long it took."""
     attack, text = FLOODS[flood]
     caplog.set_level(logging.INFO, logger=NODE_LOG)
@@ -509,7 +514,7 @@ async def flood_refusals(make_node, caplog, flood: str, interval: float | None =
     if interval is not None:
         node.refusals.interval = node.refusals.max_interval = interval
     started = time.monotonic()
-    await asyncio.to_thread(attempts, node.addresses[0], 500, attack)
+    await asyncio.to_thread(attempts, node.addresses[0], REFUSALS, attack)
     took = time.monotonic() - started
     return node, log_lines(caplog, text), took
 
@@ -519,15 +524,15 @@ async def test_refusal_flood_logs_a_handful_of_lines(make_node, caplog, flood):
     node, lines, took = await flood_refusals(make_node, caplog, flood)
     # one line per source and 10 s: one line (two if the flood straddled a boundary)
     assert 1 <= len(lines) <= 1 + math.ceil(took / node.refusals.interval), \
-        f"{len(lines)} lines for 500 refusals in {took:.1f}s"
+        f"{len(lines)} lines for {REFUSALS} refusals in {took:.1f}s"
 
 
 @pytest.mark.parametrize("flood", FLOODS)
 async def test_refusal_log_reports_the_held_back_count(make_node, caplog, flood):
     attack, text = FLOODS[flood]
-    node, lines, took = await flood_refusals(make_node, caplog, flood, interval=0.5)
+    node, lines, took = await flood_refusals(make_node, caplog, flood, interval=0.2)
     assert 1 <= len(lines) <= 2 + math.ceil(took / node.refusals.interval), \
-        f"{len(lines)} lines for 500 refusals in {took:.1f}s"
+        f"{len(lines)} lines for {REFUSALS} refusals in {took:.1f}s"
     # once the interval has passed, the next refusal is logged with the count held back
     last = lines[-1].created
     await wait_for_condition(lambda: time.time() - last > node.refusals.interval * 1.2,
@@ -541,7 +546,8 @@ async def test_refusal_log_reports_the_held_back_count(make_node, caplog, flood)
         message = record.getMessage()
         if "(and " in message:
             held += int(message.split("(and ", 1)[1].split()[0])
-    assert len(lines) + held == 501, f"{len(lines)} lines and {held} held back for 501 refusals"
+    assert len(lines) + held == REFUSALS + 1, \
+        f"{len(lines)} lines and {held} held back for {REFUSALS + 1} refusals"
 
 
 def _forged_name(client):
