@@ -51,6 +51,14 @@ def _auto_bool(value) -> bool | str:
     raise ValueError("must be true, false or auto")
 
 
+def _bool(value) -> bool:
+    """True or False (also from the environment: 1/0, yes/no, on/off)."""
+    parsed = _auto_bool(value)
+    if parsed == "auto":
+        raise ValueError("must be true or false")
+    return bool(parsed)
+
+
 def _str(value) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
@@ -102,6 +110,8 @@ OPTIONS = {o.name: o for o in [
            "worker losses while running a task before it fails with WorkerDied"),
     Option("execute.keep_jobs", 100, _non_negative_int,
            "finished jobs kept in ctx.jobs (their states, counts, times, errors; not results)"),
+    Option("execute.record_events", False, _bool,
+           "keep what each job's scheduler was told and decided (job.recording), to replay the run"),
     Option("execute.progress", "auto", _auto_bool,
            "progress bars for jobs: true, false or auto (on in an interactive session)"),
     Option("forward_output", "auto", _auto_bool,

@@ -104,13 +104,14 @@ class WorkerDied(BndlLikeError):
         self.deaths = deaths
         self.workers = list(workers) if workers is not None else [worker]
         self.exit_status = exit_status
+        self.limit: int | None = None  # execute.worker_deaths, when it is not the number of deaths
 
     def __str__(self) -> str:
         status = self.exit_status or "exit status unknown"
         died = f"{self.deaths} worker{'s' if self.deaths != 1 else ''} died"
         return (f"task {self.task_id!r} was running on worker {self.worker} when it died ({status}); "
                 f"{died} running it ({', '.join(self.workers)}), "
-                f"the limit is execute.worker_deaths={getattr(self, 'limit', None) or self.deaths}")
+                f"the limit is execute.worker_deaths={self.limit or self.deaths}")
 
     def _key(self) -> tuple:
         return self.task_id, self.worker, self.deaths, self.workers, self.exit_status

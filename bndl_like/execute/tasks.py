@@ -585,6 +585,8 @@ class Job:
         self.failed_count = 0  # tasks that failed for good
         self.error: BaseException | None = None  # what the last run ended with
         self._run = None  # the JobRun while executing
+        # its scheduler's events and decisions, when execute.record_events is on (a JobRecording)
+        self.recording = None
         self._cancel_requested = False
         self._hooks = Hooks()
         by_id: dict = {}

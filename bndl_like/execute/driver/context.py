@@ -34,7 +34,6 @@ from .portal import Portal
 from .progress import JobProgress
 from .progress import check as check_progress
 from .progress import wanted as progress_wanted
-from .recent import RecentJobs
 from .run import JobResults, JobRun, split_batch
 from .state import DriverState
 
@@ -57,7 +56,7 @@ class _DriverService:
         run = None if ctx is None else ctx._runs.get(job_id)
         if run is not None:
             run.on_task_events(worker.name, events)
-            run.ctx._state.changes.notify()  # a drain may wait for it
+            run.driver.changes.notify()  # a drain may wait for it
 
 
 def _weakly(method):
@@ -69,6 +68,16 @@ def _weakly(method):
         bound = ref()
         if bound is not None:
             bound(*args)
+    return call
+
+
+def _weakly_returning(method):
+    """``method`` called while its object lives (else None), without keeping it alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        return None if bound is None else bound(*args)
     return call
 
 
@@ -158,8 +167,6 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         self._portal = Portal("bndl-like-driver")
         self._loop = self._portal.loop
         self._hook_runner = HookRunner()
-        # what the driver knows (its node, running jobs, held workers, hooks), read on the loop
-        self._state = state = DriverState(self._portal, self._hook_runner)
         # stops what this context started when it is closed, or garbage-collected unclosed
         self._parts = parts = _Parts(self._portal, self._hook_runner)
         self._finalizer = weakref.finalize(self, _stop_parts, parts)
@@ -172,7 +179,9 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             self._finalizer()
             raise
         parts.name = self._node.name
-        state.node = self._node
+        # what the driver knows (its node, running jobs, held workers, hooks), read on the loop
+        self._state = state = DriverState(self._portal, self._hook_runner, self._node,
+                                          config.get("execute.keep_jobs"))
         self._node.add_service(DRIVER_SERVICE, _DriverService(self))
         self._init_output(forward_output)
         # the node (held by its loop's tasks) refers to this context weakly, so that a context
@@ -182,7 +191,8 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
                 service.ctx = weakref.proxy(self)
         self._runs = state.runs
         # running jobs, and the last execute.keep_jobs ended ones (their summaries once dropped)
-        self.jobs = RecentJobs(config.get("execute.keep_jobs"))
+        self.jobs = state.jobs
+        state.exit_status = _weakly_returning(self._exit_status)
         self._hooks = state.hooks
         self._held = state.held  # held worker names (changed on the loop thread only)
         self._worker_pids = state.worker_pids  # worker name -> pid, for exit statuses
@@ -519,7 +529,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
             raise TypeError("workers must be a sequence of workers or worker names")
         if self.worker_count == 0:
             self.await_workers()
-        run = JobRun(self, job, workers, order_results, concurrency, attempts, results)
+        run = JobRun(self._state, job, workers, order_results, concurrency, attempts, results)
         run.prepare()
         if begin:
             self._begin_run(run)

@@ -22,12 +22,17 @@ from ...rmi import NotConnected
 from ...rmi.errors import SerializationError
 from ...rmi.pickle_check import unpicklable_error
 from ...rmi.serialize import LOAD_IN_THREAD, Payload
-from .. import scheduler as S
+from .. import core as S
+from ..core import EndJob, JobOutcome, Recorder
 from ..errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost, trim_traceback
 from ..messages import (
     ABANDONED,
+    ATTEMPT,
     DEPS_FAILED,
+    ERROR,
     FAILED,
+    FAILURES,
+    NBYTES,
     PLAIN_KEYS,
     RESEND,
     STARTED,
@@ -36,7 +41,9 @@ from ..messages import (
     plain_key,
 )
 from ..tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult, map_chunk
+from .recording import JobRecording
 from .remote import remote_exception
+from .state import DriverState
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +87,14 @@ class _Unloadable:
 
 
 class JobRun:
-    def __init__(self, ctx, job, workers, order_results: bool, concurrency, attempts, results="all"):
-        self.ctx = ctx
+    """The shell of one job on the driver's loop. It reads and changes the driver's state
+    (:class:`~bndl_like.execute.driver.state.DriverState`), never the context itself."""
+
+    def __init__(self, driver: DriverState, job, workers, order_results: bool, concurrency, attempts,
+                 results="all"):
+        self.driver = driver
         self.job = job
-        self.loop = ctx._loop
+        self.loop = driver.loop
         self.restricted = None if workers is None else {getattr(w, "name", w) for w in workers}
         self.order_results = order_results
         self.concurrency = config.get("execute.concurrency", concurrency)
@@ -112,7 +123,7 @@ class JobRun:
 
     def prepare(self) -> None:
         """Check the arguments and build the scheduler (in the caller's thread: pure work)."""
-        node = self.ctx._node
+        node = self.driver.node
         workers = [p for p in list(node.peers.values()) if p.node_type == "worker"]
         if self.restricted is not None:
             unknown = self.restricted - {w.name for w in workers}
@@ -137,9 +148,16 @@ class JobRun:
                 deps = task.dependencies
                 yield TaskSpec(task.id, tuple([d.id for d in deps]) if deps else (),
                                task.priority if task.priority is not None else 0, locality, is_func)
-        self.scheduler = S.Scheduler(specs(), names, concurrency=self.concurrency,
-                                     prefetch=self.prefetch, attempts=self.attempts,
-                                     worker_deaths=self.worker_deaths, suspects=True)
+        options = {"concurrency": self.concurrency, "prefetch": self.prefetch, "attempts": self.attempts,
+                   "worker_deaths": self.worker_deaths, "suspects": True}
+        if config.get("execute.record_events"):
+            # everything the scheduler is told and decides, to replay (job.recording)
+            spec_list = list(specs())
+            recorder = Recorder(S.Scheduler(spec_list, names, **options))
+            job.recording = JobRecording(job.name, spec_list, names, options, recorder.recording)
+            self.scheduler = recorder
+        else:
+            self.scheduler = S.Scheduler(specs(), names, **options)
         job._run = self  # claimed: nothing else executes it until this run ends or is dropped
 
     def begin(self) -> bool:
@@ -175,16 +193,16 @@ class JobRun:
         """Begin on the loop: first decisions out. Failures end up raised by execute()."""
         try:
             job = self.job
-            self.ctx._runs[job.id] = self
+            self.driver.runs[job.id] = self
             # workers lost or joined since prepare()
-            live = {p.name for p in self.ctx._node.peers.values() if p.node_type == "worker"}
+            live = {p.name for p in self.driver.node.peers.values() if p.node_type == "worker"}
             known = list(self.scheduler.workers)
             joined = [w for w in sorted(live.difference(known))
                       if self.restricted is None or w in self.restricted]
             stimuli = [S.WorkerLost(w) for w in known if w not in live]
             stimuli += [S.WorkerAdded(w) for w in joined]
             # workers held in the context get no task of this job (before the first fill)
-            stimuli += [S.WorkerHeld(w) for w in known + joined if w in self.ctx._held and w in live]
+            stimuli += [S.WorkerHeld(w) for w in known + joined if w in self.driver.held and w in live]
             self.apply(self.scheduler.handle(*stimuli) if stimuli else self.scheduler.start())
             if self.flush_handle is not None:  # the first tasks leave now, not next iteration
                 self.flush_handle.cancel()
@@ -213,7 +231,7 @@ class JobRun:
                 self.restricted is None or peer.name in self.restricted):
             self._fire("worker_joined", peer.name, ctx_too=False)
             events = [S.WorkerAdded(peer.name)]
-            if peer.name in self.ctx._held:
+            if peer.name in self.driver.held:
                 events.append(S.WorkerHeld(peer.name))
             self.apply(self.scheduler.handle(*events))
 
@@ -231,8 +249,8 @@ class JobRun:
             if worker in self.scheduler.workers:
                 self.apply(self.scheduler.handle(S.WorkerHeld(worker)))
         elif worker in self.scheduler.workers:
-            self.apply(self.scheduler.handle(S.WorkerReleased(worker)))
-        elif worker in self.drained and worker in self.ctx._node.peers:
+            self.apply(self.scheduler.handle(S.WorkerResumed(worker)))
+        elif worker in self.drained and worker in self.driver.node.peers:
             del self.drained[worker]
             self.apply(self.scheduler.handle(S.WorkerAdded(worker)))
 
@@ -257,7 +275,7 @@ class JobRun:
         outputs = sched.outputs(worker)
         if not outputs:
             return True
-        if not any(w != worker and w not in self.ctx._held for w in sched.workers):
+        if not any(w != worker and w not in self.driver.held for w in sched.workers):
             return False
         self.drained[worker] = outputs
         self.apply(sched.handle(S.WorkerLost(worker)))
@@ -265,13 +283,13 @@ class JobRun:
 
     def _fire(self, event: str, arg, ctx_too: bool = True) -> None:
         """Queue the hooks of ``event`` (the job's, and the context's unless ``ctx_too`` is false)."""
-        ctx = self.ctx
-        ctx._hook_runner.fire(event, arg, ctx._hooks if ctx_too else None, self.job._hooks)
+        driver = self.driver
+        driver.hook_runner.fire(event, arg, driver.hooks if ctx_too else None, self.job._hooks)
 
     def _hooked(self) -> bool:
         """Whether any hook is registered (on the context or the job): per task, the hooks
         are fired only then."""
-        return bool(self.ctx._hooks.fns or self.job._hooks.fns)
+        return bool(self.driver.hooks.fns or self.job._hooks.fns)
 
     # -- events from workers ----------------------------------------------------------------------
 
@@ -297,18 +315,19 @@ class JobRun:
                         continue
                 if self.wanted is None or key in self.wanted:
                     self.task_results[key] = value
-                stimuli.append(S.TaskSucceeded(key, worker, event[4]))
+                stimuli.append(S.TaskSucceeded(key, worker, event[NBYTES], event[ATTEMPT]))
             elif kind == STARTED:
-                stimuli.append(S.TaskStarted(key, worker))
+                stimuli.append(S.TaskStarted(key, worker, event[ATTEMPT]))
             elif kind == FAILED:
                 task = self.job.task(key)
                 retry = len(event) < 5 or bool(event[4])
-                stimuli.append(S.TaskFailed(key, worker, remote_exception(event[3], worker, task), retry))
+                stimuli.append(S.TaskFailed(key, worker, remote_exception(event[ERROR], worker, task), retry,
+                                            event[ATTEMPT]))
             elif kind == DEPS_FAILED:
-                stimuli.append(S.TaskDependenciesFailed(key, worker, event[3]))
+                stimuli.append(S.TaskDependenciesFailed(key, worker, event[FAILURES], event[ATTEMPT]))
             elif kind == ABANDONED:
-                # cancelled without being asked (e.g. the worker is stopping): run it elsewhere
-                stimuli.append(S.TaskDependenciesFailed(key, worker, {}))
+                # given up without being asked (e.g. the worker is stopping): run it elsewhere
+                stimuli.append(S.TaskAbandoned(key, worker, event[ATTEMPT]))
             elif kind == RESEND:
                 self._resend(worker, key, event[2])
         self.apply(self.scheduler.handle(*stimuli))
@@ -320,7 +339,7 @@ class JobRun:
         job = self.job
         by_id = job._by_id
         hooked = self._hooked()
-        RunTask, TaskDone = S.RunTask, S.TaskDone
+        RunTask, MarkTaskDone = S.RunTask, S.MarkTaskDone
         for decision in decisions:
             kind = type(decision)
             if kind is RunTask:
@@ -328,7 +347,7 @@ class JobRun:
                 self._run_task(decision, task)
                 if hooked:
                     self._fire("task_started", task)
-            elif kind is TaskDone:
+            elif kind is MarkTaskDone:
                 task = by_id[decision.task_id]
                 if task.state != "done":
                     job.done_count += 1
@@ -340,39 +359,47 @@ class JobRun:
                 self._take_back(decision)
             elif kind is S.CancelTask:
                 self._send(decision.worker, "cancel", [decision.task_id])
-            elif kind is S.TaskRetry:
+            elif kind is S.RetryTask:
                 job.retried += 1
                 log.info("job %s: task %r failed on %s, retrying: %s", job.name, decision.task_id,
                          decision.worker, decision.error)
                 task = job.task(decision.task_id)
                 task.mark_pending()
                 self._fire("task_retried", task)
-            elif kind is S.DependencyLost:
+            elif kind is S.MarkOutputLost:
                 task = job.task(decision.task_id)
                 if task.state == "done":
                     job.done_count -= 1
                 job.retried += 1
                 task.mark_failed(FailedDependency(decision.worker))
-            elif kind is S.JobDone:
-                self._finish("done")
-            elif kind is S.JobFailed:
-                error = decision.error
-                if type(error) is WorkerDied and error.exit_status is None:
-                    # the job fails once the worker's exit status is known (or not, in 2 s)
-                    runner = self.loop.create_task(self._fail_with_exit_status(decision))
-                    self.generic.add(runner)
-                    runner.add_done_callback(self.generic.discard)
-                    continue
-                if decision.task_id is not None:
-                    task = job.task(decision.task_id)
-                    task.mark_failed(error)
-                    job.failed_count += 1
-                    self._fire("task_failed", task)
-                if error is None:
-                    error = WorkersLost(decision.reason)
-                self._finish("failed", error)
-            elif kind is S.JobCancelled:
-                self._finish("cancelled", JobCancelled(f"job {job.name} was cancelled"))
+            elif kind is EndJob:
+                self._end(decision)
+
+    def _end(self, decision: EndJob) -> None:
+        """Carry out the scheduler's EndJob."""
+        job = self.job
+        outcome = decision.outcome
+        if outcome is JobOutcome.DONE:
+            self._finish("done")
+        elif outcome is JobOutcome.CANCELLED:
+            self._finish("cancelled", JobCancelled(f"job {job.name} was cancelled"))
+        elif decision.deaths:
+            # the task killed its workers: the job fails once the last one's exit status is known
+            # (or not, in 2 s)
+            runner = self.loop.create_task(self._fail_with_exit_status(decision))
+            self.generic.add(runner)
+            runner.add_done_callback(self.generic.discard)
+        else:
+            self._fail(decision.task_id, decision.error, decision.reason)
+
+    def _fail(self, task_id, error: BaseException | None, reason: str) -> None:
+        job = self.job
+        if task_id is not None:
+            task = job.task(task_id)
+            task.mark_failed(error)
+            job.failed_count += 1
+            self._fire("task_failed", task)
+        self._finish("failed", WorkersLost(reason) if error is None else error)
 
     def _run_task(self, decision, task) -> None:
         worker = decision.worker
@@ -390,15 +417,16 @@ class JobRun:
             self.generic.add(runner)
             runner.add_done_callback(self.generic.discard)
 
-    async def _fail_with_exit_status(self, decision) -> None:
-        error = decision.error
+    async def _fail_with_exit_status(self, decision: EndJob) -> None:
+        deaths = decision.deaths
+        error = WorkerDied(decision.task_id, deaths[-1], len(deaths), list(deaths))
         error.limit = self.worker_deaths
         try:
-            error.exit_status = await asyncio.to_thread(self.ctx._exit_status, error.worker, 2.0)
+            error.exit_status = await asyncio.to_thread(self.driver.exit_status, error.worker, 2.0)
         except Exception:
             log.debug("no exit status for %s", error.worker, exc_info=True)
         if not self.finished:
-            self.apply([decision])
+            self._fail(decision.task_id, error, decision.reason)
 
     def _load_later(self, worker: str, event: tuple) -> None:
         """Unpickle a large result in a thread (the loop keeps its heartbeats going), then
@@ -433,7 +461,7 @@ class JobRun:
 
     def _notify_run(self, worker: str, batch: list) -> None:
         keys = [(spec[0], spec[1]) for spec in batch]
-        peer = self.ctx._node.peers[worker]
+        peer = self.driver.node.peers[worker]
         plain = True
         for spec in batch:
             if type(spec[0]) not in PLAIN_KEYS and not plain_key(spec[0]):
@@ -446,7 +474,7 @@ class JobRun:
             peer.notify(TASKS_SERVICE, "run", self.job.id, self.concurrency, keys, Payload.dump(batch))
 
     async def _run_generic(self, task, worker: str) -> None:
-        peer = self.ctx._node.peers.get(worker)
+        peer = self.driver.node.peers.get(worker)
         self.on_task_events(worker, [(STARTED, task.id, 0)])
         try:
             if peer is None:
@@ -464,7 +492,7 @@ class JobRun:
         """Send the tasks decided so far, a ``tasks.run`` notice per worker, out at once."""
         self.flush_handle = None
         outbox, self.outbox = self.outbox, {}
-        node = self.ctx._node
+        node = self.driver.node
         for worker, batch in outbox.items():
             peer = node.peers.get(worker)
             try:
@@ -531,7 +559,7 @@ class JobRun:
         return unpicklable_error(what, parts if detailed else [], advice, exc, show_path)
 
     def _take_back(self, decision) -> None:
-        peer = self.ctx._node.peers.get(decision.worker)
+        peer = self.driver.node.peers.get(decision.worker)
 
         async def take_back():
             try:
@@ -546,7 +574,7 @@ class JobRun:
         runner.add_done_callback(self.generic.discard)
 
     def _send(self, worker: str, method: str, keys) -> None:
-        peer = self.ctx._node.peers.get(worker)
+        peer = self.driver.node.peers.get(worker)
         if peer is not None:
             try:
                 peer.notify(TASKS_SERVICE, method, self.job.id, keys)
@@ -602,7 +630,7 @@ class JobRun:
         job.state = state
         job.stopped_at = time.time()
         job._run = None
-        self.ctx._runs.pop(job.id, None)
+        self.driver.runs.pop(job.id, None)
         job.error = error
         hooked = self._hooked()
         for task in job.tasks:
@@ -614,7 +642,7 @@ class JobRun:
         for runner in list(self.generic):
             runner.cancel()
         for worker in self.used_workers:
-            peer = self.ctx._node.peers.get(worker)
+            peer = self.driver.node.peers.get(worker)
             if peer is not None:
                 try:  # an int and None: plain arguments, in the envelope
                     if state != "done":
@@ -638,7 +666,7 @@ class JobRun:
         for task in job.tasks:  # results still held: of re-runs, or never handed out (a failed job)
             if task._result is not None and type(task._result) is not _NoResult:
                 task._result = HANDED_OUT if task.id in handed else NOT_HANDED_OUT
-        self.ctx.jobs._ended(job)
+        self.driver.jobs._ended(job)
         if error is not None:
             self._put(_Failure(error))
         self._put(END)

@@ -8,10 +8,11 @@ the driver's loop only (through its :class:`~bndl_like.execute.driver.portal.Por
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..hooks import HookRunner, Hooks
+from .recent import RecentJobs
 
 if TYPE_CHECKING:
     from ...rmi import Node
@@ -96,7 +97,7 @@ class RunTable:
 class DriverState:
     """The driver's state, declared: what a job's shell and the context's parts may read."""
 
-    def __init__(self, portal: Portal, hook_runner: HookRunner):
+    def __init__(self, portal: Portal, hook_runner: HookRunner, node: Node, keep_jobs: int):
         self.portal = portal
         self.loop = portal.loop
         self.hook_runner = hook_runner
@@ -105,7 +106,13 @@ class DriverState:
         self.runs = RunTable(self.changes)     # running jobs' shells by job id
         self.held: set[str] = set()            # held worker names
         self.worker_pids: dict[str, int] = {}  # worker name -> pid, for exit statuses
-        self.node: Node | None = None          # set once the node is made
+        self.node = node
+        # running jobs, and the last keep_jobs ended ones (their summaries once dropped)
+        self.jobs = RecentJobs(keep_jobs)
+
+        # how a worker ended ("killed by SIGKILL", "exited with code 3") when this driver started
+        # it (a local cluster), else None; blocks up to a timeout: never called on the loop
+        self.exit_status: Callable[[str, float], str | None] = lambda worker, timeout: None
 
 
 __all__ = ["Changes", "DriverState", "RunTable"]
