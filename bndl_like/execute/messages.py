@@ -29,7 +29,7 @@ from typing import Any, Final, Literal
 # -- services and their methods ---------------------------------------------------------------
 
 DRIVER_SERVICE: Final = "driver"      # on a driver: task_events (a notice from a worker)
-TASKS_SERVICE: Final = "tasks"        # on a worker: run, take_back, cancel, release, ...
+TASKS_SERVICE: Final = "tasks"        # on a worker: run, take_back, cancel, forget_job, get_outputs, ...
 FUNCTIONS_SERVICE: Final = "functions"  # on a worker: call (run_function and its kin)
 SCATTER_SERVICE: Final = "scatter"    # on a worker: put, update_patch, release, held
 OUTPUT_SERVICE: Final = "output"      # on both: set_forward/logs (worker), write (driver)

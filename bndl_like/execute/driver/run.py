@@ -108,7 +108,7 @@ class JobRun:
         self.outbox: dict[str, list] = {}
         self.flush_handle = None
         self.used_workers: set[str] = set()
-        self._claim = threading.RLock()  # begin() against release_unbegun() from other threads
+        self._claim = threading.RLock()  # begin() against unclaim() from other threads
         self.begun = False               # begin() called: the job runs (or ran)
         self.cancelled_unbegun = False   # job.cancel() before it began
         self.finished = False
@@ -176,9 +176,9 @@ class JobRun:
             task.state = "pending"
         return True
 
-    def release_unbegun(self) -> bool:
+    def unclaim(self) -> bool:
         """Give up the claim of a run that never began (its results were closed or dropped, or
-        ``job.cancel()`` came first); True when this call released it."""
+        ``job.cancel()`` came first); True when this call gave it up."""
         with self._claim:
             if self.begun or self.finished:
                 return False
@@ -218,7 +218,7 @@ class JobRun:
         with self._claim:
             if not self.begun:  # nothing runs anywhere: the job is free again
                 self.cancelled_unbegun = True
-                self.release_unbegun()
+                self.unclaim()
                 return
         self.loop.call_soon_threadsafe(self.cancel)
 
@@ -647,7 +647,7 @@ class JobRun:
                 try:  # an int and None: plain arguments, in the envelope
                     if state != "done":
                         peer.notify_plain(TASKS_SERVICE, "cancel", job.id, None)
-                    peer.notify_plain(TASKS_SERVICE, "release", job.id)
+                    peer.notify_plain(TASKS_SERVICE, "forget_job", job.id)
                 except NotConnected:
                     pass
         if state == "done" and self.order_results:
@@ -760,7 +760,7 @@ class JobResults(Iterator):
         status = self._status
         status.closed = True
         if self._results is None:
-            self._run.release_unbegun()
+            self._run.unclaim()
             return
         self._results.close()  # cancels, when it was read from and the job did not end
         if not self._run.finished:  # started, never read from
@@ -800,7 +800,7 @@ def _results_dropped(status: _ResultsStatus) -> None:
         return
     job = run.job
     if not status.begun:
-        if run.release_unbegun():
+        if run.unclaim():
             warnings.warn(f"the results of job {job.name!r} ({len(job.tasks)} tasks) were dropped "
                           "without being iterated, so the job never ran; iterate them to run it: "
                           "`for result in ctx.execute(job): ...` or `list(ctx.execute(job))`",

@@ -32,6 +32,7 @@ from ..messages import (
     STARTED,
     SUCCEEDED,
     TASK_EVENTS,
+    TASKS_SERVICE,
     plain_key,
 )
 from ..tasks import fill_dependencies, has_markers
@@ -294,8 +295,8 @@ class WorkerService:
             self._cancel(job, None if keys is None else set(keys))
 
     @takes_peer
-    def release(self, driver, job_id: int) -> None:
-        """Forget the job: cancel what still runs and drop its outputs."""
+    def forget_job(self, driver, job_id: int) -> None:
+        """The job ended: cancel what still runs of it and drop its outputs."""
         self._drop(driver.name, job_id)
 
     def get_outputs(self, driver: str, job_id: int, keys: list) -> list:
@@ -585,7 +586,7 @@ class WorkerService:
         async def fetch():
             try:
                 peer = await self.node.peer(holder)  # dials a holder not connected (yet)
-                values = await peer.call("tasks", "get_outputs", job.driver, job.job_id, keys)
+                values = await peer.call(TASKS_SERVICE, "get_outputs", job.driver, job.job_id, keys)
             except Exception as exc:
                 for future in futures:
                     if not future.done():
