@@ -12,6 +12,7 @@ import pytest
 from bndl_like.rmi import protocol
 from bndl_like.rmi.errors import ProtocolError
 from bndl_like.rmi.protocol import (
+    AUTH_OK,
     HANDSHAKE_BUFFER,
     HANDSHAKE_MAX_MESSAGE,
     HELLO,
@@ -20,6 +21,7 @@ from bndl_like.rmi.protocol import (
     PREFIX,
     TAG_SIZE,
     UNINITIALIZED_PART,
+    Frame,
     FrameDecoder,
     FrameOpener,
     FrameSealer,
@@ -159,3 +161,18 @@ def test_clean_text_escapes_control_characters_and_cuts():
     assert protocol.clean_text("x" * 50, 10) == "x" * 10
     # cut first, then escaped: a line of at most ``limit`` characters of the peer's, each shown
     assert protocol.clean_text("\n" * 50, 10) == "\\n" * 10
+
+
+def test_receive_always_returns_a_list_of_chunks():
+    """Handshake.receive returns what to send as a list, an empty one when there is nothing to send
+    (the server on the client's HELLO, on its AUTH_OK): the transport iterates it."""
+    client, server = make_pair()
+    (c_hello,), (s_hello,) = client.start(), server.start()
+    to_server = server.receive(Frame(HELLO, bytes(c_hello)[PREFIX.size:]))
+    assert to_server == []
+    (auth,) = client.receive(Frame(HELLO, bytes(s_hello)[PREFIX.size:]))
+    (answer,) = server.receive(handshake_decoder().feed(auth)[0])
+    (auth_ok,) = client.receive(handshake_decoder().feed(answer)[0])
+    opened = sealed_decoder(server._keys[1]).feed(auth_ok)  # (send, receive) keys
+    assert [f.kind for f in opened] == [AUTH_OK]
+    assert server.receive(opened[0]) == [] and server.done and client.done
