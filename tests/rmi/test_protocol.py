@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import pickle
 import random
@@ -366,12 +367,30 @@ def test_several_frames_in_one_feed():
     assert not decoder.pending
 
 
+def _large_part_interiors(expected) -> list[tuple[int, int]]:
+    """Where the large parts of the frames of ``_stream`` lie in its bytes, but their first and last
+    100 bytes: (start, end) of each."""
+    spans = []
+    pos = 0
+    for _, _, main, parts in expected:
+        pos += PREFIX.size + 8 * len(parts) + len(main)
+        for part in parts:
+            if len(part) > LARGE_PART:
+                spans.append((pos + 100, pos + len(part) - 100))
+            pos += len(part)
+    return spans
+
+
 def test_feeding_byte_by_byte():
+    """Every byte in a read of its own, but the inside of the large parts (the same step for each
+    of their bytes) in one read."""
     data, expected = _stream(random.Random(4))
     decoder = FrameDecoder(BIG)
     frames = []
-    for i in range(len(data)):
-        frames.extend(decoder.feed(data[i:i + 1]))
+    cuts = sorted({*range(len(data) + 1)} - {i for a, b in _large_part_interiors(expected)
+                                              for i in range(a + 1, b)})
+    for a, b in itertools.pairwise(cuts):
+        frames.extend(decoder.feed(data[a:b]))
     assert [as_tuple(f) for f in frames] == expected
     assert not decoder.pending
     assert decoder.bytes_received == len(data)

@@ -194,7 +194,7 @@ meddling = st.tuples(names, actions).map(lambda t: (t[1][0], t[0], *t[1][1:]))
 targeted = st.tuples(names, st.sampled_from(TARGET_KINDS), actions)
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=60)
 @given(ops=st.lists(meddling, max_size=25), wrong_secret=st.sampled_from([False, False, False, True]),
        refuse=st.sampled_from([None, None, None, None, "c", "s"]), steps=st.lists(st.booleans()))
 def test_meddled_handshake(ops, wrong_secret, refuse, steps):
