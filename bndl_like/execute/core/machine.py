@@ -345,8 +345,7 @@ class Scheduler(Placement):
         t = self._current(event)
         if t is None:
             return
-        self._unassign(t)
-        self._set(t, WAITING)
+        self._unassign(t)  # (_requeue or _set(FAILED) sets its state)
         failures = self._failures[t] = self._failures.get(t, 0) + 1
         self._n_failed += 1
         if failures >= self._attempts or not event.retry:
@@ -369,8 +368,7 @@ class Scheduler(Placement):
         t = self._current(event)
         if t is None:
             return
-        self._unassign(t)
-        self._set(t, WAITING)
+        self._unassign(t)  # (_requeue or _set(FAILED) sets its state)
         tries = self._depfails[t] = self._depfails.get(t, 0) + 1
         if tries > max(10, 5 * self._attempts):
             self._set(t, FAILED)
@@ -379,15 +377,12 @@ class Scheduler(Placement):
                              f"task {event.task_id!r} could not fetch its dependencies {tries} times "
                              f"(last: {what or 'none named'})", (), self._stim))
             return
-        lost = []
         for holder, dep_ids in event.failures.items():
             for dep in dep_ids:
                 d = self._index[dep]
                 if self._status[d] == DONE and self._location[d] == holder:
                     self._lose_output(d)
-                    lost.append(d)
-        self._requeue(t)
-        self._rerun_needed(lost)
+        self._requeue(t)  # (which re-runs the outputs just lost: they are all dependencies of t)
 
     def _on_taken_back(self, event: TaskTakenBack) -> None:
         t = self._current(event)
@@ -401,8 +396,7 @@ class Scheduler(Placement):
             if not self._started[t]:
                 self._mark_started(t)
             return
-        self._unassign(t)
-        self._set(t, WAITING)
+        self._unassign(t)  # (_requeue or _set(FAILED) sets its state)
         self._runs[t] -= 1  # a run taken back before it started is not an attempt
         self._n_taken_back += 1
         self._requeue(t)
@@ -414,8 +408,7 @@ class Scheduler(Placement):
         t = self._current(event)
         if t is None:
             return
-        self._unassign(t)
-        self._set(t, WAITING)
+        self._unassign(t)  # (_requeue or _set(FAILED) sets its state)
         self._n_abandoned += 1
         self._requeue(t)
 
