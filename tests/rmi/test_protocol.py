@@ -450,7 +450,7 @@ frame_specs = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs=frame_specs, seed=st.integers(0, 2**32), max_chunk=st.sampled_from([1, 13, 4096, 100_000]))
 def test_any_chunking_gives_the_frames_of_one_feed(specs, seed, max_chunk):
     rng = random.Random(seed)

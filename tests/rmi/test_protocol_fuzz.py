@@ -43,7 +43,7 @@ from .protocol_drive import (
 # of them (runs add up, in CI too): the single corner cases are the deterministic tests' job
 # (test_protocol.py, and test_protocol_meddling.py for each alteration of each handshake frame),
 # and benchmarks/fuzz.py fuzzes for as long as wanted.
-FUZZ = settings(max_examples=50, deadline=None,
+FUZZ = settings(max_examples=30, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -194,7 +194,7 @@ meddling = st.tuples(names, actions).map(lambda t: (t[1][0], t[0], *t[1][1:]))
 targeted = st.tuples(names, st.sampled_from(TARGET_KINDS), actions)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(ops=st.lists(meddling, max_size=25), wrong_secret=st.sampled_from([False, False, False, True]),
        refuse=st.sampled_from([None, None, None, None, "c", "s"]), steps=st.lists(st.booleans()))
 def test_meddled_handshake(ops, wrong_secret, refuse, steps):
@@ -214,7 +214,7 @@ def test_meddled_handshake(ops, wrong_secret, refuse, steps):
         assert [f.main for f in m.sides["s"].received] in ([], [b"from a"])
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(ops=st.lists(targeted, min_size=1, max_size=3), order=st.lists(st.booleans()))
 def test_meddled_handshake_frame_by_frame(ops, order):
     """The handshake goes frame by frame (from the side ``order`` says when both have one); an
