@@ -92,7 +92,10 @@ def __getattr__(name: str) -> typing.Any:
 def _importer() -> str:
     """The module whose code looks the name up (``from bndl_like import X`` passes through
     importlib's frames first)."""
-    frame: types.FrameType | None = sys._getframe(2)
+    try:
+        frame: types.FrameType | None = sys._getframe(2)
+    except ValueError:  # looked up from C with no Python caller
+        return ""
     while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib."):
         frame = frame.f_back
     return "" if frame is None else frame.f_globals.get("__name__", "")
