@@ -271,17 +271,16 @@ class Scheduler(Placement):
             self._n_deaths += len(earlier) + 1
             if fatal is None and len(workers) >= limit:
                 fatal = t
-        if fatal is None:
-            return False
-        for t in requeue:  # they went with the worker and will not run again
-            self._set(t, LOST if self._succeeded[t] else CANCELLED)
-        self._set(fatal, FAILED)
-        task_id, workers = self._ids[fatal], deaths[fatal]
-        self._end(EndJob(JobOutcome.FAILED, task_id, None,
-                         f"task {task_id!r} was running on {len(workers)} worker(s) that died "
-                         f"({', '.join(workers)}), the maximum (worker_deaths={limit})",
-                         tuple(workers), self._stim))
-        return True
+        if fatal is not None:
+            for t in requeue:  # they went with the worker and will not run again
+                self._set(t, LOST if self._succeeded[t] else CANCELLED)
+            self._set(fatal, FAILED)
+            task_id, workers = self._ids[fatal], deaths[fatal]
+            self._end(EndJob(JobOutcome.FAILED, task_id, None,
+                             f"task {task_id!r} was running on {len(workers)} worker(s) that died "
+                             f"({', '.join(workers)}), the maximum (worker_deaths={limit})",
+                             tuple(workers), self._stim))
+        return fatal is not None
 
     def _on_worker_held(self, event: WorkerHeld) -> None:
         w = self._workers.get(event.worker)
