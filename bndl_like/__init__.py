@@ -12,8 +12,8 @@ import typing
 
 if typing.TYPE_CHECKING:
     from .errors import BndlLikeError
-    from .execute.command import CommandFailed, CommandResult, CommandTask, CommandTimeout
-    from .execute.context import ExecutionContext
+    from .execute.driver.context import ExecutionContext
+    from .execute.driver.executor import AsyncExecutionContext
     from .execute.errors import (
                                    DependenciesFailed,
                                    FailedDependency,
@@ -23,10 +23,10 @@ if typing.TYPE_CHECKING:
                                    WorkerDied,
                                    WorkersLost,
     )
-    from .execute.executor import AsyncExecutionContext
-    from .execute.scatter import ScatterError, ScatterHandle
+    from .execute.handles import ScatterError, ScatterHandle
     from .execute.tasks import FuncTask, Job, RmiTask, Task
-    from .execute.worker import TaskContext, current_worker, task_context
+    from .execute.worker.command import CommandFailed, CommandResult, CommandTask, CommandTimeout
+    from .execute.worker.context import TaskContext, current_worker, task_context
     from .rmi.errors import (
                                HandshakeError,
                                MessageTooLarge,
@@ -43,14 +43,14 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "BndlLikeError": ".errors",
     **dict.fromkeys(("CommandFailed", "CommandResult", "CommandTask", "CommandTimeout"),
-                    ".execute.command"),
-    "ExecutionContext": ".execute.context",
+                    ".execute.worker.command"),
+    "ExecutionContext": ".execute.driver.context",
     **dict.fromkeys(("DependenciesFailed", "FailedDependency", "JobCancelled", "TaskCancelled",
                      "TaskTimeout", "WorkerDied", "WorkersLost"), ".execute.errors"),
-    "AsyncExecutionContext": ".execute.executor",
-    **dict.fromkeys(("ScatterError", "ScatterHandle"), ".execute.scatter"),
+    "AsyncExecutionContext": ".execute.driver.executor",
+    **dict.fromkeys(("ScatterError", "ScatterHandle"), ".execute.handles"),
     **dict.fromkeys(("FuncTask", "Job", "RmiTask", "Task"), ".execute.tasks"),
-    **dict.fromkeys(("TaskContext", "current_worker", "task_context"), ".execute.worker"),
+    **dict.fromkeys(("TaskContext", "current_worker", "task_context"), ".execute.worker.context"),
     **dict.fromkeys(("HandshakeError", "MessageTooLarge", "NotConnected", "ProtocolError",
                      "RemoteError", "SerializationError"), ".rmi.errors"),
     "UnpicklableError": ".rmi.pickle_check",

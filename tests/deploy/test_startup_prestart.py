@@ -138,10 +138,10 @@ NOT_PRESTARTED = COMMON + """
 import types
 import bndl_like
 from bndl_like import RemoteError, WorkersLost  # errors only: no driver yet
-say([servers(), "bndl_like.execute.context" in sys.modules])
+say([servers(), "bndl_like.execute.driver.context" in sys.modules])
 library = types.ModuleType("a_library")  # the driver imported by a library, not the program
 exec("from bndl_like import ExecutionContext", vars(library))
-say([servers(), "bndl_like.execute.context" in sys.modules])
+say([servers(), "bndl_like.execute.driver.context" in sys.modules])
 from bndl_like import ExecutionContext  # by the program now, but its modules are imported
 say([servers(), sorted(os.listdir("/proc/self/task")) == [str(os.getpid())]])
 """
@@ -238,5 +238,6 @@ def test_a_forked_worker_has_the_workers_modules_from_its_server_and_none_of_the
     assert in_worker - preloaded == set()  # nothing a worker needs is imported after the fork
     driver_side = {m for m in preloaded | in_worker
                    if m.startswith(("bndl_like.execute.driver", "bndl_like.execute.scheduler",
-                                    "bndl_like.execute.context", "bndl_like.execute.executor"))}
+                                    "bndl_like.execute.core", "bndl_like.execute.context",
+                                    "bndl_like.execute.executor"))}
     assert driver_side == set()
