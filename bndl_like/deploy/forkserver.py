@@ -389,14 +389,25 @@ class ForkServer:
                 del _servers[self.key]
         self.close()
 
-    def close(self) -> None:
-        """Close the control socket: the server stops its workers (if any) and exits."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the control socket: the server stops its workers (if any) and exits; wait (at
+        most ``timeout`` s) until it has, then kill it by pid if it has not."""
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._reader.join()
         self.sock.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            import logging  # not at the top: this module starts the server before it imports much
+
+            logging.getLogger(__name__).warning(
+                "fork server pid %s did not exit within %s s of its close; killing it",
+                self.process.pid, timeout)
+            self.process.kill()
+            self.process.wait()
 
 
 def _key(env: dict, cwd: str) -> tuple:
