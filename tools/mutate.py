@@ -75,6 +75,7 @@ class Mutant:
     start: int        # byte offsets of the replaced span in the source
     end: int
     replacement: str
+    occurrence: int = 1  # which of the mutants with the same key this is, in source order
 
     @property
     def key(self) -> tuple:
@@ -276,6 +277,9 @@ def collect(source: bytes) -> list[Mutant]:
         except SyntaxError:
             continue
         mutants.append(m)
+    count: dict[tuple, int] = {}
+    for m in mutants:  # identical lines at the same column share a key: number them
+        m.occurrence = count[m.key] = count.get(m.key, 0) + 1
     return mutants
 
 
@@ -284,7 +288,9 @@ def apply(source: bytes, m: Mutant) -> bytes:
 
 
 def load_equivalents(path: str | None, relpath: str) -> dict[tuple, str]:
-    """``[{"file", "text", "col", "mutation", "reason"}, ...]`` -> {key: reason} for ``relpath``."""
+    """``[{"file", "text", "col", "mutation", "reason"}, ...]`` -> {key + (occurrence,): reason} for
+    ``relpath``. An entry stands for every mutant with its key, or with ``"occurrence": n`` for the
+    n-th of them in source order only (where identical lines differ in meaning)."""
     if not path:
         return {}
     with open(path) as f:
@@ -294,8 +300,12 @@ def load_equivalents(path: str | None, relpath: str) -> dict[tuple, str]:
         if not e.get("reason"):
             raise SystemExit(f"{path}: an equivalent mutant needs a reason: {e}")
         if e["file"] == relpath:
-            out[(e["text"], e["col"], e["mutation"])] = e["reason"]
+            out[(e["text"], e["col"], e["mutation"], e.get("occurrence"))] = e["reason"]
     return out
+
+
+def is_equivalent(m: Mutant, equivalents: dict[tuple, str]) -> bool:
+    return (*m.key, None) in equivalents or (*m.key, m.occurrence) in equivalents
 
 
 # -- running the tests -------------------------------------------------------------------------------
@@ -512,14 +522,15 @@ def main(argv=None) -> int:
     equivalents = load_equivalents(args.equivalent, relpath)
     if args.match:
         mutants = [m for m in mutants if any(text in m.label(relpath) for text in args.match)]
-    set_aside = [m for m in mutants if m.key in equivalents]
-    pool = [m for m in mutants if m.key not in equivalents]
-    unmatched = set(equivalents) - {m.key for m in mutants}
+    set_aside = [m for m in mutants if is_equivalent(m, equivalents)]
+    pool = [m for m in mutants if not is_equivalent(m, equivalents)]
+    unmatched = {e for e in equivalents if e[3] is None} - {(*m.key, None) for m in mutants}
+    unmatched |= {e for e in equivalents if e[3] is not None} - {(*m.key, m.occurrence) for m in mutants}
     for key in sorted(unmatched) if not args.match else ():
         print(f"warning: an equivalent mutant no longer exists: {key}", file=sys.stderr)
     if args.list:
         for m in mutants:
-            print(("(equivalent) " if m.key in equivalents else "") + m.label(relpath))
+            print(("(equivalent) " if is_equivalent(m, equivalents) else "") + m.label(relpath))
         return 0
     chosen = pool
     if args.sample and args.sample < len(pool):
