@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from bndl_like.rmi.protocol import (
     HELLO,
     LARGE_PART,
     MESSAGE,
+    PING,
     PREFIX,
     TAG_SIZE,
     UNINITIALIZED_PART,
@@ -176,3 +178,19 @@ def test_receive_always_returns_a_list_of_chunks():
     opened = sealed_decoder(server._keys[1]).feed(auth_ok)  # (send, receive) keys
     assert [f.kind for f in opened] == [AUTH_OK]
     assert server.receive(opened[0]) == [] and server.done and client.done
+
+
+def test_the_decoder_keeps_no_reference_to_a_frame_it_handed_out():
+    """Once the application drops a received frame, its parts are freed (a part can be GiBs), before
+    and after the decoder reads the next frame."""
+    sealer = FrameSealer(KEY)
+    decoder = sealed_decoder()
+    (frame,) = decoder.feed(wire(sealer.seal(MESSAGE, b"m", [b"\x07" * UNINITIALIZED_PART])))
+    received = weakref.ref(frame.parts[0].obj)  # the numpy array under the part
+    del frame
+    assert received() is None, "the decoder still holds the part of a frame it handed out"
+    (frame,) = decoder.feed(wire(sealer.seal(MESSAGE, b"m", [b"\x07" * UNINITIALIZED_PART])))
+    received = weakref.ref(frame.parts[0].obj)
+    del frame
+    assert [f.main for f in decoder.feed(wire(sealer.seal(PING, b"next")))] == [b"next"]
+    assert received() is None, "the decoder still holds the part of a frame it handed out"
