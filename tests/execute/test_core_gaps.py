@@ -44,3 +44,17 @@ def test_output_sizes_that_are_not_positive_ints_are_made_so(nbytes, kept):
     expected = "w1" if kept >= 1 else "w2"
     assert run(s, TaskSucceeded("b", "w2", 1)) == [MarkTaskDone("b", "w2"), RunTask("c", expected, 1)]
     assert run(s, TaskSucceeded("c", expected)) == [MarkTaskDone("c", expected), JOB_DONE]
+
+
+def test_tasks_preferring_several_workers_equally_fill_idle_run_slots_before_prefetching():
+    # eight tasks preferring two workers alike (a host's workers), a third forbidden: each worker
+    # gets a task to run before either is handed one ahead, and they alternate after that
+    specs = [T(i, locality={"w1": 1, "w2": 1, "w3": -1}) for i in range(8)]
+    s = Scheduler(specs, ["w1", "w2", "w3"], concurrency=1, prefetch=16)
+    placed = [(d.task_id, d.worker) for d in s.start() if type(d) is RunTask]
+    assert placed[:2] == [(0, "w1"), (1, "w2")]
+    assert sorted(w for _, w in placed) == ["w1"] * 4 + ["w2"] * 4
+    # a stronger preference still wins over an idle run slot
+    s = Scheduler([T("a", locality={"w1": 1}), T("b", locality={"w1": 2, "w2": 1})], ["w1", "w2"],
+                  concurrency=1, prefetch=4)
+    assert {(d.task_id, d.worker) for d in s.start() if type(d) is RunTask} == {("a", "w1"), ("b", "w1")}

@@ -430,10 +430,15 @@ class Placement:
                         if best not in free:
                             best = None
                     else:
-                        for name, _ in sorted(prefs.items(), key=lambda item: (-item[1], item[0])):
+                        # the most preferred free worker; among equals, one with an idle run slot
+                        # before one with room to prefetch only, then the least loaded, then by name
+                        best_key = None
+                        for name, score in prefs.items():
                             if name in free:
-                                best = name
-                                break
+                                load = len(self._workers[name].assigned)
+                                key = (-score, load >= self._concurrency, load, name)
+                                if best_key is None or key < best_key:
+                                    best, best_key = name, key
                 if best is None:
                     staged.remove(t)
                     self._enqueue(t)

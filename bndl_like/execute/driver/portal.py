@@ -113,8 +113,10 @@ class Portal:
         except BaseException as exc:
             waited_out = not future.done() and isinstance(exc, concurrent.futures.TimeoutError)
             future.cancel()
-            if waited_out:  # the builtin TimeoutError (on Python 3.10 concurrent.futures has its own)
-                raise TimeoutError(f"no result within {timeout} s; the call was cancelled") from None
+            if waited_out:
+                # the builtin TimeoutError (on Python 3.10 concurrent.futures has its own), without
+                # arguments, as asyncio.wait_for's: the callers that time out say what did not finish
+                raise TimeoutError() from None
             if not future.cancelled() and future.done() and future.exception() is exc:
                 # raised by the coroutine: its traceback without concurrent.futures' frames
                 tb = exc.__traceback__
