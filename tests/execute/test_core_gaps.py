@@ -58,3 +58,30 @@ def test_tasks_preferring_several_workers_equally_fill_idle_run_slots_before_pre
     s = Scheduler([T("a", locality={"w1": 1}), T("b", locality={"w1": 2, "w2": 1})], ["w1", "w2"],
                   concurrency=1, prefetch=4)
     assert {(d.task_id, d.worker) for d in s.start() if type(d) is RunTask} == {("a", "w1"), ("b", "w1")}
+
+
+def test_outputs_lost_and_run_again_are_counted():
+    specs = [T("a", locality={"w1": 1}), T("c", locality={"w2": 1}), T("b", ("a", "c"))]
+    s = Scheduler(specs, ["w1", "w2"], concurrency=1)
+    started(s)
+    run(s, TaskStarted("a", "w1"), TaskSucceeded("a", "w1"))
+    assert s.counts()["dependencies_lost"] == 0
+    decisions = run(s, WorkerLost("w1"))  # a's output is gone and b (waiting for c) needs it
+    assert [type(d).__name__ for d in decisions if type(d).__name__ == "MarkOutputLost"] == ["MarkOutputLost"]
+    assert s.counts()["dependencies_lost"] == 1
+
+
+def test_the_holder_of_a_tasks_input_weighs_as_much_as_a_worker_it_prefers():
+    # b prefers one worker by its locality, its input is on the other: equal weight, so the tie
+    # (both idle) goes by name, whichever holds the input
+    for holder, preferred in (("w2", "w1"), ("w1", "w2")):
+        specs = [T("a", locality={holder: 1}), T("b", ("a",), locality={preferred: 1})]
+        s = Scheduler(specs, ["w1", "w2"], concurrency=1)
+        started(s)
+        decisions = run(s, TaskStarted("a", holder), TaskSucceeded("a", holder, 100))
+        assert [(d.task_id, d.worker) for d in decisions if type(d) is RunTask] == [("b", "w1")]
+    # holding its input where it also prefers to run adds up: there it goes
+    s = Scheduler([T("a", locality={"w2": 1}), T("b", ("a",), locality={"w1": 1, "w2": 1})], ["w1", "w2"])
+    started(s)
+    decisions = run(s, TaskStarted("a", "w2"), TaskSucceeded("a", "w2", 100))
+    assert [(d.task_id, d.worker) for d in decisions if type(d) is RunTask] == [("b", "w2")]

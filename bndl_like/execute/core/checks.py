@@ -99,7 +99,9 @@ def validate_state(sched: Scheduler) -> None:
             for x in sched._banned_live(t):
                 steal_banned.setdefault(x, []).append(rank[t])
         if name in sched._free:  # filling reached a fixed point
-            assert sched._next_for(ws) is None, f"{name} has a free slot and a ready task"
+            # no ready task it may run: none prefers it, none in the ready queue it is not banned from
+            assert not ws.local and sched._ready.first_for(name) is None, \
+                f"{name} has a free slot and a ready task"
             if hungry:  # (then the take-back queue is kept)
                 assert sched._stealing_on and sched._steal.first_for(name) is None, \
                     f"{name} idle while it could take back"

@@ -495,14 +495,6 @@ class Placement:
             if self._steal_quiet > len(self._workers) * self._cap + self._STEAL_PATIENCE:
                 self._stop_stealing()
 
-    def _next_for(self, w: WorkerState) -> int | None:
-        """The best ready task ``w`` may run: its own locality queue first, then by priority."""
-        if w.local:
-            key: int = w.local[0]
-            return self._by_rank[key % self._n]
-        rank = self._ready.first_for(w.name)
-        return None if rank is None else self._by_rank[rank]
-
     def _flush(self) -> list[Decision]:
         out, self._out = self._out, []
         return out
