@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import site
 import sys
 import threading
 
@@ -28,7 +29,22 @@ def worker_env(secret: bytes, cluster: str = "default", extra_env: dict | None =
     env.setdefault("BNDL_LIKE_LOG_LEVEL", "WARNING")
     for name in DRIVER_ONLY_ENV:
         env.pop(name, None)
+    _import_path(env)
     return env
+
+
+def _import_path(env: dict[str, str]) -> None:
+    """The workers import bndl_like from where this process did, also when it found it by a
+    change to ``sys.path`` (a checkout, a notebook's ``sys.path.insert``) rather than installed:
+    its directory goes first on their ``PYTHONPATH``, unless it is a site directory (already on
+    their path, and which must not come before the standard library)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    site_dirs = set(site.getsitepackages()) | {site.getusersitepackages()}
+    if root in site_dirs:
+        return
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
 
 
 def prestart_fork_server() -> None:
