@@ -42,9 +42,8 @@ def _import_path(env: dict[str, str]) -> None:
     site_dirs = set(site.getsitepackages()) | {site.getusersitepackages()}
     if root in site_dirs:
         return
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join([root, *paths])
 
 
 def prestart_fork_server() -> None:
