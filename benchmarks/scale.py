@@ -188,6 +188,8 @@ class Trouble:
     losses: int = 2              # workers lost mid-run (each joins again later)
     holds: int = 2               # workers held for a while, then resumed
     doomed: int = 0              # tasks that fail on every attempt: the job must fail
+    away_for: int = 5            # a lost worker joins again, a held one is resumed, after so many
+                                 # mean task durations
 
 
 @dataclass
@@ -284,7 +286,6 @@ class ClusterSim:
             while heap and heap[0][0] == now:
                 _, _, kind, payload = pop(heap)
                 if kind == _TO_DRIVER:
-                    self._before_delivery(payload)
                     batch.append(payload)
                 elif kind == _FINISH:
                     self._finish(*payload)
@@ -301,10 +302,10 @@ class ClusterSim:
                 out = handle(*batch)
                 self.cpu_raw += clock() - began
                 self.calls += 1
-                self.events += len(batch)
                 if len(batch) > self.max_batch:
                     self.max_batch = len(batch)
-                self._apply(out)
+                self._apply(out, batch)
+                self.events += len(batch)
                 if check_every and self.calls % check_every == 0:
                     sched.validate_state()
         if self.outcome is None:
@@ -329,10 +330,17 @@ class ClusterSim:
             at = -(-at // self.tick) * self.tick
         self._push(at, _TO_DRIVER, event)
 
-    def _apply(self, decisions: list[Any]) -> None:
+    def _apply(self, decisions: list[Any], batch: Sequence[Any] = ()) -> None:
+        """Carry out the decisions, each after the driver's own bookkeeping of the events of
+        ``batch`` up to the one that caused it (the scheduler numbers the events it is given
+        without a stimulus id: the n-th event it handles is stimulus n)."""
         self.decisions += len(decisions)
         at = self.now + self.latency
+        seen, done = self.events, 0  # events handled before the batch; those of it booked
         for d in decisions:
+            while done < len(batch) and seen + done < d.stimulus_id:
+                self._book(batch[done])
+                done += 1
             kind = type(d)
             if kind is RunTask:
                 self._run_task(d, at)
@@ -359,6 +367,8 @@ class ClusterSim:
                     assert self.doomed, f"the job failed with no task doomed to: {d}"
             else:
                 raise AssertionError(f"unexpected decision {d!r}")
+        for event in batch[done:]:
+            self._book(event)
 
     def _run_task(self, d: RunTask, at: int) -> None:
         t, w = d.task_id, d.worker
@@ -383,8 +393,8 @@ class ClusterSim:
         w, _ = self.on.pop(t)
         self.on_worker[w].discard(t)
 
-    def _before_delivery(self, event: Any) -> None:
-        """The driver's own bookkeeping for an event it is about to hand to the scheduler."""
+    def _book(self, event: Any) -> None:
+        """The driver's own bookkeeping of an event it handed to the scheduler."""
         kind = type(event)
         if kind is TaskStarted:
             return
@@ -521,11 +531,11 @@ class ClusterSim:
             inc.running.clear()
             inc.queue.clear()
             self._send_to_driver(WorkerLost(inc.name))  # after whatever it sent before it died
-            self._push(self.now + 20 * self.mean, _TROUBLE, ("join", inc.name))
+            self._push(self.now + self.trouble.away_for * self.mean, _TROUBLE, ("join", inc.name))
         elif what == "hold" and alive:
             name = rng.choice(alive)
             self._send_to_driver(WorkerHeld(name))
-            self._push(self.now + 10 * self.mean, _TROUBLE, ("resume", name))
+            self._push(self.now + self.trouble.away_for * self.mean, _TROUBLE, ("resume", name))
         self._schedule_next_trouble()
 
 
