@@ -75,6 +75,16 @@ def _addresses(value) -> list[str]:
     return addresses
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    """One of ``choices`` (case and surrounding blanks ignored)."""
+    def parse(value) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    return parse
+
+
 def _existing_file(value) -> str:
     value = os.fspath(value)
     if not os.path.isfile(value):
@@ -102,6 +112,15 @@ OPTIONS = {o.name: o for o in [
     Option("tls_ca", None, _existing_file, "the cluster's CA certificate (PEM) that signs every node's"),
     Option("connect_timeout", 5.0, _positive_float, "seconds to wait for a connection handshake"),
     Option("max_message_size", 4 << 30, _positive_int, "largest message accepted, in bytes"),
+    Option("mesh", "on_demand", _choice("on_demand", "full"),
+           "how workers connect: on_demand (to the drivers, and to another worker only when "
+           "asked for it) or full (every node to every other)"),
+    Option("max_peer_connections", 64, _positive_int,
+           "on_demand mesh: connections a worker keeps to other workers; beyond it the least "
+           "recently used idle one is closed"),
+    Option("idle_peer_timeout", 60.0, _positive_float,
+           "on_demand mesh: seconds without a call after which a worker closes its connection "
+           "to another worker"),
     Option("execute.concurrency", 1, _positive_int, "tasks running at once per worker"),
     Option("execute.prefetch", 16, _non_negative_int,
            "tasks handed to a worker ahead of its free slots"),

@@ -22,7 +22,7 @@ from ..display import peer_html, peer_repr
 from . import protocol
 from .addresses import Address, advertised_hosts, parse_address, port_holder
 from .connection import Connection, takes_peer
-from .errors import HandshakeError, NotConnected
+from .errors import HandshakeError, NotConnected, RemoteError
 from .guard import OnceLog, PreAuthGuard, RateLimitedLog, quiet_accept_errors, raise_open_files_limit
 from .protocol import Handshake
 from .secrets import local_secret_path, read_secret_file, resolve_secret, status_token
@@ -38,6 +38,9 @@ REDIAL_MAX = 5.0  # the longest wait between two dials of an address that failed
 DISCOVERY_INTERVAL = 0.25  # seconds between two looks at whom to dial, unless woken
 # dial errors that waiting does not cure: the other side must change (its secret, its cluster)
 FINAL_ERRORS = ("authentication failed", "cluster name mismatch", "protocol version mismatch")
+# the reason sent with a planned close of an idle worker-to-worker connection: the other side
+# forgets the connection, not the peer (no on_peer_lost)
+PART_REASON = "idle connection closed"
 
 
 # -- forked children ------------------------------------------------------------------------
@@ -145,6 +148,7 @@ class Peer:
         self.connection: Connection | None = None
         self.connected_since: float | None = None
         self.lost_reason: str | None = None
+        self.last_used = 0.0  # the node's loop time of the last call either way (or of peer())
 
     def update(self, info: dict) -> None:
         self.node_type = info.get("node_type", "worker")
@@ -170,16 +174,25 @@ class Peer:
         Returns a future (cheaper than a coroutine when many calls are gathered).
         Arguments that cannot be pickled raise SerializationError right here.
         """
-        return self._connection().call(service, method, args, kwargs)
+        future = self._connection().call(service, method, args, kwargs)
+        self.last_used = self.node.loop.time()
+        return future
 
     def notify(self, service: str, method: str, *args, **kwargs) -> None:
         """Send a one-way call; errors on the peer are logged there."""
         self._connection().notify(service, method, args, kwargs)
+        self.last_used = self.node.loop.time()
 
     def notify_plain(self, service: str, method: str, *args) -> None:
         """:meth:`notify` with arguments the caller knows to be plain: see
         :meth:`Connection.notify_plain`."""
         self._connection().notify_plain(service, method, args)
+        self.last_used = self.node.loop.time()
+
+    @property
+    def idle(self) -> bool:
+        """No call in flight either way on any of its connections."""
+        return not any(c.pending_calls or c.in_progress for c in self.connections)
 
     def service(self, name: str) -> ServiceProxy:
         return ServiceProxy(self, name)
@@ -209,7 +222,7 @@ class ServiceProxy:
 
 
 class _RmiService:
-    """The node's own service: gossip and introspection."""
+    """The node's own service: gossip, addresses, planned closes and introspection."""
 
     def __init__(self, node: Node):
         self.node = node
@@ -217,6 +230,18 @@ class _RmiService:
     @takes_peer
     def gossip(self, peer: Peer, entries: list) -> None:
         self.node._learn(entries)
+
+    @takes_peer
+    def address_of(self, peer: Peer, name: str) -> dict | None:
+        """How the caller may dial node ``name`` (``{"name", "node_type", "addresses"}``), or
+        None when this node knows no address of it."""
+        return self.node._address_entry(name, peer)
+
+    @takes_peer
+    def part(self, peer: Peer) -> bool:
+        """The caller asks to close its idle connection: True when this node agrees (it
+        then makes no more calls over it, and the caller closes it)."""
+        return self.node._agree_to_part(peer)
 
     def ping(self) -> str:
         return self.node.name
@@ -240,7 +265,9 @@ class Node:
                  client_ssl_context: ssl_module.SSLContext | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, tls_ca: str | None = None,
                  heartbeat_interval: float | None = None, heartbeat_timeout: float | None = None,
-                 connect_timeout: float | None = None, max_message_size: int | None = None):
+                 connect_timeout: float | None = None, max_message_size: int | None = None,
+                 mesh: str | None = None, max_peer_connections: int | None = None,
+                 idle_peer_timeout: float | None = None):
         if node_type not in NODE_TYPES:
             raise ValueError(f"node_type must be one of {NODE_TYPES}, not {node_type!r}")
         self.node_type = node_type
@@ -271,6 +298,12 @@ class Node:
                              f"than heartbeat_interval ({self.heartbeat_interval})")
         self.connect_timeout = config.get("connect_timeout", connect_timeout)
         self.max_message_size = config.get("max_message_size", max_message_size)
+        self.mesh = config.get("mesh", mesh)
+        self.max_peer_connections = config.get("max_peer_connections", max_peer_connections)
+        self.idle_peer_timeout = config.get("idle_peer_timeout", idle_peer_timeout)
+        # a worker of an on-demand mesh dials its seeds and the drivers by itself, another
+        # worker only when asked for it (peer()), and closes such connections when idle
+        self.on_demand = self.mesh == "on_demand" and node_type == "worker"
 
         self.addresses: list[str] = []
         self.services: dict[str, Any] = {"_rmi": _RmiService(self)}
@@ -284,6 +317,10 @@ class Node:
         self._backoff: dict[str, float] = {}
         self._dial_errors: dict[str, str] = {}    # address -> why its last dial failed
         self._address_names: dict[str, str] = {}  # address dialled -> the node that answered
+        self._parting: dict[str, asyncio.Task] = {}  # peer name -> our request to close
+        # connections of a planned close, no longer any peer's: the loop time from which
+        # this node closes each once it is idle (at once on the side that asked)
+        self._detached: dict[Connection, float] = {}
         # a dial that keeps failing is logged once, then counted (see OnceLog)
         self.dial_log = OnceLog(log)
         self.redial_max = REDIAL_MAX
@@ -362,6 +399,8 @@ class Node:
         self.running = True
         self._spawn(self._discovery_loop(), "discovery")
         self._spawn(self._heartbeat_loop(), "heartbeat")
+        if self.on_demand:
+            self._spawn(self._peer_sweep_loop(), "peer sweep")
         log.info("%s (%s) listening on %s", self.name, self.node_type, ", ".join(self.addresses))
 
     def _sockets_held(self) -> list:
@@ -530,23 +569,64 @@ class Node:
     # -- client side ---------------------------------------------------------------------------
 
     async def peer(self, name: str) -> Peer:
-        """The peer called ``name``, dialled at its known addresses if not connected now."""
+        """The peer called ``name``, dialled if not connected now: at the addresses this node
+        knows of it, else at those a connected driver knows."""
         peer = self.peers.get(name)
         if peer is not None:
+            peer.last_used = self.loop.time()
             return peer
         known = self._known.get(name)
         addresses = known.addresses if known else self._learned.get(name, {}).get("addresses", [])
-        errors = []
+        errors: list[str] = []
+        tried: set[str] = set()
+        peer = await self._dial_named(name, addresses, tried, errors)
+        if peer is None:
+            entry = await self._ask_for_address(name)
+            if entry is not None:
+                peer = await self._dial_named(name, entry.get("addresses", ()), tried, errors)
+        if peer is not None:
+            peer.last_used = self.loop.time()
+            return peer
+        raise NotConnected(f"{name} is not connected and cannot be reached"
+                           + (f": {'; '.join(errors)}" if errors else " (no known address)"))
+
+    async def _dial_named(self, name: str, addresses: Iterable[str], tried: set[str],
+                          errors: list[str]) -> Peer | None:
+        """Dial ``addresses`` not ``tried`` yet until one answers as ``name``."""
         for address in addresses:
+            if address in tried:
+                continue
+            tried.add(address)
             try:
-                peer = await self.connect(address)
+                peer: Peer | None = await self.connect(address)
             except (NotConnected, HandshakeError) as exc:
                 errors.append(str(exc))
                 peer = self.peers.get(name)  # e.g. it dialled us meanwhile
-            if peer is not None and peer.name == name:
+            if peer is not None and peer.name == name and self.peers.get(name) is peer:
                 return peer
-        raise NotConnected(f"{name} is not connected and cannot be reached"
-                           + (f": {'; '.join(errors)}" if errors else " (no known address)"))
+        return self.peers.get(name)
+
+    async def _ask_for_address(self, name: str) -> dict | None:
+        """Node ``name``'s entry as a connected driver (or other non-worker) knows it."""
+        for peer in [p for p in self.peers.values() if p.node_type != "worker"]:
+            try:
+                entry = await asyncio.wait_for(peer.call("_rmi", "address_of", name),
+                                               self.connect_timeout)
+            except (NotConnected, RemoteError, asyncio.TimeoutError) as exc:
+                log.debug("%s: %s could not tell the address of %s: %s", self.name, peer.name,
+                          name, exc)
+                continue
+            if isinstance(entry, dict) and entry.get("name") == name and entry.get("addresses"):
+                return entry
+        return None
+
+    def _address_entry(self, name: str, to: Peer) -> dict | None:
+        """What ``to`` may dial of node ``name``, as far as this node knows."""
+        peer = self.peers.get(name) or self._known.get(name)
+        if peer is not None:
+            return self._entry(peer, to)
+        entry = self._learned.get(name)
+        return self._entry_for(entry, to) if entry else None
 
     async def connect(self, address: str) -> Peer:
         """Connect to the node at ``address`` (once, even when called concurrently)."""
@@ -620,7 +700,7 @@ class Node:
             return
         for other in self._connections:
             if other is not conn and other.role == "client" and other.peer_name == name \
-                    and not other.is_closed:
+                    and not other.is_closed and other not in self._detached:
                 raise HandshakeError(f"already connected or connecting to {name}")
         peer = self.peers.get(name)
         if peer is not None and any(c.role == "client" for c in peer.connections):
@@ -655,10 +735,14 @@ class Node:
         if new:
             self.peers[name] = peer
             peer.connected_since = time.time()
-            log.info("%s: connected to %s (%s) at %s", self.name, name, peer.node_type,
-                     ", ".join(peer.addresses))
-            self._gossip_about(peer)
+            peer.last_used = self.loop.time()
+            log.log(logging.DEBUG if self._is_on_demand(peer) else logging.INFO,
+                    "%s: connected to %s (%s) at %s", self.name, name, peer.node_type,
+                    ", ".join(peer.addresses))
+            self._gossip_about(peer, conn)
             self._fire(self.on_peer_added, peer)
+            if self._is_on_demand(peer):
+                self._sweep_peers()  # over max_peer_connections: the least recently used goes
 
     def _choose_connection(self, peer: Peer) -> None:
         live = [c for c in peer.connections if not c.is_closed]
@@ -679,8 +763,14 @@ class Node:
         self._maybe_close_retired(conn)
 
     def _on_call_done(self, conn: Connection) -> None:
+        """A call that ``conn`` served, or one it made, ended."""
+        peer = conn.peer
+        if peer is not None:
+            peer.last_used = self.loop.time()
         if conn.retired_remote and conn.retired_local:
             self._maybe_close_retired(conn)
+        if self._detached and conn in self._detached:
+            self._close_detached(conn)
 
     def _maybe_close_retired(self, conn: Connection) -> None:
         peer = conn.peer
@@ -690,6 +780,7 @@ class Node:
 
     def _on_closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
+        self._detached.pop(conn, None)
         if self._guard is not None and conn.transport is not None:
             self._guard.release(conn.transport)
         peer = conn.peer
@@ -701,7 +792,11 @@ class Node:
             del self.peers[peer.name]
             peer.connected_since = None
             peer.lost_reason = conn.close_reason
-            if not self._stopping:
+            if conn.said_goodbye and conn.close_reason == f"closed by the peer: {PART_REASON}":
+                # the peer closed an idle connection it had asked to close (and we agreed,
+                # but our answer came late): it is not lost
+                log.debug("%s: %s closed its idle connection", self.name, peer.name)
+            elif not self._stopping:
                 log.log(logging.INFO if conn.said_goodbye else logging.WARNING,
                         "%s: lost %s: %s", self.name, peer.name, conn.close_reason)
                 if not conn.said_goodbye:  # a peer that stopped on purpose is not redialled
@@ -722,17 +817,35 @@ class Node:
 
     # -- discovery --------------------------------------------------------------------------------
 
-    def _gossip_about(self, new: Peer) -> None:
-        """Tell the new peer whom we know, and everyone else about the new peer."""
-        known = [e for p in self.peers.values() if p is not new and (e := self._entry(p, new))]
+    def _gossip_about(self, new: Peer, conn: Connection) -> None:
+        """Tell the new peer whom it should know of, and those who should know of it.
+
+        Full mesh: everyone about everyone. On demand, only what keeps every driver knowing
+        every node and every node knowing the drivers: a driver hears of all; a worker hears of
+        the drivers, and of nothing from a worker it dialled itself (drivers knew of that one).
+        """
+        peers = [p for p in self.peers.values() if p is not new and p.connected]
+        if self.mesh == "full" or new.node_type != "worker":
+            mutual = peers
+        elif self.node_type != "worker" or conn.role == "server":
+            # a driver's new worker, or a worker that dialled us (a seed, perhaps): it may not
+            # know the drivers, nor they it
+            mutual = [p for p in peers if p.node_type != "worker"]
+        else:
+            mutual = []
+        known = [e for p in mutual if (e := self._entry(p, new))]
+        if self.node_type == "worker" and new.node_type != "worker" and self.mesh != "full":
+            # the workers this one was told of and is not connected to (e.g. its siblings)
+            known += [e for n, entry in self._learned.items() if entry.get("node_type") == "worker"
+                      and n != new.name and (e := self._entry_for(entry, new))]
         try:
             if known:
                 new.notify("_rmi", "gossip", known)
         except NotConnected:
             pass
-        for peer in list(self.peers.values()):
-            entry = self._entry(new, peer) if peer is not new else None
-            if entry and peer.connected:
+        for peer in mutual:
+            entry = self._entry(new, peer)
+            if entry:
                 try:
                     peer.notify("_rmi", "gossip", [entry])
                 except NotConnected:
@@ -741,28 +854,66 @@ class Node:
     @staticmethod
     def _entry(about: Peer, to: Peer) -> dict | None:
         """What ``to`` may dial of ``about``: loopback addresses only if ``to`` is local."""
-        addresses = about.addresses
+        return Node._entry_for({"name": about.name, "node_type": about.node_type,
+                                "addresses": about.addresses}, to)
+
+    @staticmethod
+    def _entry_for(entry: dict, to: Peer) -> dict | None:
+        """``entry`` with only the addresses ``to`` may dial; None when none is left."""
+        addresses = list(entry.get("addresses", ()))
         if not _is_local(to):
             addresses = [a for a in addresses if not parse_address(a).is_loopback]
         if not addresses:
-            return None  # ``about`` dials out itself (e.g. a driver listening on loopback)
-        return {"name": about.name, "node_type": about.node_type, "addresses": addresses}
+            return None  # the node dials out itself (e.g. a driver listening on loopback)
+        return {"name": entry["name"], "node_type": entry.get("node_type", "worker"),
+                "addresses": addresses}
 
-    def _learn(self, entries: list) -> None:
+    def _learn(self, entries: list) -> list[dict]:
+        """Remember (and on a full mesh, or for a driver, dial) these nodes; the entries of
+        those not heard of before."""
         now = self.loop.time()
+        fresh = []
         for entry in entries:
             name = entry.get("name")
             if not name or name == self.name or name in self.peers:
                 continue
             if name not in self._learned:
                 self._learned_at[name] = now
+                if name not in self._known:
+                    fresh.append(entry)
             self._learned[name] = entry
         self._wake_discovery()
+        return fresh
 
     def learn(self, entries: list[dict]) -> None:
         """Dial these nodes (``{"name", "node_type", "addresses"}`` each) as if a peer had told
-        of them; call on the node's loop."""
-        self._learn(entries)
+        of them; call on the node's loop. A worker of an on-demand mesh dials only the drivers
+        among them, and tells its drivers of the others (so they dial them)."""
+        fresh = self._learn(entries)
+        if not self.on_demand:
+            return
+        drivers = [p for p in self.peers.values() if p.node_type != "worker" and p.connected]
+        for driver in drivers:
+            told = [e for entry in fresh if (e := self._entry_for(entry, driver))]
+            if told:
+                try:
+                    driver.notify("_rmi", "gossip", told)
+                except NotConnected:
+                    pass
+
+    def _is_on_demand(self, peer: Peer) -> bool:
+        """Whether this node's connection to ``peer`` is one made on demand (worker to worker)."""
+        return self.on_demand and peer.node_type == "worker"
+
+    def _seed_wanted(self, addr: str) -> bool:
+        """Whether discovery dials seed ``addr``: on demand, a seed that is a worker only while
+        no driver is connected (it is the way to find one)."""
+        if not self.on_demand:
+            return True
+        known = self._known.get(self._address_names.get(addr, ""))
+        if known is None or known.node_type != "worker":
+            return True
+        return not any(p.node_type != "worker" for p in self.peers.values())
 
     def _wake_discovery(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -792,7 +943,8 @@ class Node:
             targets = []
             for seed in self.seeds:
                 addr = str(seed)
-                if not self._own_address(addr) and not self._connected_address(addr):
+                if not self._own_address(addr) and not self._connected_address(addr) \
+                        and self._seed_wanted(addr):
                     targets.append(addr)
             for name, entry in list(self._learned.items()):
                 if name in self.peers:
@@ -803,6 +955,8 @@ class Node:
                 if now - learned_at > FORGET_AFTER or (first and self._taken_by_another(name, first[0])):
                     self._learned.pop(name, None)  # gone: only seeds are tried
                     continue
+                if self.on_demand and entry.get("node_type", "worker") == "worker":
+                    continue  # in the address book, dialled when asked for (peer())
                 # between workers the smaller name dials first and the other waits a little,
                 # which avoids most crossing dials; a driver never waits
                 if name < self.name and self.node_type != "driver" and now - learned_at < 0.5:
@@ -884,7 +1038,7 @@ class Node:
         errors = {}
         for seed in self.seeds:
             addr = str(seed)
-            if self._own_address(addr) or self._connected_address(addr):
+            if self._own_address(addr) or self._connected_address(addr) or not self._seed_wanted(addr):
                 continue
             errors[addr] = self._dial_errors.get(addr) or (
                 "still dialling" if addr in self._dialing else "not dialled yet")
@@ -932,6 +1086,100 @@ class Node:
                     except NotConnected:
                         pass
 
+    # -- on-demand connections -----------------------------------------------------------------
+    # A worker of an on-demand mesh keeps at most max_peer_connections connections to other
+    # workers and closes one idle for idle_peer_timeout. A close is agreed first, so neither
+    # side takes it for a lost peer: the one that wants it asks (_rmi.part); the other agrees
+    # when no call is in flight, and from then on calls that peer over a new connection; the
+    # asker then closes the old one once its own calls on it (sent meanwhile) are answered.
+
+    async def _peer_sweep_loop(self) -> None:
+        interval = min(1.0, self.idle_peer_timeout / 4)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            self._sweep_peers()
+
+    def _sweep_peers(self) -> None:
+        """Close the idle worker connections that are too many or unused for too long."""
+        now = self.loop.time()
+        for conn in list(self._detached):
+            self._close_detached(conn)
+        workers = [p for p in self.peers.values()
+                   if self._is_on_demand(p) and p.name not in self._parting]
+        idle = []
+        for peer in workers:
+            if peer.idle:
+                idle.append(peer)
+            else:
+                peer.last_used = now
+        idle.sort(key=lambda p: p.last_used)
+        stale = [p for p in idle if now - p.last_used >= self.idle_peer_timeout]
+        excess = len(workers) - len(stale) - self.max_peer_connections
+        for peer in stale + idle[len(stale):len(stale) + max(excess, 0)]:
+            self._start_part(peer)
+
+    def _start_part(self, peer: Peer) -> None:
+        if peer.name in self._parting or self._stopping:
+            return
+        conns = [c for c in peer.connections if not c.is_closed]
+        self._parting[peer.name] = self._spawn(self._part(peer, conns), f"close idle {peer.name}")
+
+    async def _part(self, peer: Peer, conns: list[Connection]) -> None:
+        """Ask ``peer`` to agree to the close of ``conns``; close them if it does."""
+        try:
+            agreed = await asyncio.wait_for(peer.call("_rmi", "part"), self.connect_timeout)
+        except (NotConnected, RemoteError, asyncio.TimeoutError) as exc:
+            log.debug("%s: %s did not agree to close: %r", self.name, peer.name, exc)
+            agreed = False
+        finally:
+            if self._parting.get(peer.name) is asyncio.current_task():
+                del self._parting[peer.name]
+        if agreed is not True:
+            return
+        log.debug("%s: closing the idle connection to %s", self.name, peer.name)
+        # a connection that came up meanwhile stays (the peer agreed to close the others)
+        now = self.loop.time()
+        self._detach(peer, [c for c in conns if c in peer.connections], now)
+        for conn in conns:
+            if conn in self._detached:  # also when we agreed to the peer's own request first
+                self._detached[conn] = now
+                self._close_detached(conn)
+
+    def _agree_to_part(self, peer: Peer) -> bool:
+        """Whether this node lets ``peer`` close the connections between them (it then calls
+        ``peer`` over a new one, and closes these itself only if ``peer`` does not)."""
+        if not self._is_on_demand(peer) or self.peers.get(peer.name) is not peer:
+            return False
+        own_request = 1 if peer.name in self._parting else 0  # both asked at once: both agree
+        if sum(c.pending_calls for c in peer.connections) > own_request or \
+                sum(c.in_progress for c in peer.connections) > 1:  # 1: this very request
+            return False
+        grace = self.heartbeat_timeout  # the asker closes long before, unless it died meanwhile
+        self._detach(peer, list(peer.connections), self.loop.time() + grace)
+        return True
+
+    def _detach(self, peer: Peer, conns: list[Connection], close_from: float) -> None:
+        """Take ``conns`` from ``peer``: calls to it go over a new connection, and these
+        close once idle (from ``close_from`` on) without it being lost."""
+        for conn in conns:
+            peer.connections.remove(conn)
+            if not conn.is_closed:
+                self._detached[conn] = close_from
+        self._choose_connection(peer)
+        if peer.connection is None and self.peers.get(peer.name) is peer:
+            del self.peers[peer.name]
+            peer.connected_since = None
+            peer.lost_reason = PART_REASON
+        for conn in conns:
+            self._close_detached(conn)
+
+    def _close_detached(self, conn: Connection) -> None:
+        close_from = self._detached.get(conn)
+        if close_from is None or conn.is_closed:
+            self._detached.pop(conn, None)
+        elif self.loop.time() >= close_from and not conn.pending_calls and not conn.in_progress:
+            conn.close(PART_REASON)
+
     # -- waiting and status -------------------------------------------------------------------
 
     def status(self) -> dict:
@@ -944,6 +1192,7 @@ class Node:
             "hostname": socket.gethostname(),
             "uptime": time.time() - self.started_at if self.started_at else 0.0,
             "protocol": protocol.PROTOCOL_VERSION,
+            "mesh": self.mesh,
             "peers": [
                 {"name": p.name, "node_type": p.node_type, "addresses": p.addresses,
                  "connected_for": time.time() - (p.connected_since or time.time()),
