@@ -46,6 +46,17 @@ class Losses:
             node.on_peer_lost.append(lambda peer, node=node: self.seen.append((node.name, peer.name)))
 
 
+class Gate:
+    """A service whose wait() returns once the test opens it."""
+
+    def __init__(self):
+        self.open = asyncio.Event()
+
+    async def wait(self):
+        await self.open.wait()
+        return "through"
+
+
 def open_connections(node: Node) -> list:
     return [c for c in node._connections if not c.is_closed]
 
@@ -123,14 +134,6 @@ async def test_beyond_max_peer_connections_the_least_recently_used_are_closed_qu
 
 
 async def test_an_idle_connection_is_closed_after_idle_peer_timeout_and_a_busy_one_is_not(nodes):
-    class Gate:
-        def __init__(self):
-            self.open = asyncio.Event()
-
-        async def wait(self):
-            await self.open.wait()
-            return "through"
-
     driver, (w0, w1, w2) = await cluster(nodes, 3, idle_peer_timeout=0.3)
     gate = Gate()
     w1.add_service("gate", gate)
@@ -159,6 +162,80 @@ async def test_both_asking_to_close_at_once_close_once(nodes):
                              timeout=5, message="one connection each, to the driver")
     assert not worker_peers(w0) and not worker_peers(w1)
     assert losses.seen == []
+
+
+async def test_a_call_sent_while_the_close_is_agreed_is_answered_before_it_closes(nodes):
+    driver, (w0, w1) = await cluster(nodes, 2)
+    gate = Gate()
+    w1.add_service("gate", gate)
+    losses = Losses(driver, w0, w1)
+    peer = await w0.peer("w001")
+    assert await peer.call("_rmi", "ping") == "w001"
+    conn = peer.connection
+    send = conn.call
+    behind = []
+
+    def call(service, method, args, kwargs):
+        future = send(service, method, args, kwargs)
+        if method == "part":  # right behind the request: w1 has agreed when it comes
+            behind.append(send("gate", "wait", (), {}))
+        return future
+    conn.call = call
+    w0._start_part(peer)
+    await wait_for_condition(lambda: behind, message="the request to close sent")
+    busy = behind[0]
+    await wait_for_condition(lambda: "w001" not in w0.peers and "w000" not in w1.peers,
+                             timeout=5, message="both sides agreed")
+    assert not conn.is_closed and conn in w0._detached
+    gate.open.set()
+    assert await busy == "through"
+    await wait_for_condition(lambda: conn.is_closed and not w1._detached, timeout=5,
+                             message="closed once answered")
+    assert losses.seen == []
+
+
+async def test_the_agreeing_side_closes_when_the_asker_does_not_and_nobody_is_lost(nodes):
+    # the asker's "yes" came after its own timeout (or it hung): the other side closes after
+    # heartbeat_timeout, with the reason that tells the asker nothing is lost
+    driver, (w0, w1) = await cluster(nodes, 2, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    losses = Losses(driver, w0, w1)
+    assert await (await w0.peer("w001")).call("_rmi", "ping") == "w001"
+    await wait_for_condition(lambda: "w000" in w1.peers, message="w1 sees w0")
+    assert w1._agree_to_part(w1.peers["w000"])
+    assert "w000" not in w1.peers and "w001" in w0.peers
+    await wait_for_condition(lambda: "w001" not in w0.peers, timeout=5, message="w1 closes")
+    assert w0._known["w001"].lost_reason == f"closed by the peer: {PART_REASON}"
+    assert losses.seen == []
+    assert await (await w0.peer("w001")).call("_rmi", "ping") == "w001"
+
+
+async def test_a_busy_peer_does_not_agree_to_close(nodes):
+    driver, (w0, w1) = await cluster(nodes, 2)
+    gate = Gate()
+    w0.add_service("gate", gate)
+    peer = await w1.peer("w000")
+    busy = peer.call("gate", "wait")
+    await wait_for_condition(lambda: "w001" in w0.peers and w0.peers["w001"].connection.in_progress,
+                             message="w1's call is served")
+    w0._start_part(w0.peers["w001"])
+    await wait_for_condition(lambda: not w0._parting, timeout=5, message="w0's request answered")
+    assert "w001" in w0.peers and "w000" in w1.peers  # w1 said no: its call is in flight
+    gate.open.set()
+    assert await busy == "through"
+
+
+def test_mesh_options_are_checked_and_read_from_the_environment(monkeypatch):
+    with pytest.raises(ValueError, match="invalid value for mesh .*'star'.*on_demand, full"):
+        Node("n", "worker", mesh="star", secret=TEST_SECRET)
+    with pytest.raises(ValueError, match="invalid value for max_peer_connections"):
+        Node("n", "worker", max_peer_connections=0, secret=TEST_SECRET)
+    monkeypatch.setenv("BNDL_LIKE_MESH", " Full ")
+    monkeypatch.setenv("BNDL_LIKE_IDLE_PEER_TIMEOUT", "2.5")
+    node = Node("n", "worker", secret=TEST_SECRET)
+    assert (node.mesh, node.on_demand, node.idle_peer_timeout) == ("full", False, 2.5)
+    assert node.max_peer_connections == 64
+    assert Node("d", "driver", secret=TEST_SECRET, mesh="on_demand").on_demand is False
+    assert Node("w", "worker", secret=TEST_SECRET, mesh="on_demand").on_demand is True
 
 
 async def test_a_worker_that_stops_is_still_lost_by_the_workers_it_was_connected_to(nodes):
