@@ -560,8 +560,9 @@ def peak_rss_bytes() -> int:
 
 
 def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: int = 2, prefetch: int = 1,
-            trouble: Trouble | None = None, tick_us: int = 0, trace_memory: bool = False) -> dict[str, Any]:
-    """One run: build and play the job, with the figures of the module docstring."""
+            trouble: Trouble | None = None, tick_us: int = 0, trace_memory: bool = False,
+            build_only: bool = False) -> dict[str, Any]:
+    """One run: build and play the job (or only build it), with the figures of the module docstring."""
     names = worker_names(n_workers)
     wall0 = time.perf_counter()
     job = make_job(shape, n, names, seed)
@@ -579,7 +580,7 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
     build_rss = rss_bytes() - base
     traced_build = tracemalloc.get_traced_memory()[0] - traced0 if trace_memory else None
     r_wall = time.perf_counter()
-    result = sim.run()
+    result = SimResult("built", 0, 0, 0, 0.0, 0.0, 0, 0, sim.sched.counts(), 0) if build_only else sim.run()
     run_wall = time.perf_counter() - r_wall
     peak = peak_rss_bytes() - base
     traced_peak = tracemalloc.get_traced_memory()[1] - traced0 if trace_memory else None
@@ -591,7 +592,7 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
     return {
         "shape": shape, "tasks": n, "edges": edges, "workers": n_workers, "concurrency": concurrency,
         "prefetch": prefetch, "seed": seed, "tick_us": tick_us, "trace_memory": trace_memory,
-        "outcome": result.outcome,
+        "outcome": result.outcome, "build_only": build_only,
         "build_cpu_s": build_cpu, "build_wall_s": build_wall,
         "decisions": result.decisions, "events": result.events, "handle_calls": result.handle_calls,
         "max_batch": result.max_batch, "runs": result.runs,
@@ -600,6 +601,7 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
         "events_per_s": result.events / cpu if cpu else None,
         "cpu_per_decision_us": 1e6 * cpu / result.decisions if result.decisions else None,
         "edges_per_s": edges / (build_cpu + cpu) if edges and build_cpu + cpu else None,
+        "build_edges_per_s": edges / build_cpu if edges and build_cpu else None,
         "build_bytes": build_bytes, "build_bytes_per_task": build_bytes / n if n else None,
         "build_bytes_per_edge": build_bytes / edges if edges else None,
         "peak_bytes": traced_peak if traced_peak is not None else peak,
@@ -700,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-cluster", action="store_true", help="no failures, losses or holds")
     p.add_argument("--trace-memory", action="store_true",
                    help="tracemalloc over build and run (exact, much slower: times not comparable)")
+    p.add_argument("--build-only", action="store_true", help="construct the Scheduler, measure, stop")
     p.add_argument("--sweep", action="store_true", help="the sweep of the module docstring")
     p.add_argument("--big", action="store_true", help="with --sweep: 10^7 tasks too")
     p.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
@@ -713,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         trouble = Trouble(0, 0, 0, 0) if args.quiet_cluster else Trouble()
         report = {"runs": [measure(args.shape, n, args.workers, seed=args.seed, concurrency=args.concurrency,
                                    prefetch=args.prefetch, trouble=trouble, tick_us=args.tick,
-                                   trace_memory=args.trace_memory)]}
+                                   trace_memory=args.trace_memory, build_only=args.build_only)]}
     report["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                          "load": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:
