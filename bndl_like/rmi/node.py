@@ -8,6 +8,7 @@ import hmac
 import itertools
 import logging
 import os
+import random
 import socket
 import ssl as ssl_module
 import time
@@ -570,41 +571,59 @@ class Node:
 
     async def peer(self, name: str) -> Peer:
         """The peer called ``name``, dialled if not connected now: at the addresses this node
-        knows of it, else at those a connected driver knows."""
+        knows of it, else at those a connected driver knows.
+
+        A dial the other side dropped (e.g. its cap on connections still in their handshake,
+        when many dial it at once) is tried again after a random wait, for up to
+        ``connect_timeout`` seconds."""
         peer = self.peers.get(name)
         if peer is not None:
             peer.last_used = self.loop.time()
             return peer
         known = self._known.get(name)
-        addresses = known.addresses if known else self._learned.get(name, {}).get("addresses", [])
+        addresses = list(known.addresses if known else self._learned.get(name, {}).get("addresses", []))
         errors: list[str] = []
-        tried: set[str] = set()
-        peer = await self._dial_named(name, addresses, tried, errors)
-        if peer is None:
-            entry = await self._ask_for_address(name)
-            if entry is not None:
-                peer = await self._dial_named(name, entry.get("addresses", ()), tried, errors)
-        if peer is not None:
-            peer.last_used = self.loop.time()
-            return peer
+        asked = False
+        deadline = self.loop.time() + self.connect_timeout
+        delay = 0.05
+        while True:
+            if not addresses and not asked:
+                asked = True
+                entry = await self._ask_for_address(name)
+                addresses = list(entry["addresses"]) if entry else []
+            retry = False
+            for address in addresses:
+                found, transient = await self._dial_named(name, address, errors)
+                if found is not None:
+                    found.last_used = self.loop.time()
+                    return found
+                retry = retry or transient
+            if not asked:  # this node's addresses of it failed: perhaps it has others now
+                asked = True
+                entry = await self._ask_for_address(name)
+                if entry and set(entry["addresses"]) != set(addresses):
+                    addresses = list(entry["addresses"])
+                    continue
+            if not retry or self.loop.time() + delay > deadline:
+                break
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
         raise NotConnected(f"{name} is not connected and cannot be reached"
-                           + (f": {'; '.join(errors)}" if errors else " (no known address)"))
+                           + (f": {'; '.join(errors[-3:])}" if errors else " (no known address)"))
 
-    async def _dial_named(self, name: str, addresses: Iterable[str], tried: set[str],
-                          errors: list[str]) -> Peer | None:
-        """Dial ``addresses`` not ``tried`` yet until one answers as ``name``."""
-        for address in addresses:
-            if address in tried:
-                continue
-            tried.add(address)
-            try:
-                peer: Peer | None = await self.connect(address)
-            except (NotConnected, HandshakeError) as exc:
-                errors.append(str(exc))
-                peer = self.peers.get(name)  # e.g. it dialled us meanwhile
-            if peer is not None and peer.name == name and self.peers.get(name) is peer:
-                return peer
-        return self.peers.get(name)
+    async def _dial_named(self, name: str, address: str, errors: list[str]) -> tuple[Peer | None, bool]:
+        """Dial ``address`` for node ``name``: the peer if connected now, and whether a failure
+        may pass (the connection was dropped or refused for now, not the secret or the name)."""
+        transient = False
+        try:
+            await self.connect(address)
+        except NotConnected as exc:
+            errors.append(str(exc))
+            transient = True
+        except HandshakeError as exc:
+            errors.append(str(exc))
+        peer = self.peers.get(name)  # also when it dialled us meanwhile
+        return peer, transient and peer is None
 
     async def _ask_for_address(self, name: str) -> dict | None:
         """Node ``name``'s entry as a connected driver (or other non-worker) knows it."""
@@ -697,6 +716,7 @@ class Node:
         if name == self.name:
             raise HandshakeError(f"{conn.remote} is this node itself")
         if conn.role != "client":
+            self._proven(conn)
             return
         for other in self._connections:
             if other is not conn and other.role == "client" and other.peer_name == name \
@@ -705,6 +725,20 @@ class Node:
         peer = self.peers.get(name)
         if peer is not None and any(c.role == "client" for c in peer.connections):
             raise HandshakeError(f"already connected to {name}")
+
+    def _proven(self, conn: Connection) -> None:
+        """A client proved the secret: it stops counting against the caps on connections not
+        authenticated yet, which would otherwise make room by closing it while its side, done
+        already, sends its first calls (many workers dialling one at once). It still has to
+        finish the handshake within connect_timeout."""
+        if self._guard is None or conn.transport is None:
+            return
+        self._guard.release(conn.transport)
+
+        def overdue() -> None:
+            if not conn.is_closed and not conn.established.done():
+                conn.close("handshake timed out", notify=False, abort=True)
+        self.loop.call_later(self.connect_timeout, overdue)
 
     def _on_established(self, conn: Connection) -> None:
         if conn.transport is not None:

@@ -298,6 +298,25 @@ async def test_workers_a_worker_learns_of_are_told_to_its_drivers(nodes):
 
 
 @pytest.mark.timeout(120)
+async def test_150_workers_dialling_one_holder_at_once_all_reach_it(nodes):
+    # more than the caps on connections from one address still in their handshake (64):
+    # a dial it dropped is tried again, and one whose client proved the secret is not dropped
+    driver, workers = await cluster(nodes, 151)
+    holder, callers = workers[0], workers[1:]
+    losses = Losses(driver, *workers)
+
+    async def fetch(worker: Node) -> str:
+        return await (await worker.peer(holder.name)).call("_rmi", "ping")
+    assert await asyncio.gather(*(fetch(w) for w in callers)) == [holder.name] * 150
+    # the holder's own cap closes the idle ones, politely: both sides agree on who is connected
+    await wait_for_condition(
+        lambda: len(worker_peers(holder)) <= 64 and worker_peers(holder) == {
+            w.name for w in callers if holder.name in w.peers}, timeout=10,
+        message="the holder back under max_peer_connections")
+    assert losses.seen == []
+
+
+@pytest.mark.timeout(120)
 async def test_two_hundred_workers_reach_the_driver_and_hold_one_connection_each(nodes, caplog):
     caplog.set_level(logging.WARNING, logger="bndl_like")
     started = time.monotonic()
