@@ -573,36 +573,38 @@ class Node:
         """The peer called ``name``, dialled if not connected now: at the addresses this node
         knows of it, else at those a connected driver knows.
 
-        A dial the other side dropped (e.g. its cap on connections still in their handshake,
-        when many dial it at once) is tried again after a random wait, for up to
-        ``connect_timeout`` seconds."""
+        On an on-demand mesh a worker asks its drivers first: they are connected to every live
+        node, so one they are not connected to (lost, e.g. a frozen process that accepts
+        connections but never answers) fails at once instead of after a dial's timeout. A dial
+        the other side dropped (e.g. its cap on connections still in their handshake, when many
+        dial it at once) is tried again after a random wait; all within ``connect_timeout``
+        (``heartbeat_timeout`` if shorter: no longer than a connected peer may be silent)."""
         peer = self.peers.get(name)
         if peer is not None:
             peer.last_used = self.loop.time()
             return peer
+        deadline = self.loop.time() + min(self.connect_timeout, self.heartbeat_timeout)
         known = self._known.get(name)
         addresses = list(known.addresses if known else self._learned.get(name, {}).get("addresses", []))
         errors: list[str] = []
         asked = False
-        deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
         while True:
-            if not addresses and not asked:
+            if not asked and (self.on_demand or not addresses):
                 asked = True
-                entry = await self._ask_for_address(name)
-                addresses = list(entry["addresses"]) if entry else []
+                addresses = await self._addresses_from_drivers(name, addresses, deadline)
             retry = False
             for address in addresses:
-                found, transient = await self._dial_named(name, address, errors)
+                found, transient = await self._dial_named(name, address, errors, deadline)
                 if found is not None:
                     found.last_used = self.loop.time()
                     return found
                 retry = retry or transient
             if not asked:  # this node's addresses of it failed: perhaps it has others now
                 asked = True
-                entry = await self._ask_for_address(name)
-                if entry and set(entry["addresses"]) != set(addresses):
-                    addresses = list(entry["addresses"])
+                before = set(addresses)
+                addresses = await self._addresses_from_drivers(name, addresses, deadline)
+                if set(addresses) != before:
                     continue
             if not retry or self.loop.time() + delay > deadline:
                 break
@@ -611,41 +613,72 @@ class Node:
         raise NotConnected(f"{name} is not connected and cannot be reached"
                            + (f": {'; '.join(errors[-3:])}" if errors else " (no known address)"))
 
-    async def _dial_named(self, name: str, address: str, errors: list[str]) -> tuple[Peer | None, bool]:
+    async def _addresses_from_drivers(self, name: str, addresses: list[str], deadline: float) -> list[str]:
+        """The addresses of ``name`` the drivers know, then ``addresses``; raises NotConnected
+        when the drivers that answered are none of them connected to it."""
+        entry, connected = await self._ask_for_address(name, deadline)
+        if connected is False:
+            raise NotConnected(f"{name} is not connected and cannot be reached: no driver is "
+                               "connected to it (lost, or not joined yet)")
+        if entry is None:
+            return addresses
+        return [*entry["addresses"], *(a for a in addresses if a not in entry["addresses"])]
+
+    async def _dial_named(self, name: str, address: str, errors: list[str],
+                          deadline: float) -> tuple[Peer | None, bool]:
         """Dial ``address`` for node ``name``: the peer if connected now, and whether a failure
         may pass (the connection was dropped or refused for now, not the secret or the name)."""
         transient = False
         try:
-            await self.connect(address)
+            await asyncio.wait_for(self.connect(address), max(deadline - self.loop.time(), 0.001))
         except NotConnected as exc:
             errors.append(str(exc))
             transient = True
         except HandshakeError as exc:
             errors.append(str(exc))
+        except asyncio.TimeoutError:
+            errors.append(f"no answer from {address} in time")
         peer = self.peers.get(name)  # also when it dialled us meanwhile
         return peer, transient and peer is None
 
-    async def _ask_for_address(self, name: str) -> dict | None:
-        """Node ``name``'s entry as a connected driver (or other non-worker) knows it."""
+    async def _ask_for_address(self, name: str, deadline: float) -> tuple[dict | None, bool | None]:
+        """Node ``name``'s entry as the connected drivers (and other non-workers) know it, and
+        whether one is connected to it (None: none answered)."""
+        found: dict | None = None
+        connected = None
         for peer in [p for p in self.peers.values() if p.node_type != "worker"]:
             try:
                 entry = await asyncio.wait_for(peer.call("_rmi", "address_of", name),
-                                               self.connect_timeout)
+                                               max(deadline - self.loop.time(), 0.001))
             except (NotConnected, RemoteError, asyncio.TimeoutError) as exc:
-                log.debug("%s: %s could not tell the address of %s: %s", self.name, peer.name,
+                log.debug("%s: %s could not tell the address of %s: %r", self.name, peer.name,
                           name, exc)
                 continue
-            if isinstance(entry, dict) and entry.get("name") == name and entry.get("addresses"):
-                return entry
-        return None
+            if not (isinstance(entry, dict) and entry.get("name") == name
+                    and isinstance(entry.get("addresses"), list)):
+                connected = connected or False  # it does not know of it
+                continue
+            if entry.get("connected", True):
+                return entry, True
+            found, connected = found or entry, False
+        return found, connected
 
     def _address_entry(self, name: str, to: Peer) -> dict | None:
-        """What ``to`` may dial of node ``name``, as far as this node knows."""
+        """What ``to`` may dial of node ``name`` as far as this node knows, and whether this
+        node is connected to it now (``"connected"``)."""
         peer = self.peers.get(name) or self._known.get(name)
         if peer is not None:
-            return self._entry(peer, to)
-        entry = self._learned.get(name)
-        return self._entry_for(entry, to) if entry else None
+            # no address ``to`` may dial: the node dials out itself (it listens on loopback)
+            entry = self._entry(peer, to) or {"name": name, "node_type": peer.node_type,
+                                              "addresses": []}
+        elif name in self._learned:
+            entry = self._entry_for(self._learned[name], to)
+            if entry is None:
+                return None
+        else:
+            return None
+        entry["connected"] = name in self.peers
+        return entry
 
     async def connect(self, address: str) -> Peer:
         """Connect to the node at ``address`` (once, even when called concurrently)."""

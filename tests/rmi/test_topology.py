@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bndl_like.rmi import Node
+from bndl_like.rmi import Node, NotConnected
 from bndl_like.rmi.node import PART_REASON
 
 from ..conftest import TEST_SECRET, wait_for_condition
@@ -44,6 +44,22 @@ class Losses:
         self.seen: list[tuple[str, str]] = []
         for node in nodes:
             node.on_peer_lost.append(lambda peer, node=node: self.seen.append((node.name, peer.name)))
+
+
+@pytest.fixture
+async def silent_address():
+    """The address of something that accepts connections and never answers (a frozen process)."""
+    accepted = []
+
+    async def hold(reader, writer):
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    for writer in accepted:
+        writer.close()
+    server.close()
+    await server.wait_closed()
 
 
 class Gate:
@@ -104,8 +120,28 @@ async def test_a_worker_asked_for_another_dials_it_through_the_drivers_address_b
     assert worker_peers(w0) == {"w002"} and worker_peers(w2) == {"w000"}
     assert worker_peers(w1) == set()
     assert (await w0.peer("w002")) is peer  # connected: the same peer, no second dial
-    with pytest.raises(Exception, match="no-such-node is not connected and cannot be reached"):
+    with pytest.raises(NotConnected, match="no-such-node is not connected and cannot be reached"):
         await w0.peer("no-such-node")
+
+
+async def test_a_node_no_driver_is_connected_to_fails_at_once(nodes, silent_address):
+    driver, (w0,) = await cluster(nodes, 1)
+    # w0 hears of a node that accepts connections but never answers, and tells the driver
+    w0.learn([{"name": "frozen", "node_type": "worker", "addresses": [silent_address]}])
+    await wait_for_condition(lambda: "frozen" in driver._learned, message="the driver hears of it")
+    started = time.monotonic()
+    with pytest.raises(NotConnected, match="frozen .*no driver is connected to it"):
+        await w0.peer("frozen")
+    assert time.monotonic() - started < 1.0  # not the 5 s of connect_timeout
+
+
+async def test_without_a_driver_a_dial_waits_no_longer_than_heartbeat_timeout(nodes, silent_address):
+    w0 = await nodes("w0", heartbeat_interval=0.2, heartbeat_timeout=0.8)
+    w0.learn([{"name": "frozen", "node_type": "worker", "addresses": [silent_address]}])
+    started = time.monotonic()
+    with pytest.raises(NotConnected, match="frozen is not connected and cannot be reached"):
+        await w0.peer("frozen")
+    assert 0.7 < time.monotonic() - started < 2.5  # heartbeat_timeout, not connect_timeout (5 s)
 
 
 async def test_beyond_max_peer_connections_the_least_recently_used_are_closed_quietly(nodes):
