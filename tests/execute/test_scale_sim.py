@@ -34,7 +34,7 @@ NAMES = scale.worker_names(7)
 def play(shape: str, seed: int, trouble, *, n: int = 300, concurrency: int = 2, prefetch: int = 1):
     job = scale.make_job(shape, n, NAMES, seed)
     sim = scale.ClusterSim(job, NAMES, concurrency=concurrency, prefetch=prefetch, trouble=trouble,
-                           seed=seed, check_every=7)
+                           seed=seed, check_every=10)
     result = sim.run()  # asserts the rules as it goes, and the outcome
     sim.sched.validate_state()
     return sim, result
