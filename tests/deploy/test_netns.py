@@ -38,6 +38,10 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BNDL_LIKE_")}
     env["BNDL_LIKE_SECRET"] = SECRET
+    # these tests watch gossip spread every worker's advertised address to every other across
+    # hosts, and partitions between workers heal: the full mesh (on demand, workers connect only
+    # to the drivers and the holders they fetch from: tests/rmi/test_topology.py)
+    env["BNDL_LIKE_MESH"] = "full"
     return env
 
 

@@ -13,7 +13,8 @@ from bndl_like.rmi import Node, protocol
 from ..conftest import TEST_SECRET, wait_for_condition
 
 
-async def test_driver_and_three_workers_each_knowing_one_seed(make_node, spawn_peer):
+async def test_driver_and_three_workers_each_knowing_one_seed(make_node, spawn_peer, monkeypatch):
+    monkeypatch.setenv("BNDL_LIKE_MESH", "full")  # everyone sees everyone: the full mesh
     driver = await make_node("driver")
     # a chain: each worker knows only the previous node
     w1 = spawn_peer("w1", seeds=[driver.addresses[0]])
