@@ -418,6 +418,15 @@ _servers: dict[tuple, ForkServer] = {}
 _servers_lock = threading.Lock()
 
 
+def _running(key: tuple, env: dict, cwd: str) -> tuple[ForkServer, bool]:
+    """The live server for ``key``, started now if there is none (then True). Under _servers_lock."""
+    server = _servers.get(key)
+    if server is not None and server.alive:
+        return server, False
+    server = _servers[key] = ForkServer(env, cwd)
+    return server, True
+
+
 def acquire(env: dict, cwd: str | None = None) -> ForkServer:
     """This process's fork server for workers of environment ``env`` started in ``cwd``
     (started now if there is none, or it died), marked in use until :func:`release`.
@@ -427,9 +436,7 @@ def acquire(env: dict, cwd: str | None = None) -> ForkServer:
     cwd = os.getcwd() if cwd is None else cwd
     key = _key(env, cwd)
     with _servers_lock:
-        server = _servers.get(key)
-        if server is None or not server.alive:
-            server = _servers[key] = ForkServer(env, cwd)
+        server, _ = _running(key, env, cwd)
         with server.changed:
             server.users += 1
             server._idle_since = None
@@ -447,11 +454,9 @@ def prestart(env: dict, cwd: str | None = None) -> ForkServer:
     :data:`PRESTART_IDLE_TIMEOUT` seconds, or once a server for another environment is acquired.
     """
     cwd = os.getcwd() if cwd is None else cwd
-    key = _key(env, cwd)
     with _servers_lock:
-        server = _servers.get(key)
-        if server is None or not server.alive:
-            server = _servers[key] = ForkServer(env, cwd)
+        server, started = _running(_key(env, cwd), env, cwd)
+        if started:
             with server.changed:
                 server._check_idle(PRESTART_IDLE_TIMEOUT)
     return server

@@ -112,7 +112,7 @@ def test_context_hooks_see_every_job(ctx):
         assert rec.events(job) == ["job_done"]
     finally:
         for event in ("task_done", "job_done"):
-            ctx._hooks.fns[event].clear()
+            ctx._state.hooks.fns[event].clear()
 
 
 def test_a_hook_that_raises_is_logged_and_the_job_goes_on(ctx, caplog):

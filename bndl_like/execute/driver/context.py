@@ -53,26 +53,16 @@ class _DriverService:
     @takes_peer
     def task_events(self, worker, job_id: int, events: list) -> None:
         ctx = self.ctx()
-        run = None if ctx is None else ctx._runs.get(job_id)
+        run = None if ctx is None else ctx._state.runs.get(job_id)
         if run is not None:
             run.on_task_events(worker.name, events)
             run.driver.changes.notify()  # a drain may wait for it
 
 
 def _weakly(method):
-    """A callback calling ``method`` while its object lives: what the node's loop holds must
-    not keep the context alive (it is stopped when garbage-collected)."""
-    ref = weakref.WeakMethod(method)
-
-    def call(*args):
-        bound = ref()
-        if bound is not None:
-            bound(*args)
-    return call
-
-
-def _weakly_returning(method):
-    """``method`` called while its object lives (else None), without keeping it alive."""
+    """A callback calling ``method`` while its object lives (None after): what the node's loop
+    and the driver's state hold must not keep the context alive (it is stopped when
+    garbage-collected)."""
     ref = weakref.WeakMethod(method)
 
     def call(*args):
@@ -189,13 +179,9 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         for service in list(self._node.services.values()):
             if getattr(service, "ctx", None) is self:
                 service.ctx = weakref.proxy(self)
-        self._runs = state.runs
         # running jobs, and the last execute.keep_jobs ended ones (their summaries once dropped)
         self.jobs = state.jobs
-        state.exit_status = _weakly_returning(self._exit_status)
-        self._hooks = state.hooks
-        self._held = state.held  # held worker names (changed on the loop thread only)
-        self._worker_pids = state.worker_pids  # worker name -> pid, for exit statuses
+        state.exit_status = _weakly(self._exit_status)
         self._local: LocalWorkers | None = None
         self._closed = False
         # None: the execute.progress option (auto: on in an interactive session)
@@ -244,7 +230,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
     def _exit_status(self, worker: str, timeout: float) -> str | None:
         """How ``worker`` ended ("killed by SIGKILL", "exited with code 3"), when this context
         started it (a local cluster); None when unknown. Blocks up to ``timeout`` s."""
-        pid = self._worker_pids.get(worker)
+        pid = self._state.worker_pids.get(worker)
         if pid is None or self._local is None:
             return None
         return self._local.exit_status(pid, timeout)
@@ -253,21 +239,21 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         self._state.changes.notify()
         if peer.node_type == "worker":
             if isinstance(peer.pid, int):
-                pids = self._worker_pids
+                pids = self._state.worker_pids
                 pids[peer.name] = peer.pid
                 if len(pids) > 4096:  # bounded, however many workers come and go
                     del pids[next(iter(pids))]
-            self._hook_runner.fire("worker_joined", peer.name, self._hooks)
-            if peer.name in self._held:
+            self._hook_runner.fire("worker_joined", peer.name, self._state.hooks)
+            if peer.name in self._state.held:
                 self._tell_held(peer.name, True)
-        for run in list(self._runs.values()):
+        for run in self._state.runs.values():
             run.worker_added(peer)
 
     def _on_peer_lost(self, peer) -> None:
         self._state.changes.notify()
         if peer.node_type == "worker":
-            self._hook_runner.fire("worker_lost", peer.name, self._hooks)
-        for run in list(self._runs.values()):
+            self._hook_runner.fire("worker_lost", peer.name, self._state.hooks)
+        for run in self._state.runs.values():
             run.worker_lost(peer)
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -278,7 +264,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         Hooks run in order in one thread of their own, never on the driver's event loop;
         one that raises is logged. Unknown event names raise ValueError.
         """
-        self._hooks.add(event, fn)
+        self._state.hooks.add(event, fn)
 
     # -- holding and draining workers -------------------------------------------------------------
 
@@ -286,7 +272,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         name = getattr(worker, "name", worker)
         if not isinstance(name, str):
             raise TypeError(f"a worker or a worker name, not {type(worker).__name__}")
-        if name not in self._held and name not in {w.name for w in self.workers}:
+        if name not in self._state.held and name not in {w.name for w in self.workers}:
             raise ValueError(f"unknown worker {name!r}")
         return name
 
@@ -304,7 +290,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
 
     def _signal_task(self, task, signum: int) -> bool:
         self._check_open()
-        run = next((r for r in list(self._runs.values()) if r.job._by_id.get(task.id) is task), None)
+        run = next((r for r in self._state.runs.values() if r.job._by_id.get(task.id) is task), None)
         if run is None or not task.running:
             raise RuntimeError(f"task {task.id!r} is not running")
         worker = self._node.peers.get(task.executed_on_last())
@@ -346,15 +332,15 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
                 raise TimeoutError(f"worker {name} did not drain within {timeout} s")
 
     def _drain_step(self, name: str) -> bool:
-        return all([run.drain_step(name) for run in list(self._runs.values())])
+        return all([run.drain_step(name) for run in self._state.runs.values()])
 
     def _set_held(self, name: str, held: bool) -> None:
         """On the loop: remember the state, tell every running job and the worker itself."""
         if held:
-            self._held.add(name)
+            self._state.held.add(name)
         else:
-            self._held.discard(name)
-        for run in list(self._runs.values()):
+            self._state.held.discard(name)
+        for run in self._state.runs.values():
             run.set_held(name, held)
         self._tell_held(name, held)
 
@@ -466,7 +452,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         when the loop does not answer within ``timeout`` s. Read on the loop, which owns the
         schedulers' state."""
         def count() -> dict[str, int]:
-            runs = [run for run in list(self._runs.values()) if not run.finished]
+            runs = [run for run in self._state.runs.values() if not run.finished]
             return {name: sum(len(run.scheduler.assigned(name)) for run in runs) for name in names}
 
         portal = self._portal
@@ -599,7 +585,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
         if self._portal.in_loop_thread() or not self._portal.running:
             return  # dropped on the loop itself: it cancels once this callback returns
         try:
-            self._portal.run(self._runs.wait_ended(run.job.id), timeout=5)
+            self._portal.run(self._state.runs.wait_ended(run.job.id), timeout=5)
         except TimeoutError:
             log.warning("job %s: the workers were not all told of its cancellation within 5 s", run.job.name)
 
@@ -641,7 +627,7 @@ class ExecutionContext(ExecutorMixin, OutputMixin):
                     profiler.stop()  # the driver's own hooks too, when include_driver=True
                 except Exception:
                     log.warning("could not stop %s", type(profiler).__name__, exc_info=True)
-        for run in list(self._runs.values()):
+        for run in self._state.runs.values():
             try:
                 self._portal.call(run.cancel, timeout=5)
             except Exception:

@@ -571,7 +571,7 @@ class AsyncExecutionContext:
         if not ctx._portal.running:
             return
         try:
-            await asyncio.wait_for(self._on_driver(ctx._runs.wait_ended(run.job.id)), 5)
+            await asyncio.wait_for(self._on_driver(ctx._state.runs.wait_ended(run.job.id)), 5)
         except (asyncio.TimeoutError, RuntimeError):
             pass
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _local = threading.local()
+_ONLY_ON_A_WORKER = (" is only available inside a task or a function the cluster runs on a worker "
+                     "(execute, map, run_function, run_each_worker, run_each_host)")
 
 
 def enter(worker: Any, context: TaskContext) -> None:
@@ -28,9 +30,7 @@ def current_worker():
     ``run_each_worker``, ``run_each_host``, ``map``); RuntimeError elsewhere."""
     worker = getattr(_local, "worker", None)
     if worker is None:
-        raise RuntimeError("current_worker() is only available inside a task or a function the "
-                           "cluster runs on a worker (execute, map, run_function, run_each_worker, "
-                           "run_each_host)")
+        raise RuntimeError("current_worker()" + _ONLY_ON_A_WORKER)
     return worker
 
 
@@ -57,9 +57,7 @@ def task_context() -> TaskContext:
     called by ``run_function`` and its kin); RuntimeError elsewhere."""
     context = getattr(_local, "context", None)
     if context is None:
-        raise RuntimeError("task_context() is only available inside a task or a function the "
-                           "cluster runs on a worker (execute, map, run_function, run_each_worker, "
-                           "run_each_host)")
+        raise RuntimeError("task_context()" + _ONLY_ON_A_WORKER)
     return context
 
 
