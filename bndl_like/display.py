@@ -235,7 +235,7 @@ def context_snapshot(ctx) -> dict:
         load = ctx._worker_load([w.name for w in workers], LOAD_TIMEOUT)
     except Exception:
         load = None
-    held = getattr(ctx, "_held", set())
+    held = getattr(getattr(ctx, "_state", None), "held", set())
     for w in workers:
         state = _peer_state(w) + (", held" if w.name in held else "")
         snap["workers"].append((w.name, w.host, None if load is None else load.get(w.name, 0), state))
