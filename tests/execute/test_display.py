@@ -240,7 +240,7 @@ def test_closed_context_and_unresponsive_loop(monkeypatch):
 def test_context_html_caps_the_workers():
     peers = [SimpleNamespace(name=f"w{i:02}", host=f"10.0.0.{i % 3}", connected=True) for i in range(60)]
     fake = SimpleNamespace(_closed=False, _node=SimpleNamespace(name="<drv>"), jobs=[], workers=peers,
-                           _held={"w01"})
+                           _state=SimpleNamespace(held={"w01"}))
     assert display.context_repr(fake) == \
         "<ExecutionContext <drv> open: 60 workers on 3 hosts, ? tasks assigned, 1 held, 0 jobs run>"
     page = display.context_html(fake)
