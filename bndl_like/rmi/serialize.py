@@ -58,12 +58,20 @@ def _to_bytes(buf) -> bytes:
     of the GIL, so that other threads (an event loop's heartbeats) go on meanwhile."""
     view = memoryview(buf)
     n = view.nbytes
-    if n < COPY_WITHOUT_GIL or view.readonly or not view.c_contiguous or sys.implementation.name != "cpython":
+    if n < COPY_WITHOUT_GIL or not view.c_contiguous or sys.implementation.name != "cpython":
         return bytes(view)
+    if view.readonly:
+        # what arrives out of band is read-only when the sender's buffer was (bytes are):
+        # ctypes maps only writable buffers, numpy tells the address of any
+        import numpy
+        source = numpy.frombuffer(view.cast("B"), numpy.uint8)
+        address = source.ctypes.data
+    else:
+        source = (ctypes.c_char * n).from_buffer(view.cast("B"))
+        address = ctypes.addressof(source)
     out = bytes(n)  # calloc'ed: untouched pages cost nothing until written
-    source = (ctypes.c_char * n).from_buffer(view.cast("B"))
     # a new bytes object nobody else refers to yet: written once, before anyone sees it
-    ctypes.memmove(id(out) + _BYTES_DATA, ctypes.addressof(source), n)
+    ctypes.memmove(id(out) + _BYTES_DATA, address, n)
     del source
     return out
 

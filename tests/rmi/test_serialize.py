@@ -93,3 +93,16 @@ def test_exception_round_trip_with_traceback():
     if sys.version_info >= (3, 11):
         assert code.co_qualname == fail.__qualname__
     assert 'raise ValueError("bad value")' in "".join(traceback.format_tb(error.__traceback__))
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+def test_large_bytes_are_copied_exactly_from_read_only_and_writable_buffers(readonly):
+    # bytes arrive read-only (the sender's buffer was); both are copied outside the GIL
+    n = serialize.COPY_WITHOUT_GIL + 4099
+    source = np.frombuffer(np.random.default_rng(1).bytes(n), np.uint8)
+    received = bytearray(source.tobytes())
+    view = memoryview(received).toreadonly() if readonly else memoryview(received)
+    data, buffers = serialize.dumps(serialize.wrap_large(bytes(received)))
+    copy = serialize._to_bytes(view)
+    assert type(copy) is bytes and len(copy) == n and copy == received
+    assert serialize.loads(data, [view]) == received
