@@ -64,11 +64,11 @@ def _to_bytes(buf) -> bytes:
         # what arrives out of band is read-only when the sender's buffer was (bytes are):
         # ctypes maps only writable buffers, numpy tells the address of any
         import numpy
-        source = numpy.frombuffer(view.cast("B"), numpy.uint8)
-        address = source.ctypes.data
+        source: object = numpy.frombuffer(view.cast("B"), numpy.uint8)
+        address = source.ctypes.data  # type: ignore[attr-defined]
     else:
-        source = (ctypes.c_char * n).from_buffer(view.cast("B"))
-        address = ctypes.addressof(source)
+        mapped = (ctypes.c_char * n).from_buffer(view.cast("B"))
+        source, address = mapped, ctypes.addressof(mapped)
     out = bytes(n)  # calloc'ed: untouched pages cost nothing until written
     # a new bytes object nobody else refers to yet: written once, before anyone sees it
     ctypes.memmove(id(out) + _BYTES_DATA, address, n)
