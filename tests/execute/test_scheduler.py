@@ -667,6 +667,8 @@ def jobs(draw):
     specs = []
     for i in range(n):
         deps = tuple(f"t{j}" for j in rng.sample(range(i), min(i, rng.randrange(4))))
+        if specs and rng.random() < 0.3:  # the same dependencies as an earlier task (a group)
+            deps = rng.choice(specs).dependencies
         locality = None
         if rng.random() < 0.3:
             named = rng.sample(UNIVERSE, rng.randrange(1, 4))  # never forbids all four

@@ -1,5 +1,11 @@
 """The job's task graph as the scheduler keeps it: tasks numbered in spec order, dependencies
-and dependents as tuples of numbers, ranks, and the static locality (sparse)."""
+as tuples of numbers, ranks, and the static locality (sparse).
+
+Tasks that name the same dependencies (the consumers of a shuffle, say) form one *group*:
+they share one tuple of dependencies, and a task's dependents are the groups that depend on
+it. What the scheduler counts per dependency edge (outputs still missing, where the inputs
+lie) it counts once per group, so a shuffle of p producers and c consumers costs p x groups,
+not p x c. Group 0 is that of the tasks without dependencies."""
 
 from __future__ import annotations
 
@@ -13,15 +19,18 @@ from .events import TaskId, TaskSpec, WorkerName
 class Graph:
     """Built once from the specs (:func:`build_graph`); never changes afterwards."""
 
-    __slots__ = ("n", "ids", "index", "deps", "dependents", "rank", "by_rank", "static_prefs",
-                 "static_banned", "pref_index", "ban_index", "data_locality")
+    __slots__ = ("n", "ids", "index", "deps", "group", "members", "group_deps", "dependents", "rank",
+                 "by_rank", "static_prefs", "static_banned", "pref_index", "ban_index", "data_locality")
 
     def __init__(self, ids: list[TaskId], index: dict[TaskId, int]) -> None:
         self.n = len(ids)
         self.ids = ids
         self.index = index
         self.deps: list[tuple[int, ...]] = [()] * self.n         # deduplicated, in the order given
-        self.dependents: list[tuple[int, ...]] = [()] * self.n   # in spec order
+        self.group: list[int] = [0] * self.n                     # task -> its group (0: no dependencies)
+        self.members: list[tuple[int, ...]] = [()]               # group -> its tasks (of group 0: none kept)
+        self.group_deps: list[tuple[int, ...]] = [()]            # group -> the dependencies of its tasks
+        self.dependents: list[tuple[int, ...]] = [()] * self.n   # task -> the groups depending on it
         self.rank: list[int] = []       # task -> rank, by (priority, spec order)
         self.by_rank: list[int] = []    # rank -> task
         # static locality, sparse: only tasks that name a worker appear
@@ -45,7 +54,9 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     g = Graph(ids, index)
     # few objects per task, as the cyclic garbage collector walks every one of them
     dependents: dict[int, list[int]] = {}
-    deps_of = g.deps
+    deps_of, group_of, group_deps = g.deps, g.group, g.group_deps
+    members: list[list[int]] = [[]]
+    by_named: dict[tuple, int] = {}  # the dependencies as named -> their group
     get = index.__getitem__
     ordered = True  # every task depends on earlier ones only: no cycle
     for i, spec in enumerate(specs):
@@ -54,6 +65,12 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
             continue
         if type(named) is not tuple:
             named = tuple(named)
+        k = by_named.get(named)
+        if k is not None:  # (its first task came earlier: no new edge, no new cycle)
+            members[k].append(i)
+            deps_of[i] = group_deps[k]
+            group_of[i] = k
+            continue
         try:
             deps = tuple(map(get, named))
         except KeyError:
@@ -63,12 +80,18 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
             deps = tuple(dict.fromkeys(deps))
         if ordered and max(deps) >= i:
             ordered = False
+        k = by_named[named] = len(members)
+        members.append([i])
+        group_deps.append(deps)
         for d in deps:
             if d in dependents:
-                dependents[d].append(i)
+                dependents[d].append(k)
             else:
-                dependents[d] = [i]
+                dependents[d] = [k]
         deps_of[i] = deps
+        group_of[i] = k
+    del by_named
+    g.members = [tuple(m) for m in members]
     for d, after in dependents.items():
         g.dependents[d] = tuple(after)
     if not ordered:
@@ -123,19 +146,20 @@ def _rank_tasks(g: Graph, specs: Sequence[TaskSpec]) -> None:
 
 def _check_acyclic(g: Graph) -> None:
     """Raise ValueError naming a cycle if there is one."""
-    pending = [len(d) for d in g.deps]
-    stack = [i for i, c in enumerate(pending) if c == 0]
+    waiting = list(map(len, g.group_deps))  # per group: dependencies not yet seen
+    stack = [i for i, k in enumerate(g.group) if k == 0]
     seen = 0
-    dependents = g.dependents
+    dependents, members = g.dependents, g.members
     while stack:
         seen += 1
-        for j in dependents[stack.pop()]:
-            pending[j] -= 1
-            if pending[j] == 0:
-                stack.append(j)
-    if seen == len(pending):
+        for k in dependents[stack.pop()]:
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                stack.extend(members[k])
+    if seen == g.n:
         return
     # every task left waits on a task left: follow such dependencies until one repeats
+    pending = [waiting[k] for k in g.group]
     i = next(i for i, c in enumerate(pending) if c)
     path: list[int] = []
     position: dict[int, int] = {}

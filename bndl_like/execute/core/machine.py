@@ -188,10 +188,11 @@ class Scheduler(Placement):
             raise ValueError(f"unknown task id {task_id!r}") from None
 
     def _check_failures(self, event: TaskDependenciesFailed) -> None:
-        deps = set(self._deps[self._index[event.task_id]])
+        k = self._group[self._index[event.task_id]]  # (its dependencies are those of its group)
+        dependents = self._dependents
         for holder, dep_ids in event.failures.items():
             for dep in dep_ids:
-                if self._task(dep) not in deps:
+                if k not in dependents[self._task(dep)]:
                     raise ValueError(f"{dep!r} (on {holder!r}) is not a dependency "
                                      f"of {event.task_id!r}")
 
@@ -333,10 +334,15 @@ class Scheduler(Placement):
             self._n_succeeded += 1
         self._out.append(_new_task_done(event.task_id, name, self._stim))
         missing = self._missing
-        for d in self._dependents[t]:
-            missing[d] -= 1
-            if missing[d] == 0 and status[d] == WAITING:
-                self._make_ready(d)
+        for k in self._dependents[t]:
+            missing[k] -= 1
+            if missing[k] == 0:  # the tasks of group k have every input now
+                holder = None
+                for d in self._members[k]:
+                    if status[d] == WAITING:
+                        if holder is None and self._data_locality[d] and len(self._deps[d]) > 2:
+                            holder = self._data_holder(d)  # (once for the group)
+                        self._make_ready(d, holder)
         if self._n_succeeded == self._n:
             self._end(EndJob(JobOutcome.DONE, stimulus_id=self._stim))
 

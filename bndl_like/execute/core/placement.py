@@ -52,6 +52,7 @@ class Placement:
         g = graph
         n = self._n = g.n
         self._ids, self._index, self._deps, self._dependents = g.ids, g.index, g.deps, g.dependents
+        self._group, self._members = g.group, g.members
         self._rank, self._by_rank = g.rank, g.by_rank
         self._static_prefs, self._static_banned = g.static_prefs, g.static_banned
         self._pref_index, self._ban_index, self._data_locality = g.pref_index, g.ban_index, g.data_locality
@@ -59,7 +60,12 @@ class Placement:
         self._status = [WAITING] * n
         self._counts = [0] * len(STATE_NAMES)
         self._counts[WAITING] = n
-        self._missing = list(map(len, g.deps))                # dependencies whose output is not available
+        # per group (see graph): dependencies whose output is not available
+        self._missing = list(map(len, g.group_deps))
+        # outputs lost so far, and per group the count when none of its dependencies was LOST
+        # (as _requeue saw): until another output is lost, requeueing its tasks needs no look
+        self._loss_epoch = 0
+        self._clean: dict[int, int] = {}
         self._where: list[WorkerName | None] = [None] * n     # assigned worker
         self._started = bytearray(n)
         self._location: list[WorkerName | None] = [None] * n  # output holder (DONE tasks only)
@@ -145,10 +151,11 @@ class Placement:
                     w.local.add(self._rank[t] - loc * self._n)
         self._update_free(w)
 
-    def _make_ready(self, t: int) -> None:
+    def _make_ready(self, t: int, holder: WorkerName | None = None) -> None:
         """A task whose dependencies' outputs are all available: queue it, or when it prefers
         some workers, stage it for the next fill, which places it on one of them if it can (then
-        it never touches the queues) and queues it otherwise."""
+        it never touches the queues) and queues it otherwise. ``holder``: its
+        :meth:`_data_holder` when the caller knows it (the same for the tasks of a group)."""
         counts, status = self._counts, self._status
         counts[status[t]] -= 1
         counts[READY] += 1
@@ -158,7 +165,8 @@ class Placement:
         if static:
             prefs = {w: loc for w, loc in static if w in self._workers and not self._forbidden(t, w)}
         if self._data_locality[t] and self._deps[t]:
-            holder = self._data_holder(t)
+            if holder is None:
+                holder = self._data_holder(t)
             if not self._forbidden(t, holder):
                 if prefs is None:
                     prefs = {holder: 1}
@@ -346,18 +354,23 @@ class Placement:
         """The output of a DONE task is gone; its dependents wait again."""
         holder = cast(WorkerName, self._location[t])  # (a DONE task's)
         self._set(t, LOST)
+        self._loss_epoch += 1
         self._location[t] = None
         self._lost_from[t] = holder
         if holder in self._workers:
             self._workers[holder].outputs.discard(t)
-        for d in self._dependents[t]:
-            self._missing[d] += 1
-            if self._status[d] == READY:
-                self._dequeue(d)
-                self._set(d, WAITING)
+        missing, status = self._missing, self._status
+        for k in self._dependents[t]:
+            missing[k] += 1
+            if missing[k] == 1:  # (a ready task has every input: only those of this group may be)
+                for d in self._members[k]:
+                    if status[d] == READY:
+                        self._dequeue(d)
+                        self._set(d, WAITING)
 
     def _needed(self, t: int) -> bool:
-        return any(self._status[d] in MUST_RUN for d in self._dependents[t])
+        status, members = self._status, self._members
+        return any(status[d] in MUST_RUN for k in self._dependents[t] for d in members[k])
 
     def _rerun_needed(self, lost: list[int]) -> None:
         for t in lost:
@@ -369,18 +382,23 @@ class Placement:
     def _requeue(self, t: int) -> None:
         """Put a task that must (re)run back in line, re-running the lost outputs it needs."""
         stack = [t]
+        group, clean, epoch = self._group, self._clean, self._loss_epoch
         while stack:
             x = stack.pop()
-            if self._missing[x] == 0:
+            k = group[x]
+            if self._missing[k] == 0:
                 self._make_ready(x)
                 continue
             self._set(x, WAITING)
+            if clean.get(k) == epoch:  # no output was lost since its group was seen to
+                continue
             for d in self._deps[x]:
                 if self._status[d] == LOST:
                     self._out.append(MarkOutputLost(self._ids[d], self._lost_from[d], self._stim))
                     self._n_lost += 1
                     self._set(d, WAITING)
                     stack.append(d)
+            clean[k] = epoch
 
     def _lift_retry_bans(self) -> None:
         """Retry bans that leave a task no live worker are dropped: run it where it failed
