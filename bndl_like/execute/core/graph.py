@@ -56,7 +56,7 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     dependents: dict[int, list[int]] = {}
     deps_of, group_of, group_deps = g.deps, g.group, g.group_deps
     members: list[list[int]] = [[]]
-    by_named: dict[tuple, int] = {}  # the dependencies as named -> their group
+    by_named: dict[tuple[TaskId, ...], int] = {}  # the dependencies as named -> their group
     get = index.__getitem__
     ordered = True  # every task depends on earlier ones only: no cycle
     for i, spec in enumerate(specs):
