@@ -10,7 +10,7 @@ not p x c. Group 0 is that of the tasks without dependencies."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from operator import attrgetter, itemgetter
 
 from .events import TaskId, TaskSpec, WorkerName
@@ -59,10 +59,10 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     by_named: dict[tuple[TaskId, ...], int] = {}  # the dependencies as named -> their group
     get = index.__getitem__
     ordered = True  # every task depends on earlier ones only: no cycle
-    for i, spec in enumerate(specs):
-        named = spec.dependencies
-        if not named:
-            continue
+    named_all = list(map(attrgetter("dependencies"), specs))
+    for i in compress(range(n), named_all):  # (the tasks with dependencies only: C loops for the rest)
+        named = named_all[i]
+        spec = specs[i]
         if type(named) is not tuple:
             named = tuple(named)
         k = by_named.get(named)
@@ -97,10 +97,9 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     if not ordered:
         _check_acyclic(g)
     _rank_tasks(g, specs)
-    for i, spec in enumerate(specs):
-        loc = spec.locality
-        if not loc:
-            continue
+    localities = list(map(attrgetter("locality"), specs))
+    for i in compress(range(n), localities):
+        loc = localities[i]
         prefs = tuple((w, int(v)) for w, v in loc.items() if v > 0)
         banned = frozenset(w for w, v in loc.items() if v < 0)
         if prefs:
@@ -111,7 +110,8 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
             g.static_banned[i] = banned
             for w in banned:
                 g.ban_index.setdefault(w, []).append(i)
-    g.data_locality = bytearray(map(bool, map(attrgetter("data_locality"), specs)))
+    wanted = list(map(attrgetter("data_locality"), specs))
+    g.data_locality = bytearray(b"\x01") * n if all(wanted) else bytearray(map(bool, wanted))
     return g
 
 
@@ -131,6 +131,9 @@ def _rank_tasks(g: Graph, specs: Sequence[TaskSpec]) -> None:
     """Rank by (priority, spec order)."""
     n = g.n
     priorities = list(map(attrgetter("priority"), specs))
+    if not n or priorities.count(priorities[0]) == n:  # all alike: spec order; one list for both
+        g.by_rank = g.rank = list(range(n))
+        return
     try:
         # a stable sort on the priorities alone gives the order of the (priority, index) pairs
         # without building them; they are the fallback for priorities that are equal but do

@@ -14,6 +14,8 @@ if it can, so that it never enters the queues; filling visits only workers with 
 from __future__ import annotations
 
 from collections import Counter
+from itertools import compress
+from operator import not_
 from collections.abc import Hashable, Iterable
 from typing import cast
 
@@ -57,7 +59,7 @@ class Placement:
         self._static_prefs, self._static_banned = g.static_prefs, g.static_banned
         self._pref_index, self._ban_index, self._data_locality = g.pref_index, g.ban_index, g.data_locality
         # per-task state
-        self._status = [WAITING] * n
+        self._status: list[int] = []  # (made below)
         self._counts = [0] * len(STATE_NAMES)
         self._counts[WAITING] = n
         # per group (see graph): dependencies whose output is not available
@@ -98,14 +100,13 @@ class Placement:
         self._out: list[Decision] = []
         self._over = False
         self._stim: Hashable = 0  # the stimulus the decisions being made answer (see handle())
-        # every root is ready; those with a static locality go the long way
-        plain = []
+        # every root is ready, those with a static locality go the long way (C loops: 10^7 tasks)
         special = self._static_prefs.keys() | self._static_banned.keys()
-        status, rank = self._status, self._rank
-        for i, deps in enumerate(self._deps):
-            if not deps and i not in special:
-                status[i] = READY
-                plain.append(rank[i])
+        rank = self._rank
+        self._status = list(map((WAITING, READY).__getitem__, map(not_, g.group)))  # (roots READY)
+        for i in special:
+            self._status[i] = WAITING
+        plain = list(map(rank.__getitem__, compress(range(n), self._status)))  # (READY is 1, WAITING 0)
         self._counts[WAITING] -= len(plain)
         self._counts[READY] += len(plain)
         self._ready = RankQueue(plain)
