@@ -14,9 +14,9 @@ if it can, so that it never enters the queues; filling visits only workers with 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Iterable
 from itertools import compress
 from operator import not_
-from collections.abc import Hashable, Iterable
 from typing import cast
 
 from .decisions import (
