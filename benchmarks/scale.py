@@ -561,8 +561,10 @@ def peak_rss_bytes() -> int:
 
 def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: int = 2, prefetch: int = 1,
             trouble: Trouble | None = None, tick_us: int = 0, trace_memory: bool = False,
-            build_only: bool = False) -> dict[str, Any]:
-    """One run: build and play the job (or only build it), with the figures of the module docstring."""
+            build_only: bool = False, collect: bool = True) -> dict[str, Any]:
+    """One run: build and play the job (or only build it), with the figures of the module docstring.
+    ``collect=False``: the cyclic garbage collector off over build and run (the scheduler's own
+    cost, apart from the collections that the simulation's and the job's objects bring about)."""
     names = worker_names(n_workers)
     wall0 = time.perf_counter()
     job = make_job(shape, n, names, seed)
@@ -574,6 +576,8 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
         tracemalloc.start()
     base = rss_bytes()
     traced0 = tracemalloc.get_traced_memory()[0] if trace_memory else 0
+    if not collect:
+        gc.disable()
     b_cpu, b_wall = time.process_time(), time.perf_counter()
     sim.build()
     build_cpu, build_wall = time.process_time() - b_cpu, time.perf_counter() - b_wall
@@ -582,6 +586,7 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
     r_wall = time.perf_counter()
     result = SimResult("built", 0, 0, 0, 0.0, 0.0, 0, 0, sim.sched.counts(), 0) if build_only else sim.run()
     run_wall = time.perf_counter() - r_wall
+    gc.enable()
     peak = peak_rss_bytes() - base
     traced_peak = tracemalloc.get_traced_memory()[1] - traced0 if trace_memory else None
     if trace_memory:
@@ -591,7 +596,7 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
     edges = job.edges
     return {
         "shape": shape, "tasks": n, "edges": edges, "workers": n_workers, "concurrency": concurrency,
-        "prefetch": prefetch, "seed": seed, "tick_us": tick_us, "trace_memory": trace_memory,
+        "prefetch": prefetch, "seed": seed, "tick_us": tick_us, "trace_memory": trace_memory, "gc": collect,
         "outcome": result.outcome, "build_only": build_only,
         "build_cpu_s": build_cpu, "build_wall_s": build_wall,
         "decisions": result.decisions, "events": result.events, "handle_calls": result.handle_calls,
@@ -649,6 +654,10 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
                "--prefetch", str(args.prefetch), "--tick", str(args.tick)]
         if args.trace_memory:
             cmd.append("--trace-memory")
+        if args.no_gc:
+            cmd.append("--no-gc")
+        if args.quiet_cluster:
+            cmd.append("--quiet-cluster")
         print(f"  {shape} N={n:,} W={w:,} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         if proc.returncode != 0:
@@ -703,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace-memory", action="store_true",
                    help="tracemalloc over build and run (exact, much slower: times not comparable)")
     p.add_argument("--build-only", action="store_true", help="construct the Scheduler, measure, stop")
+    p.add_argument("--no-gc", action="store_true",
+                   help="the cyclic garbage collector off over build and run (the scheduler's own cost)")
     p.add_argument("--sweep", action="store_true", help="the sweep of the module docstring")
     p.add_argument("--big", action="store_true", help="with --sweep: 10^7 tasks too")
     p.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
@@ -716,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         trouble = Trouble(0, 0, 0, 0) if args.quiet_cluster else Trouble()
         report = {"runs": [measure(args.shape, n, args.workers, seed=args.seed, concurrency=args.concurrency,
                                    prefetch=args.prefetch, trouble=trouble, tick_us=args.tick,
-                                   trace_memory=args.trace_memory, build_only=args.build_only)]}
+                                   trace_memory=args.trace_memory, build_only=args.build_only,
+                                   collect=not args.no_gc)]}
     report["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                          "load": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:

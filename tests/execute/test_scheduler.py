@@ -386,6 +386,44 @@ def test_worker_lost_ready_dependents_wait_again():
     assert finish(s, "x", "w2") == [MarkTaskDone("x", "w2"), RunTask("a", "w2", 2)]
 
 
+def test_tasks_naming_the_same_dependencies_share_one_group_through_losses():
+    # a shuffle: c1..c3 all name (p1, p2) -- one group; p2's output is lost twice
+    specs = [T("p1", locality={"w1": 1}), T("p2", locality={"w2": 1}),
+             *(T(f"c{i}", ("p1", "p2")) for i in (1, 2, 3)), T("x", locality={"w3": 1})]
+    s = Scheduler(specs, ["w1", "w2", "w3"], concurrency=1)
+    assert started(s) == [RunTask("p1", "w1", 1), RunTask("p2", "w2", 1), RunTask("x", "w3", 1)]
+    finish(s, "p1", "w1", 5)
+    assert [s.state(c) for c in ("c1", "c2", "c3")] == ["waiting"] * 3
+    # all three become ready at once, and prefer the worker holding more input bytes (w2)
+    assert finish(s, "p2", "w2", 50) == [MarkTaskDone("p2", "w2"), RunTask("c1", "w2", 1),
+                                         RunTask("c2", "w1", 1)]
+    finish(s, "c1", "w2")
+    assert s.state("c3") == "assigned"  # (c3 followed c1 on w2)
+    assert run(s, TaskStarted("c3", "w2")) == []
+    # w1 holds p1's output and runs c2: lost; p1 re-runs once for the group, c2 waits again
+    assert run(s, WorkerLost("w1")) == [MarkOutputLost("p1", "w1")]  # (w2 and w3 are busy)
+    assert s.state("c2") == "waiting" and s.state("p1") == "ready"
+    # a failed fetch by c3 of p2 from w2 is checked against the group's dependencies
+    with pytest.raises(ValueError, match="not a dependency"):
+        s.handle(TaskDependenciesFailed("c3", "w2", {"w2": ["x"]}))
+    assert run(s, TaskDependenciesFailed("c3", "w2", {"w2": ["p2"]})) == [
+        MarkOutputLost("p2", "w2"), RunTask("p2", "w2", 2)]
+    assert s.state("c3") == "waiting" and s.state("c1") == "done"
+    # p2 back on w2, which then takes p1: the group waits for both
+    assert finish(s, "p2", "w2", 50) == [MarkTaskDone("p2", "w2"), RunTask("p1", "w2", 2)]
+    assert s.state("c2") == "waiting" and s.state("c3") == "waiting"
+    # p1 back: both tasks of the group left are ready at once (c2 on w2, c3 queued behind it)
+    assert finish(s, "p1", "w2", 5) == [MarkTaskDone("p1", "w2"), RunTask("c2", "w2", 2)]
+    assert s.state("c3") == "ready"
+    for _ in range(10):
+        if s.over:
+            break
+        for w in s.workers:
+            for t in s.assigned(w):
+                finish(s, t, w)
+    assert s.over and s.counts()["done"] == 6
+
+
 def test_dependents_running_elsewhere_are_left_alone():
     specs = [T("a", locality={"w1": 1}), T("b", ("a",), locality={"w2": 5})]
     s = Scheduler(specs, ["w1", "w2", "w3"])
