@@ -34,8 +34,9 @@ def validate_state(sched: Scheduler) -> None:
     ready_banned: dict[WorkerName, list[int]] = {}
     outputs: dict[WorkerName, set[int]] = {}
     missing, deps_of, location, succeeded = sched._missing, sched._deps, sched._location, sched._succeeded
-    group, members = sched._group, sched._members
-    assert missing[0] == 0 and all(group[t] == k for k in range(1, len(members)) for t in members[k])
+    leader, members = sched._leader, sched._members
+    assert all(k == m[0] and all(leader[t] == k for t in m[1:]) for k, m in members.items())
+    assert all(t in members[k] for t, k in leader.items()), "group leaders"
     where, started, pending = sched._where, sched._started, sched._pending
     workers, prefs_of = sched._workers, sched._prefs
     forbidden, retry_banned = sched._forbidden, sched._retry_banned
@@ -43,7 +44,7 @@ def validate_state(sched: Scheduler) -> None:
         s = status[t]
         deps = deps_of[t]
         dep_status = [status[d] for d in deps]
-        assert missing[group[t]] == len(deps) - dep_status.count(DONE), f"missing {t}"
+        assert missing[leader.get(t, t)] == len(deps) - dep_status.count(DONE), f"missing {t}"
         holder = location[t]
         assert (holder is not None) == (s == DONE), f"location {t}"
         assert s not in (DONE, LOST) or succeeded[t], f"done without success {t}"
@@ -52,7 +53,7 @@ def validate_state(sched: Scheduler) -> None:
             outputs.setdefault(holder, set()).add(t)
         if s in MUST_RUN:  # every dependency is available or on its way (lineage)
             assert LOST not in dep_status, f"lost dependency not re-run {t}"
-        assert (s == WAITING) == (missing[group[t]] > 0 and s in (WAITING, READY)), f"waiting {t}"
+        assert (s == WAITING) == (missing[leader.get(t, t)] > 0 and s in (WAITING, READY)), f"waiting {t}"
         if s == ASSIGNED:
             on = where[t]
             assert on is not None and on in workers, f"assigned to no live worker {t}"

@@ -1,17 +1,18 @@
 """The job's task graph as the scheduler keeps it: tasks numbered in spec order, dependencies
 as tuples of numbers, ranks, and the static locality (sparse).
 
-Tasks that name the same dependencies (the consumers of a shuffle, say) form one *group*:
-they share one tuple of dependencies, and a task's dependents are the groups that depend on
-it. What the scheduler counts per dependency edge (outputs still missing, where the inputs
-lie) it counts once per group, so a shuffle of p producers and c consumers costs p x groups,
-not p x c. Group 0 is that of the tasks without dependencies."""
+Tasks that name the same (two or more) dependencies -- the consumers of a shuffle, say -- form
+a *group*, known by its first task, the leader: they share one tuple of dependencies, and a
+task's dependents name the leaders of the groups. What the scheduler counts per dependency
+edge (outputs still missing, where the inputs lie) it counts once per group, so a shuffle of p
+producers and c consumers costs p x groups, not p x c. A task alone is its own leader and
+costs nothing more; only groups of two or more are written down (``members``, ``leader``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import compress, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, not_
 
 from .events import TaskId, TaskSpec, WorkerName
 
@@ -19,18 +20,17 @@ from .events import TaskId, TaskSpec, WorkerName
 class Graph:
     """Built once from the specs (:func:`build_graph`); never changes afterwards."""
 
-    __slots__ = ("n", "ids", "index", "deps", "group", "members", "group_deps", "dependents", "rank",
-                 "by_rank", "static_prefs", "static_banned", "pref_index", "ban_index", "data_locality")
+    __slots__ = ("n", "ids", "index", "deps", "members", "leader", "dependents", "rank", "by_rank",
+                 "static_prefs", "static_banned", "pref_index", "ban_index", "data_locality")
 
     def __init__(self, ids: list[TaskId], index: dict[TaskId, int]) -> None:
         self.n = len(ids)
         self.ids = ids
         self.index = index
         self.deps: list[tuple[int, ...]] = [()] * self.n         # deduplicated, in the order given
-        self.group: list[int] = [0] * self.n                     # task -> its group (0: no dependencies)
-        self.members: list[tuple[int, ...]] = [()]               # group -> its tasks (of group 0: none kept)
-        self.group_deps: list[tuple[int, ...]] = [()]            # group -> the dependencies of its tasks
-        self.dependents: list[tuple[int, ...]] = [()] * self.n   # task -> the groups depending on it
+        self.members: dict[int, tuple[int, ...]] = {}            # leader -> its group's tasks (2 or more)
+        self.leader: dict[int, int] = {}                         # task of a group -> its leader (not itself)
+        self.dependents: list[tuple[int, ...]] = [()] * self.n   # task -> the leaders depending on it
         self.rank: list[int] = []       # task -> rank, by (priority, spec order)
         self.by_rank: list[int] = []    # rank -> task
         # static locality, sparse: only tasks that name a worker appear
@@ -54,44 +54,44 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     g = Graph(ids, index)
     # few objects per task, as the cyclic garbage collector walks every one of them
     dependents: dict[int, list[int]] = {}
-    deps_of, group_of, group_deps = g.deps, g.group, g.group_deps
-    members: list[list[int]] = [[]]
-    by_named: dict[tuple[TaskId, ...], int] = {}  # the dependencies as named -> their group
+    deps_of, leader = g.deps, g.leader
+    members: dict[int, list[int]] = {}
+    by_named: dict[tuple[TaskId, ...], int] = {}  # dependencies as named (two or more) -> their leader
     get = index.__getitem__
     ordered = True  # every task depends on earlier ones only: no cycle
     named_all = list(map(attrgetter("dependencies"), specs))
     for i in compress(range(n), named_all):  # (the tasks with dependencies only: C loops for the rest)
         named = named_all[i]
-        spec = specs[i]
         if type(named) is not tuple:
             named = tuple(named)
-        k = by_named.get(named)
-        if k is not None:  # (its first task came earlier: no new edge, no new cycle)
-            members[k].append(i)
-            deps_of[i] = group_deps[k]
-            group_of[i] = k
-            continue
+        if len(named) > 1:
+            k = by_named.get(named)
+            if k is not None:  # (its leader came earlier: no new edge, no new cycle)
+                if k in members:
+                    members[k].append(i)
+                else:
+                    members[k] = [k, i]
+                leader[i] = k
+                deps_of[i] = deps_of[k]
+                continue
+            by_named[named] = i
         try:
             deps = tuple(map(get, named))
         except KeyError:
             unknown = next(d for d in dict.fromkeys(named) if d not in index)
-            raise ValueError(f"task {spec.task_id!r} depends on unknown task {unknown!r}") from None
+            raise ValueError(f"task {specs[i].task_id!r} depends on unknown task {unknown!r}") from None
         if len(deps) > 1:
             deps = tuple(dict.fromkeys(deps))
         if ordered and max(deps) >= i:
             ordered = False
-        k = by_named[named] = len(members)
-        members.append([i])
-        group_deps.append(deps)
         for d in deps:
             if d in dependents:
-                dependents[d].append(k)
+                dependents[d].append(i)
             else:
-                dependents[d] = [k]
+                dependents[d] = [i]
         deps_of[i] = deps
-        group_of[i] = k
     del by_named
-    g.members = [tuple(m) for m in members]
+    g.members = {k: tuple(m) for k, m in members.items()}
     for d, after in dependents.items():
         g.dependents[d] = tuple(after)
     if not ordered:
@@ -149,8 +149,8 @@ def _rank_tasks(g: Graph, specs: Sequence[TaskSpec]) -> None:
 
 def _check_acyclic(g: Graph) -> None:
     """Raise ValueError naming a cycle if there is one."""
-    waiting = list(map(len, g.group_deps))  # per group: dependencies not yet seen
-    stack = [i for i, k in enumerate(g.group) if k == 0]
+    waiting = list(map(len, g.deps))  # per leader: dependencies not yet seen
+    stack = list(compress(range(g.n), map(not_, waiting)))
     seen = 0
     dependents, members = g.dependents, g.members
     while stack:
@@ -158,11 +158,12 @@ def _check_acyclic(g: Graph) -> None:
         for k in dependents[stack.pop()]:
             waiting[k] -= 1
             if waiting[k] == 0:
-                stack.extend(members[k])
+                stack.extend(members.get(k, (k,)))
     if seen == g.n:
         return
     # every task left waits on a task left: follow such dependencies until one repeats
-    pending = [waiting[k] for k in g.group]
+    lead = g.leader
+    pending = [waiting[lead.get(i, i)] for i in range(g.n)]
     i = next(i for i, c in enumerate(pending) if c)
     path: list[int] = []
     position: dict[int, int] = {}

@@ -188,7 +188,8 @@ class Scheduler(Placement):
             raise ValueError(f"unknown task id {task_id!r}") from None
 
     def _check_failures(self, event: TaskDependenciesFailed) -> None:
-        k = self._group[self._index[event.task_id]]  # (its dependencies are those of its group)
+        t = self._index[event.task_id]
+        k = self._leader.get(t, t)  # (its dependents entries name its group's leader)
         dependents = self._dependents
         for holder, dep_ids in event.failures.items():
             for dep in dep_ids:
@@ -336,9 +337,14 @@ class Scheduler(Placement):
         missing = self._missing
         for k in self._dependents[t]:
             missing[k] -= 1
-            if missing[k] == 0:  # the tasks of group k have every input now
+            if missing[k] == 0:  # k (and its group) have every input now
+                group = self._members.get(k)
+                if group is None:
+                    if status[k] == WAITING:
+                        self._make_ready(k)
+                    continue
                 holder = None
-                for d in self._members[k]:
+                for d in group:
                     if status[d] == WAITING:
                         if holder is None and self._data_locality[d] and len(self._deps[d]) > 2:
                             holder = self._data_holder(d)  # (once for the group)

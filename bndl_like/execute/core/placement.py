@@ -54,7 +54,7 @@ class Placement:
         g = graph
         n = self._n = g.n
         self._ids, self._index, self._deps, self._dependents = g.ids, g.index, g.deps, g.dependents
-        self._group, self._members = g.group, g.members
+        self._members, self._leader = g.members, g.leader
         self._rank, self._by_rank = g.rank, g.by_rank
         self._static_prefs, self._static_banned = g.static_prefs, g.static_banned
         self._pref_index, self._ban_index, self._data_locality = g.pref_index, g.ban_index, g.data_locality
@@ -62,8 +62,8 @@ class Placement:
         self._status: list[int] = []  # (made below)
         self._counts = [0] * len(STATE_NAMES)
         self._counts[WAITING] = n
-        # per group (see graph): dependencies whose output is not available
-        self._missing = list(map(len, g.group_deps))
+        # per leader (see graph): dependencies whose output is not available
+        self._missing = list(map(len, g.deps))
         # outputs lost so far, and per group the count when none of its dependencies was LOST
         # (as _requeue saw): until another output is lost, requeueing its tasks needs no look
         self._loss_epoch = 0
@@ -103,7 +103,7 @@ class Placement:
         # every root is ready, those with a static locality go the long way (C loops: 10^7 tasks)
         special = self._static_prefs.keys() | self._static_banned.keys()
         rank = self._rank
-        self._status = list(map((WAITING, READY).__getitem__, map(not_, g.group)))  # (roots READY)
+        self._status = list(map((WAITING, READY).__getitem__, map(not_, g.deps)))  # (roots READY)
         for i in special:
             self._status[i] = WAITING
         plain = list(map(rank.__getitem__, compress(range(n), self._status)))  # (READY is 1, WAITING 0)
@@ -364,14 +364,14 @@ class Placement:
         for k in self._dependents[t]:
             missing[k] += 1
             if missing[k] == 1:  # (a ready task has every input: only those of this group may be)
-                for d in self._members[k]:
+                for d in self._members.get(k, (k,)):
                     if status[d] == READY:
                         self._dequeue(d)
                         self._set(d, WAITING)
 
     def _needed(self, t: int) -> bool:
         status, members = self._status, self._members
-        return any(status[d] in MUST_RUN for k in self._dependents[t] for d in members[k])
+        return any(status[d] in MUST_RUN for k in self._dependents[t] for d in members.get(k, (k,)))
 
     def _rerun_needed(self, lost: list[int]) -> None:
         for t in lost:
@@ -383,10 +383,10 @@ class Placement:
     def _requeue(self, t: int) -> None:
         """Put a task that must (re)run back in line, re-running the lost outputs it needs."""
         stack = [t]
-        group, clean, epoch = self._group, self._clean, self._loss_epoch
+        leader, clean, epoch = self._leader, self._clean, self._loss_epoch
         while stack:
             x = stack.pop()
-            k = group[x]
+            k = leader.get(x, x)
             if self._missing[k] == 0:
                 self._make_ready(x)
                 continue
