@@ -23,7 +23,9 @@ every construction and read against them), and every read goes through the field
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import pickle
+from collections.abc import Hashable, Iterable
+from operator import itemgetter
 from typing import Any, Final, Literal
 
 # -- services and their methods ---------------------------------------------------------------
@@ -79,6 +81,27 @@ def plain_key(key: object) -> bool:
     return cls in PLAIN_KEYS or cls is float or key is None or cls is bool or cls is bytes
 
 
+# the types of the plain task ids that are not tuples
+_PLAIN_ATOMS: Final = frozenset({int, str, float, bool, bytes, type(None)})
+
+
+def plain_keys(keys: Iterable[object]) -> bool:
+    """Whether every task id of ``keys`` is plain (:func:`plain_key`): for all the ids of a job
+    at once, by the set of their types and, for tuples of one length, of the types of each of
+    their items (no Python step per id)."""
+    keys = list(keys)
+    types = set(map(type, keys))
+    if types <= _PLAIN_ATOMS:
+        return True
+    if types - _PLAIN_ATOMS != {tuple}:
+        return False
+    tuples = keys if len(types) == 1 else [key for key in keys if type(key) is tuple]
+    lengths = set(map(len, tuples))  # type: ignore[arg-type]
+    if len(lengths) != 1:
+        return all(map(plain_key, tuples))
+    return all(plain_keys(map(itemgetter(i), tuples)) for i in range(lengths.pop()))  # type: ignore[arg-type]
+
+
 # -- task runs (driver -> worker) ------------------------------------------------------------------
 
 # one task of a batch the driver sends to a worker's ``tasks.run``: (key, attempt, fn, args,
@@ -97,6 +120,14 @@ RUN_TIMEOUT: Final = 6
 RUN_SEND: Final = 7
 RUN_CONFIRM: Final = 8
 
+
+def load_by_value(data: bytes) -> Any:
+    """Unpickle a function the driver pickled by value once for several batches of task runs
+    (sent at once) and put in each batch as this call: every batch still unpickles its own
+    copy, as when the function was pickled with the batch."""
+    return pickle.loads(data)
+
+
 # -- forwarded output (worker -> driver's output.write) ----------------------------------------------
 
 STDOUT: Final = 1
@@ -106,5 +137,5 @@ RECORD: Final = 3
 __all__ = [
     "ABANDONED", "DEPS_FAILED", "DRIVER_SERVICE", "FAILED", "FUNCTIONS_SERVICE", "OUTPUT_SERVICE",
     "PLAIN_KEYS", "PROFILING_SERVICE", "RESEND", "SCATTER_SERVICE", "STARTED", "SUCCEEDED",
-    "TASKS_SERVICE", "TASK_EVENTS", "TaskEvent", "TaskRun", "plain_key",
+    "TASKS_SERVICE", "TASK_EVENTS", "TaskEvent", "TaskRun", "load_by_value", "plain_key", "plain_keys",
 ]

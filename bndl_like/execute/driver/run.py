@@ -8,20 +8,28 @@ scheduler events. Results go to the driver thread through a queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
+import io
 import logging
 import operator
+import pickle
 import queue
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Iterator
+from types import FunctionType
+
+import cloudpickle
 
 from ... import config
 from ...rmi import NotConnected
+from ...rmi.code_location import dumps as dumps_by_value
 from ...rmi.errors import SerializationError
 from ...rmi.pickle_check import unpicklable_error
-from ...rmi.serialize import LOAD_IN_THREAD, Payload
+from ...rmi.serialize import LOAD_IN_THREAD, OUT_OF_BAND_MIN, Payload, _buffer_callback, wrap_large
 from .. import core as S
 from ..core import EndJob, JobOutcome, Recorder
 from ..errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost, trim_traceback
@@ -38,7 +46,9 @@ from ..messages import (
     STARTED,
     SUCCEEDED,
     TASKS_SERVICE,
+    load_by_value,
     plain_key,
+    plain_keys,
 )
 from ..tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult, map_chunk
 from .recording import JobRecording
@@ -48,6 +58,156 @@ from .state import DriverState
 log = logging.getLogger(__name__)
 
 END = object()
+
+
+def _maker(cls, names: tuple[str, ...]):
+    """A constructor of the frozen, slotted dataclass ``cls`` that takes the fields ``names``
+    positionally, the others at their defaults, and fills the slots directly: the generated
+    ``__init__`` goes through ``object.__setattr__`` for every field, a few times slower, and
+    the shell makes one event per task event and one spec per task. The same object either way;
+    ``cls`` called by keyword when its fields are not what this expects."""
+    def by_keyword(*values):
+        return cls(**dict(zip(names, values, strict=True)))
+    try:
+        fields = dataclasses.fields(cls)
+    except TypeError:
+        return by_keyword
+    if "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__") \
+            or set(names) - {f.name for f in fields}:
+        return by_keyword
+    env: dict = {"new": object.__new__, "cls": cls}
+    lines = ["    obj = new(cls)"]
+    for f in fields:
+        env[f"set_{f.name}"] = getattr(cls, f.name).__set__
+        if f.name in names:
+            lines.append(f"    set_{f.name}(obj, {f.name})")
+        elif f.default is not dataclasses.MISSING:
+            env[f"default_{f.name}"] = f.default
+            lines.append(f"    set_{f.name}(obj, default_{f.name})")
+        else:  # required, or a default factory
+            return by_keyword
+    source = f"def make({', '.join(names)}):\n" + "\n".join(lines) + "\n    return obj\n"
+    exec(source, env)  # built above from the field names of the dataclass only
+    return env["make"]
+
+
+_new_spec = _maker(S.TaskSpec, ("task_id", "dependencies", "priority", "locality", "data_locality"))
+_new_succeeded = _maker(S.TaskSucceeded, ("task_id", "worker", "nbytes", "attempt"))
+_new_started = _maker(S.TaskStarted, ("task_id", "worker", "attempt"))
+
+
+class _GcPause:
+    """The cyclic garbage collector held off while the scheduler of a job is built: the build
+    makes millions of objects that all live on, and each collection on the way would walk the
+    whole heap again (the job's tasks too) to free none of them. Collections resume as they
+    were once the last build running (in any thread) is done; nested and concurrent uses
+    count, so a collector the process had turned off stays off."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._was_enabled:
+                gc.enable()
+
+
+_gc_paused = _GcPause()
+
+
+class _OneByValue(Exception):
+    """A batch holds more than one function to pickle by value: pickled whole, as before."""
+
+
+def _by_value(fn) -> bytes | None:
+    """cloudpickle's pickle of the function ``fn`` when the worker could not import it by name
+    (as :func:`~bndl_like.rmi.serialize.pickle_any` decides: the standard pickler fails, or names
+    ``__main__``); None when it goes by name, or when it is better pickled with its batch (it
+    does not pickle, or it is large: its buffers go out of band there)."""
+    try:
+        if b"__main__" not in pickle.dumps(fn, protocol=5):
+            return None
+    except Exception:
+        pass
+    try:
+        data = dumps_by_value(fn, protocol=5)
+    except Exception:
+        return None
+    return data if len(data) < OUT_OF_BAND_MIN else None
+
+
+class _BatchPickler(pickle.Pickler):
+    """The standard pickler for the batches of task runs of one flush, with the one function of
+    a batch that goes by value (a script's, a notebook's) pickled by cloudpickle once for all
+    of them: every batch carries that pickle, to unpickle as the batch unpickles."""
+
+    def __init__(self) -> None:
+        self.file = io.BytesIO()
+        self.buffers: list = []
+        self.fns: dict[int, tuple] = {}  # id(fn) -> (fn, its pickle, or None: by name)
+        self.used: bytes | None = None   # the pickle put in the batch being pickled
+        super().__init__(self.file, protocol=5, buffer_callback=_buffer_callback(self.buffers))
+
+    def by_value(self, fn) -> bytes | None:
+        entry = self.fns.get(id(fn))
+        if entry is None or entry[0] is not fn:
+            entry = self.fns[id(fn)] = (fn, _by_value(fn) if type(fn) is FunctionType else None)
+        return entry[1]
+
+    def reducer_override(self, obj):
+        if type(obj) is not FunctionType:
+            return NotImplemented
+        data = self.by_value(obj)
+        if data is None:
+            return NotImplemented
+        if self.used is not None:  # a second one: they may share globals; pickled together
+            raise _OneByValue
+        self.used = data
+        return load_by_value, (data,)
+
+    def dump_batch(self, batch: list) -> Payload | None:
+        """The batch's payload; None when it is to be pickled whole, as ``Payload.dump`` does:
+        something else in it refers to ``__main__``, it has a second function to pickle by
+        value, or it does not pickle with the standard pickler."""
+        self.used = None
+        self.clear_memo()
+        file = self.file
+        file.seek(0)
+        file.truncate()
+        try:
+            self.dump(wrap_large(batch))
+        except Exception:
+            return None
+        finally:
+            buffers = self.buffers[:]
+            self.buffers.clear()
+        data = file.getvalue()
+        used = self.used
+        if data.count(b"__main__") != (0 if used is None else used.count(b"__main__")):
+            return None
+        return Payload(data, buffers)
+
+
+def _dump_batch(batch: list, pickler: _BatchPickler | None) -> Payload:
+    """``Payload.dump(batch)`` for a batch of task runs; with ``pickler``, a batch whose first
+    function goes by value takes it from there (see :class:`_BatchPickler`). Modules registered
+    with cloudpickle to go by value: pickled whole, as before."""
+    if pickler is not None and pickler.by_value(batch[0][2]) is not None \
+            and not cloudpickle.list_registry_pickle_by_value():
+        payload = pickler.dump_batch(batch)
+        if payload is not None:
+            return payload
+    return Payload.dump(batch)
 
 
 def wanted_results(job, results) -> set | None:
@@ -118,6 +278,9 @@ class JobRun:
         self.wanted = wanted_results(job, results)  # ids of the results to bring (None: all)
         # the tasks whose results are handed out, in task order
         self.handed = job.tasks if self.wanted is None else [t for t in job.tasks if t.id in self.wanted]
+        self.plain_ids = False           # every task id travels in the envelope (see prepare)
+        # during a flush: the functions of its batches, pickled by value once for all of them
+        self._pickler: _BatchPickler | None = None
 
     # -- life cycle (on the loop) -----------------------------------------------------------------
 
@@ -137,27 +300,33 @@ class JobRun:
 
         def specs():
             # in the order of the task ids: the scheduler breaks priority ties by spec order
-            TaskSpec = S.TaskSpec
+            new_spec = _new_spec
             for task in _priority_order(job.tasks):
-                locality = None
-                is_func = isinstance(task, FuncTask)
-                if type(task) is not FuncTask or task._locality is not None:  # else: none
-                    loc = list(task.locality(workers))
-                    if loc:
-                        locality = {getattr(w, "name", w): int(v) for w, v in loc}
                 deps = task.dependencies
-                yield TaskSpec(task.id, tuple([d.id for d in deps]) if deps else (),
-                               task.priority if task.priority is not None else 0, locality, is_func)
+                priority = task.priority
+                if type(task) is FuncTask and task._locality is None:  # no locality: the common case
+                    yield new_spec(task.id, tuple([d.id for d in deps]) if deps else (),
+                                   0 if priority is None else priority, None, True)
+                    continue
+                locality = None
+                loc = list(task.locality(workers))
+                if loc:
+                    locality = {getattr(w, "name", w): int(v) for w, v in loc}
+                yield new_spec(task.id, tuple([d.id for d in deps]) if deps else (),
+                               0 if priority is None else priority, locality, isinstance(task, FuncTask))
         options = {"concurrency": self.concurrency, "prefetch": self.prefetch, "attempts": self.attempts,
                    "worker_deaths": self.worker_deaths, "suspects": True}
-        if config.get("execute.record_events"):
-            # everything the scheduler is told and decides, to replay (job.recording)
-            spec_list = list(specs())
-            recorder = Recorder(S.Scheduler(spec_list, names, **options))
-            job.recording = JobRecording(job.name, spec_list, names, options, recorder.recording)
-            self.scheduler = recorder
-        else:
-            self.scheduler = S.Scheduler(specs(), names, **options)
+        with _gc_paused:
+            if config.get("execute.record_events"):
+                # everything the scheduler is told and decides, to replay (job.recording)
+                spec_list = list(specs())
+                recorder = Recorder(S.Scheduler(spec_list, names, **options))
+                job.recording = JobRecording(job.name, spec_list, names, options, recorder.recording)
+                self.scheduler = recorder
+            else:
+                self.scheduler = S.Scheduler(specs(), names, **options)
+        # once for the job rather than for every batch sent
+        self.plain_ids = plain_keys(job._by_id)
         job._run = self  # claimed: nothing else executes it until this run ends or is dropped
 
     def begin(self) -> bool:
@@ -297,6 +466,9 @@ class JobRun:
         if self.finished:
             return
         stimuli = []
+        append = stimuli.append
+        wanted, task_results = self.wanted, self.task_results
+        new_succeeded = _new_succeeded
         for event in events:
             kind, key = event[0], event[1]
             if kind == SUCCEEDED:
@@ -311,13 +483,13 @@ class JobRun:
                         # unpickling it again will not help: the task fails, without a retry
                         error = SerializationError(f"the result of task {key!r} cannot be unpickled "
                                                    f"on the driver: {exc}")
-                        stimuli.append(S.TaskFailed(key, worker, error, retry=False))
+                        append(S.TaskFailed(key, worker, error, retry=False))
                         continue
-                if self.wanted is None or key in self.wanted:
-                    self.task_results[key] = value
-                stimuli.append(S.TaskSucceeded(key, worker, event[NBYTES], event[ATTEMPT]))
+                if wanted is None or key in wanted:
+                    task_results[key] = value
+                append(new_succeeded(key, worker, event[NBYTES], event[ATTEMPT]))
             elif kind == STARTED:
-                stimuli.append(S.TaskStarted(key, worker, event[ATTEMPT]))
+                append(_new_started(key, worker, event[ATTEMPT]))
             elif kind == FAILED:
                 task = self.job.task(key)
                 retry = len(event) < 5 or bool(event[4])
@@ -340,19 +512,53 @@ class JobRun:
         by_id = job._by_id
         hooked = self._hooked()
         RunTask, MarkTaskDone = S.RunTask, S.MarkTaskDone
+        # what the two decisions made for every task need, looked up once per call
+        outbox, used_workers, task_results = self.outbox, self.used_workers, self.task_results
+        wanted, ordered, emitted = self.wanted, self.order_results, self.emitted
+        sched = self.scheduler
+        suspect = sched.suspect
         for decision in decisions:
             kind = type(decision)
             if kind is RunTask:
                 task = by_id[decision.task_id]
-                self._run_task(decision, task)
+                if type(task) is FuncTask:  # _run_task and _spec, inlined
+                    worker = decision.worker
+                    task.set_executing(worker)
+                    used_workers.add(worker)
+                    batch = outbox.get(worker)
+                    if batch is None:
+                        batch = outbox[worker] = []
+                    task_id = task.id
+                    deps = task.dependencies
+                    if deps:
+                        location = sched.location
+                        where = {d.id: location(d.id) for d in deps}
+                    else:
+                        where = {}
+                    batch.append((task_id, decision.attempt, task.method, task.args, task.kwargs, where,
+                                  task.thread_timeout, wanted is None or task_id in wanted, suspect(task_id)))
+                    if self.flush_handle is None:
+                        self.flush_handle = self.loop.call_soon(self._flush)
+                else:
+                    self._run_task(decision, task)
                 if hooked:
                     self._fire("task_started", task)
             elif kind is MarkTaskDone:
-                task = by_id[decision.task_id]
+                task_id = decision.task_id
+                task = by_id[task_id]
                 if task.state != "done":
                     job.done_count += 1
-                task.mark_done(self.task_results.get(decision.task_id, NOT_FETCHED))
-                self._emit(task)
+                task.mark_done(task_results.get(task_id, NOT_FETCHED))
+                if ordered:
+                    self._emit(task)
+                elif task_id not in emitted and (wanted is None or task_id in wanted):  # _emit, inlined
+                    emitted.add(task_id)
+                    results = self.result_batch
+                    if results is None:
+                        results = self.result_batch = []
+                        self.loop.call_soon(self._hand_over)
+                    results.append(task._result)
+                    task._result = HANDED_OUT
                 if hooked:
                     self._fire("task_done", task)
             elif kind is S.TakeBack:
@@ -462,16 +668,19 @@ class JobRun:
     def _notify_run(self, worker: str, batch: list) -> None:
         keys = [(spec[0], spec[1]) for spec in batch]
         peer = self.driver.node.peers[worker]
-        plain = True
-        for spec in batch:
-            if type(spec[0]) not in PLAIN_KEYS and not plain_key(spec[0]):
-                plain = False
-                break
+        plain = self.plain_ids
+        if not plain:
+            plain = True
+            for spec in batch:
+                if type(spec[0]) not in PLAIN_KEYS and not plain_key(spec[0]):
+                    plain = False
+                    break
+        payload = _dump_batch(batch, self._pickler)
         if plain:
             # the keys always unpickle: they go in the envelope, the specs in their own payload
-            peer.notify_plain(TASKS_SERVICE, "run", self.job.id, self.concurrency, keys, Payload.dump(batch))
+            peer.notify_plain(TASKS_SERVICE, "run", self.job.id, self.concurrency, keys, payload)
         else:
-            peer.notify(TASKS_SERVICE, "run", self.job.id, self.concurrency, keys, Payload.dump(batch))
+            peer.notify(TASKS_SERVICE, "run", self.job.id, self.concurrency, keys, payload)
 
     async def _run_generic(self, task, worker: str) -> None:
         peer = self.driver.node.peers.get(worker)
@@ -493,20 +702,26 @@ class JobRun:
         self.flush_handle = None
         outbox, self.outbox = self.outbox, {}
         node = self.driver.node
-        for worker, batch in outbox.items():
-            peer = node.peers.get(worker)
-            try:
-                if peer is None:
-                    raise NotConnected(worker)
-                self._notify_run(worker, batch)
-                connection = peer.connection
-                if connection is not None:
-                    connection.flush()
-            except (NotConnected, KeyError):
-                if not self.finished and worker in self.scheduler.workers:
-                    self.apply(self.scheduler.handle(S.WorkerLost(worker)))
-            except Exception as exc:  # e.g. an argument that cannot be pickled
-                self._fail_unsendable(worker, batch, exc)
+        # a function pickled by value (a script's, a notebook's) is pickled once for all the
+        # batches of this flush, not once per worker
+        self._pickler = _BatchPickler() if len(outbox) > 1 else None
+        try:
+            for worker, batch in outbox.items():
+                peer = node.peers.get(worker)
+                try:
+                    if peer is None:
+                        raise NotConnected(worker)
+                    self._notify_run(worker, batch)
+                    connection = peer.connection
+                    if connection is not None:
+                        connection.flush()
+                except (NotConnected, KeyError):
+                    if not self.finished and worker in self.scheduler.workers:
+                        self.apply(self.scheduler.handle(S.WorkerLost(worker)))
+                except Exception as exc:  # e.g. an argument that cannot be pickled
+                    self._fail_unsendable(worker, batch, exc)
+        finally:
+            self._pickler = None
 
     def _fail_unsendable(self, worker: str, batch: list, exc: Exception) -> None:
         stimuli = []
