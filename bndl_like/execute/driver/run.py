@@ -96,6 +96,10 @@ _new_succeeded = _maker(S.TaskSucceeded, ("task_id", "worker", "nbytes", "attemp
 _new_started = _maker(S.TaskStarted, ("task_id", "worker", "attempt"))
 
 
+# the dependencies of a task that has none, in its run: one dict for all (read only, on both sides)
+_NO_DEPS: dict = {}
+
+
 class _GcPause:
     """The cyclic garbage collector held off while the scheduler of a job is built: the build
     makes millions of objects that all live on, and each collection on the way would walk the
@@ -517,6 +521,7 @@ class JobRun:
         wanted, ordered, emitted = self.wanted, self.order_results, self.emitted
         sched = self.scheduler
         suspect = sched.suspect
+        take_backs: dict[str, list] | None = None
         for decision in decisions:
             kind = type(decision)
             if kind is RunTask:
@@ -524,17 +529,17 @@ class JobRun:
                 if type(task) is FuncTask:  # _run_task and _spec, inlined
                     worker = decision.worker
                     task.set_executing(worker)
-                    used_workers.add(worker)
                     batch = outbox.get(worker)
                     if batch is None:
                         batch = outbox[worker] = []
+                        used_workers.add(worker)
                     task_id = task.id
                     deps = task.dependencies
                     if deps:
                         location = sched.location
                         where = {d.id: location(d.id) for d in deps}
                     else:
-                        where = {}
+                        where = _NO_DEPS
                     batch.append((task_id, decision.attempt, task.method, task.args, task.kwargs, where,
                                   task.thread_timeout, wanted is None or task_id in wanted, suspect(task_id)))
                     if self.flush_handle is None:
@@ -561,8 +566,13 @@ class JobRun:
                     task._result = HANDED_OUT
                 if hooked:
                     self._fire("task_done", task)
-            elif kind is S.TakeBack:
-                self._take_back(decision)
+            elif kind is S.TakeBack:  # asked of each worker at once, after the loop
+                if take_backs is None:
+                    take_backs = {}
+                ids = take_backs.get(decision.worker)
+                if ids is None:
+                    ids = take_backs[decision.worker] = []
+                ids.append(decision.task_id)
             elif kind is S.CancelTask:
                 self._send(decision.worker, "cancel", [decision.task_id])
             elif kind is S.RetryTask:
@@ -580,6 +590,9 @@ class JobRun:
                 task.mark_failed(FailedDependency(decision.worker))
             elif kind is EndJob:
                 self._end(decision)
+        if take_backs is not None and not self.finished:
+            for worker, ids in take_backs.items():
+                self._take_back(worker, ids)
 
     def _end(self, decision: EndJob) -> None:
         """Carry out the scheduler's EndJob."""
@@ -773,17 +786,20 @@ class JobRun:
             advice = "create it inside the task, or pass something picklable"
         return unpicklable_error(what, parts if detailed else [], advice, exc, show_path)
 
-    def _take_back(self, decision) -> None:
-        peer = self.driver.node.peers.get(decision.worker)
+    def _take_back(self, worker: str, task_ids: list) -> None:
+        """Ask ``worker`` for the tasks ``task_ids`` it has not started (one call for all the
+        TakeBacks of a batch of decisions); each answer goes to the scheduler."""
+        peer = self.driver.node.peers.get(worker)
 
         async def take_back():
             try:
-                given = await peer.call(TASKS_SERVICE, "take_back", self.job.id, [decision.task_id])
+                given = await peer.call(TASKS_SERVICE, "take_back", self.job.id, task_ids)
             except (NotConnected, AttributeError):
                 return  # the loss is handled as WorkerLost
             if not self.finished:
-                ok = decision.task_id in given
-                self.apply(self.scheduler.handle(S.TaskTakenBack(decision.task_id, decision.worker, ok)))
+                given = set(given)
+                self.apply(self.scheduler.handle(*[S.TaskTakenBack(task_id, worker, task_id in given)
+                                                   for task_id in task_ids]))
         runner = self.loop.create_task(take_back())
         self.generic.add(runner)
         runner.add_done_callback(self.generic.discard)
