@@ -95,17 +95,33 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def thread_cpu(thread) -> float:
+    """CPU seconds of one of this process's threads (from /proc: 10 ms ticks), 0 when unknown."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, IndexError, ValueError):
+        return 0.0
+
+
 def peer_count(_=None) -> int:
     from bndl_like import current_worker
     return sum(1 for p in current_worker().peers.values() if p.connected)
 
 
-def run_job(ctx, n: int, tag: str) -> float:
+def run_job(ctx, n: int, tag: str, split: dict | None = None) -> float:
+    """Build and run a job of ``n`` no-op tasks; the wall time from the Job on. ``split`` gets
+    the CPU seconds this thread spent building the tasks and the Job."""
     from bndl_like import FuncTask, Job
+    c0 = time.thread_time()
     tasks = [FuncTask(ctx, (tag, i), noop, args=(i,)) for i in range(n)]
     t0 = time.perf_counter()
+    job = Job(ctx, tasks, name=f"noop-{tag}")
+    if split is not None:
+        split["build"] = time.thread_time() - c0
     got = 0
-    for _ in ctx.execute(Job(ctx, tasks, name=f"noop-{tag}"), order_results=False):
+    for _ in ctx.execute(job, order_results=False):
         got += 1
     if got != n:
         raise AssertionError(f"{got} results of {n}")
@@ -153,11 +169,21 @@ def main() -> int:
         out["driver_connections"] = sum(1 for p in ctx.node.peers.values() if p.connected)
         out["full_mesh_connections_per_worker"] = args.workers  # the other workers and the driver
 
-        mem0, cpu0 = rss(), cpu()
-        wall = run_job(ctx, args.tasks, "a")
-        cpu1, mem1 = cpu(), rss()
+        loop_thread = ctx._portal.thread
+        split: dict = {}
+        mem0, cpu0, loop0, main0 = rss(), cpu(), thread_cpu(loop_thread), time.thread_time()
+        wall = run_job(ctx, args.tasks, "a", split)
+        cpu1, mem1, loop1, main1 = cpu(), rss(), thread_cpu(loop_thread), time.thread_time()
         out["tasks_per_s"] = round(args.tasks / wall)
         out["driver_cpu_us_per_task"] = round((cpu1 - cpu0) / args.tasks * 1e6, 1)
+        # where it went: building the FuncTasks and the Job (the caller's thread), the rest of
+        # the caller's thread (the scheduler's build, reading the results) and the event loop's
+        # thread (dispatch, task events, the connections); other threads are in the total only
+        out["driver_cpu_us_per_task_split"] = {
+            "build_tasks": round(split["build"] / args.tasks * 1e6, 1),
+            "caller_rest": round((main1 - main0 - split["build"]) / args.tasks * 1e6, 1),
+            "event_loop": round((loop1 - loop0) / args.tasks * 1e6, 1),
+        }
         out["driver_rss_growth_per_task_b"] = round((mem1 - mem0) / args.tasks, 1)
         run_job(ctx, args.tasks, "b")
         out["driver_rss_growth_between_jobs_b"] = rss() - mem1
