@@ -129,10 +129,6 @@ class _GcPause:
 _gc_paused = _GcPause()
 
 
-class _OneByValue(Exception):
-    """A batch holds more than one function to pickle by value: pickled whole, as before."""
-
-
 def _by_value(fn) -> bytes | None:
     """cloudpickle's pickle of the function ``fn`` when the worker could not import it by name
     (as :func:`~bndl_like.rmi.serialize.pickle_any` decides: the standard pickler fails, or names
@@ -174,8 +170,8 @@ class _BatchPickler(pickle.Pickler):
         data = self.by_value(obj)
         if data is None:
             return NotImplemented
-        if self.used is not None:  # a second one: they may share globals; pickled together
-            raise _OneByValue
+        if self.used is not None:  # a second one: they may share globals; the batch is pickled whole
+            raise pickle.PicklingError("a second function to pickle by value")
         self.used = data
         return load_by_value, (data,)
 
@@ -679,7 +675,7 @@ class JobRun:
         self._notify_run(worker, [self._spec(self.job.task(key), attempt)])
 
     def _notify_run(self, worker: str, batch: list) -> None:
-        keys = [(spec[0], spec[1]) for spec in batch]
+        keys = list(map(_key_attempt, batch))
         peer = self.driver.node.peers[worker]
         plain = self.plain_ids
         if not plain:
@@ -1077,6 +1073,7 @@ class _Failure:
 
 _ENDED = frozenset({"done", "failed", "cancelled"})  # the states in which Task.done is true
 _task_id = operator.attrgetter("id")
+_key_attempt = operator.itemgetter(0, 1)  # a task run's (key, attempt)
 
 
 def _priority_order(tasks: list) -> list:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
+from operator import itemgetter
 from typing import Any
 
 from ...rmi import MessageTooLarge, NotConnected, RemoteError, SerializationError, takes_peer
@@ -27,13 +28,12 @@ from ..messages import (
     DEPS_FAILED,
     DRIVER_SERVICE,
     FAILED,
-    PLAIN_KEYS,
     RESEND,
     STARTED,
     SUCCEEDED,
     TASK_EVENTS,
     TASKS_SERVICE,
-    plain_key,
+    plain_keys,
 )
 from ..tasks import fill_dependencies, has_markers
 from . import output
@@ -86,16 +86,17 @@ _WAIT = object()  # a task that must run alone waits for the others to end
 _RUN_LOCK = threading.Lock()
 
 
+_kind, _key = itemgetter(0), itemgetter(1)
+
+
 def _plain_events(events: list) -> bool:
     """Whether ``events`` may travel in a message's envelope: plain task ids, and no failures
     map of dependencies (whose keys are task ids too)."""
-    for event in events:
-        key = event[1]
-        if type(key) not in PLAIN_KEYS and not plain_key(key):
-            return False
-        if event[0] == DEPS_FAILED and type(event[3]) is dict:
-            return False
-    return True
+    if DEPS_FAILED in set(map(_kind, events)):
+        for event in events:
+            if event[0] == DEPS_FAILED and type(event[3]) is dict:
+                return False
+    return plain_keys(map(_key, events))
 
 
 class _Run:
