@@ -46,8 +46,9 @@ def noop(x):
 # -- a host process: many worker nodes in one event loop ---------------------------------------------
 
 async def host(seed: str, count: int, secret: str, cluster: str) -> None:
-    from bndl_like.execute.messages import FUNCTIONS_SERVICE, TASKS_SERVICE
+    from bndl_like.execute.messages import FUNCTIONS_SERVICE, OUTPUT_SERVICE, TASKS_SERVICE
     from bndl_like.execute.worker import FunctionService, WorkerService
+    from bndl_like.execute.worker.output import WorkerOutput
     from bndl_like.rmi import Node
 
     nodes, services = [], []
@@ -58,6 +59,8 @@ async def host(seed: str, count: int, secret: str, cluster: str) -> None:
         functions = FunctionService(1, node=node)
         node.add_service(TASKS_SERVICE, tasks)
         node.add_service(FUNCTIONS_SERVICE, functions)
+        # (not installed: the nodes of a host share its stdout; the driver's set_forward is answered)
+        node.add_service(OUTPUT_SERVICE, WorkerOutput(node))
         nodes.append(node)
         services.append((tasks, functions))
     await asyncio.gather(*(node.start() for node in nodes))
