@@ -46,9 +46,11 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     n = len(specs)
     index: dict[TaskId, int] = {}
     ids: list[TaskId] = []
+    # the task numbers, made once: the index, the ranks and the queues refer to these int objects
+    numbers = list(range(n))
     if all(map(isinstance, specs, repeat(TaskSpec))):
         ids = list(map(attrgetter("task_id"), specs))
-        index.update(zip(ids, range(n), strict=True))
+        index.update(zip(ids, numbers, strict=True))
     if len(index) != n:
         _spec_error(specs)
     g = Graph(ids, index)
@@ -96,7 +98,7 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
         g.dependents[d] = tuple(after)
     if not ordered:
         _check_acyclic(g)
-    _rank_tasks(g, specs)
+    _rank_tasks(g, specs, numbers)
     localities = list(map(attrgetter("locality"), specs))
     for i in compress(range(n), localities):
         loc = localities[i]
@@ -127,24 +129,24 @@ def _spec_error(specs: Sequence[object]) -> None:
     raise AssertionError("unreachable")
 
 
-def _rank_tasks(g: Graph, specs: Sequence[TaskSpec]) -> None:
+def _rank_tasks(g: Graph, specs: Sequence[TaskSpec], numbers: list[int]) -> None:
     """Rank by (priority, spec order)."""
     n = g.n
     priorities = list(map(attrgetter("priority"), specs))
     if not n or priorities.count(priorities[0]) == n:  # all alike: spec order; one list for both
-        g.by_rank = g.rank = list(range(n))
+        g.by_rank = g.rank = numbers
         return
     try:
         # a stable sort on the priorities alone gives the order of the (priority, index) pairs
         # without building them; they are the fallback for priorities that are equal but do
         # not order (None, say)
-        g.by_rank = sorted(range(n), key=priorities.__getitem__)
+        g.by_rank = sorted(numbers, key=priorities.__getitem__)
     except TypeError:
         try:
-            g.by_rank = list(map(itemgetter(1), sorted(zip(priorities, range(n), strict=True))))
+            g.by_rank = list(map(itemgetter(1), sorted(zip(priorities, numbers, strict=True))))
         except TypeError as exc:
             raise ValueError(f"task priorities must be mutually comparable: {exc}") from None
-    g.rank = sorted(range(n), key=g.by_rank.__getitem__)  # the inverse permutation
+    g.rank = sorted(numbers, key=g.by_rank.__getitem__)  # the inverse permutation
 
 
 def _check_acyclic(g: Graph) -> None:

@@ -106,7 +106,7 @@ class Placement:
         self._status = list(map((WAITING, READY).__getitem__, map(not_, g.deps)))  # (roots READY)
         for i in special:
             self._status[i] = WAITING
-        plain = list(map(rank.__getitem__, compress(range(n), self._status)))  # (READY is 1, WAITING 0)
+        plain = list(compress(rank, self._status))  # the ranks of the READY (1) tasks, not WAITING (0)
         self._counts[WAITING] -= len(plain)
         self._counts[READY] += len(plain)
         self._ready = RankQueue(plain)
