@@ -616,6 +616,41 @@ def measure(shape: str, n: int, n_workers: int, *, seed: int = 0, concurrency: i
     }
 
 
+def direct(n: int, n_workers: int, per_call: int, *, concurrency: int = 2, prefetch: int = 16,
+           collect: bool = False) -> dict[str, Any]:
+    """The core alone, no simulation: every RunTask answered at once by its TaskStarted and
+    TaskSucceeded, ``per_call`` tasks' events per ``handle`` call; the time in ``start``/``handle``
+    only (``perf_counter``, once per call), the events made outside it."""
+    names = worker_names(n_workers)
+    sched = Scheduler(list(map(TaskSpec, range(n))), names, concurrency=concurrency, prefetch=prefetch)
+    if not collect:
+        gc.disable()
+    try:
+        clock = time.perf_counter
+        began = clock()
+        pending = [d for d in sched.start() if type(d) is RunTask]
+        spent = clock() - began
+        decisions, calls = len(pending), 1
+        while pending:
+            batch, pending = pending[:per_call], pending[per_call:]
+            events: list[Any] = []
+            for d in batch:
+                events.append(TaskStarted(d.task_id, d.worker, d.attempt))
+                events.append(TaskSucceeded(d.task_id, d.worker, 0, d.attempt))
+            began = clock()
+            out = sched.handle(*events)
+            spent += clock() - began
+            calls += 1
+            decisions += len(out)
+            pending += [d for d in out if type(d) is RunTask]
+    finally:
+        gc.enable()
+    assert sched.over and sched.counts()["done"] == n
+    return {"mode": "direct", "tasks": n, "workers": n_workers, "tasks_per_call": per_call, "gc": collect,
+            "decisions": decisions, "handle_calls": calls, "cpu_s": spent,
+            "decisions_per_s": decisions / spent, "us_per_task": 1e6 * spent / n}
+
+
 # -- the sweep ------------------------------------------------------------------------------------------
 
 def sweep_points(quick: bool, big: bool) -> list[tuple[str, int, int]]:
@@ -712,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace-memory", action="store_true",
                    help="tracemalloc over build and run (exact, much slower: times not comparable)")
     p.add_argument("--build-only", action="store_true", help="construct the Scheduler, measure, stop")
+    p.add_argument("--direct", type=int, metavar="B", default=None,
+                   help="no simulation: feed the core B tasks' events per handle call (independent tasks)")
     p.add_argument("--no-gc", action="store_true",
                    help="the cyclic garbage collector off over build and run (the scheduler's own cost)")
     p.add_argument("--sweep", action="store_true", help="the sweep of the module docstring")
@@ -720,6 +757,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600.0, help="per sweep point, seconds")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = p.parse_args(argv)
+    if args.direct is not None:
+        n = args.tasks if args.tasks is not None else 200_000
+        row = direct(n, args.workers, args.direct, concurrency=args.concurrency,
+                     prefetch=args.prefetch, collect=not args.no_gc)
+        print(json.dumps(row) if args.json else
+              f"direct: {row['tasks']:,} tasks, {row['workers']:,} workers, {args.direct} per call, "
+              f"collector {'on' if row['gc'] else 'off'}: {row['decisions_per_s']:,.0f} decisions/s, "
+              f"{row['us_per_task']:.2f} us per task")
+        return 0
     if args.sweep:
         report = run_sweep(args)
     else:
