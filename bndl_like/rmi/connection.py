@@ -231,8 +231,12 @@ class Connection(asyncio.BufferedProtocol):
             return
         status = bytes(self._http[:self._http.find(b"\r\n")])
         if not status.startswith(b"HTTP/1.1 101"):
-            self.close(f"{self.remote} is not a bndl-like node or refused the upgrade "
-                       f"(answered {status.decode(errors='replace')!r})", notify=False)
+            answer = status.decode(errors="replace")
+            if status.startswith(b"HTTP/1.1 503"):  # what a node says while it stops
+                self.close(f"{self.remote} is stopping (answered {answer!r})", notify=False)
+            else:
+                self.close(f"{self.remote} is not a bndl-like node or refused the upgrade "
+                           f"(answered {answer!r})", notify=False)
             return
         rest = bytes(self._http[end + 4:])
         self._awaiting_upgrade = False

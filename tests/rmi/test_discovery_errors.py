@@ -4,12 +4,14 @@ repeats counted, and no redial of a node already connected through another addre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
 import pytest
 
 from bndl_like import ExecutionContext
+from bndl_like.rmi import NotConnected
 from bndl_like.rmi import node as rmi_node
 
 from ..conftest import TEST_SECRET, wait_for_condition, wait_until
@@ -149,3 +151,26 @@ def test_a_driver_without_seeds_just_waits(spawn_peer):
         spawn_peer("w1", seeds=[ctx.node.addresses[0]])
         wait_until(lambda: ctx.worker_count == 1, message="the worker joins")
         assert ctx.await_workers(worker_count=1) == 1
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (b"HTTP/1.1 503 Service Unavailable", "is stopping (answered 'HTTP/1.1 503 Service Unavailable')"),
+    (b"HTTP/1.1 404 Not Found", "is not a bndl-like node or refused the upgrade (answered "
+                                "'HTTP/1.1 404 Not Found')"),
+])
+async def test_a_seed_that_answers_http_says_whether_it_is_stopping(make_node, answer, expected):
+    async def answer_http(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_http, "127.0.0.1", 0)
+    try:
+        node = await make_node("driver", "driver")
+        with pytest.raises(NotConnected) as info:
+            await node.connect(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        assert expected in str(info.value) + str(info.value.__cause__ or "")
+    finally:
+        server.close()
+        await server.wait_closed()
