@@ -377,15 +377,24 @@ class Connection(asyncio.BufferedProtocol):
             if type(args) is not tuple or type(kwargs) is not dict:
                 raise TypeError(f"malformed call of {service}.{method}: arguments of types "
                                 f"{type(args).__name__} and {type(kwargs).__name__}")
-            fn = self.node.resolve(service, method)
-            if getattr(fn, "_rmi_takes_peer", False):
-                args = (self.peer, *args)
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                task = self.loop.create_task(self._finish_async(request_id, result, service, method))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                return
+            try:
+                fn = self.node.resolve(service, method)
+            except (LookupError, AttributeError) as exc:
+                if request_id is not None:
+                    raise  # (the caller is told)
+                # a notice for what this node does not offer: one line, nobody to answer
+                log.warning("%s: notice %s.%s from %s ignored: %s", self.node.name, service, method,
+                            self._who(), exc)
+                result = None
+            else:
+                if getattr(fn, "_rmi_takes_peer", False):
+                    args = (self.peer, *args)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    task = self.loop.create_task(self._finish_async(request_id, result, service, method))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    return
         except Exception as exc:
             self._respond_failure(request_id, exc, service, method)
         else:

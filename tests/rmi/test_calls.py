@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import traceback
 
 import numpy as np
@@ -148,3 +149,28 @@ async def test_connections_send_small_frames_at_once(make_node):
     for conn in conns:
         sock = conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), conn
+
+
+async def test_a_notice_for_a_service_a_node_lacks_is_one_warning_line(make_node, caplog):
+    class Echo:
+        def __init__(self):
+            self.seen = []
+
+        def note(self, value):
+            self.seen.append(value)
+
+    caplog.set_level(logging.WARNING, logger="bndl_like.rmi.connection")
+    driver = await make_node("driver", "driver")
+    worker = await make_node("worker", "worker", seeds=[driver.addresses[0]])
+    echo = Echo()
+    worker.add_service("echo", echo)
+    await wait_for_condition(lambda: "worker" in driver.peers, message="the worker joins")
+    peer = driver.peers["worker"]
+    peer.notify("absent", "anything", 1)
+    peer.notify("echo", "nope", 2)
+    peer.notify("echo", "note", 3)  # after them, on the same connection: still handled
+    await wait_for_condition(lambda: echo.seen == [3], message="the notice after them")
+    lines = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert [r.getMessage().split(" ignored: ")[1] for r in lines] == [
+        "node worker has no service 'absent'", "service 'echo' on node worker has no method 'nope'"]
+    assert all(r.exc_info is None and r.levelno == logging.WARNING for r in lines)
