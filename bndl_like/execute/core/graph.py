@@ -61,7 +61,9 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     by_named: dict[tuple[TaskId, ...], int] = {}  # dependencies as named (two or more) -> their leader
     get = index.__getitem__
     ordered = True  # every task depends on earlier ones only: no cycle
-    named_all = list(map(attrgetter("dependencies"), specs))
+    # (a job without any dependency, or locality, skips the lists below: one pass that stops early)
+    named_all = list(map(attrgetter("dependencies"), specs)) \
+        if any(map(attrgetter("dependencies"), specs)) else []
     for i in compress(range(n), named_all):  # (the tasks with dependencies only: C loops for the rest)
         named = named_all[i]
         if type(named) is not tuple:
@@ -99,7 +101,7 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
     if not ordered:
         _check_acyclic(g)
     _rank_tasks(g, specs, numbers)
-    localities = list(map(attrgetter("locality"), specs))
+    localities = list(map(attrgetter("locality"), specs)) if any(map(attrgetter("locality"), specs)) else []
     for i in compress(range(n), localities):
         loc = localities[i]
         prefs = tuple((w, int(v)) for w, v in loc.items() if v > 0)
@@ -112,8 +114,8 @@ def build_graph(specs: Sequence[TaskSpec]) -> Graph:
             g.static_banned[i] = banned
             for w in banned:
                 g.ban_index.setdefault(w, []).append(i)
-    wanted = list(map(attrgetter("data_locality"), specs))
-    g.data_locality = bytearray(b"\x01") * n if all(wanted) else bytearray(map(bool, wanted))
+    g.data_locality = bytearray(b"\x01") * n if all(map(attrgetter("data_locality"), specs)) \
+        else bytearray(map(bool, map(attrgetter("data_locality"), specs)))
     return g
 
 

@@ -62,8 +62,8 @@ class Placement:
         self._status: list[int] = []  # (made below)
         self._counts = [0] * len(STATE_NAMES)
         self._counts[WAITING] = n
-        # per leader (see graph): dependencies whose output is not available
-        self._missing = list(map(len, g.deps))
+        no_deps = not any(g.deps)  # (every task a root); per leader (see graph): inputs not available
+        self._missing = [0] * n if no_deps else list(map(len, g.deps))
         # outputs lost so far, and per group the count when none of its dependencies was LOST
         # (as _requeue saw): until another output is lost, requeueing its tasks needs no look
         self._loss_epoch = 0
@@ -102,11 +102,11 @@ class Placement:
         self._stim: Hashable = 0  # the stimulus the decisions being made answer (see handle())
         # every root is ready, those with a static locality go the long way (C loops: 10^7 tasks)
         special = self._static_prefs.keys() | self._static_banned.keys()
-        rank = self._rank
-        self._status = list(map((WAITING, READY).__getitem__, map(not_, g.deps)))  # (roots READY)
+        self._status = [READY] * n if no_deps else list(map((WAITING, READY).__getitem__, map(not_, g.deps)))
         for i in special:
             self._status[i] = WAITING
-        plain = list(compress(rank, self._status))  # the ranks of the READY (1) tasks, not WAITING (0)
+        # the ranks of the READY (1) tasks, not WAITING (0): all when every task is a plain root
+        plain = self._rank if no_deps and not special else list(compress(self._rank, self._status))
         self._counts[WAITING] -= len(plain)
         self._counts[READY] += len(plain)
         self._ready = RankQueue(plain)
