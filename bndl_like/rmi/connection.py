@@ -99,6 +99,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_sent = now
         self.retired_local = False
         self.said_goodbye = False  # the peer closed on purpose (a CLOSE frame), e.g. it stopped
+        self.goodbye_reason: str | None = None  # the reason its CLOSE frame gave
         self.retired_remote = False
         self.max_message_size = node.max_message_size
 
@@ -297,7 +298,7 @@ class Connection(asyncio.BufferedProtocol):
         elif kind == protocol.CLOSE:
             reason = protocol.clean_text(bytes(frame.main).decode(errors="replace"), 300) \
                 or "no reason given"
-            self.said_goodbye = True
+            self.said_goodbye, self.goodbye_reason = True, reason
             self.close(f"closed by the peer: {reason}", notify=False)
         elif kind == protocol.RETIRE and self.handshake.done:
             self.retired_remote = True

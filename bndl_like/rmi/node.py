@@ -859,7 +859,7 @@ class Node:
             del self.peers[peer.name]
             peer.connected_since = None
             peer.lost_reason = conn.close_reason
-            if conn.said_goodbye and conn.close_reason == f"closed by the peer: {PART_REASON}":
+            if conn.goodbye_reason == PART_REASON:
                 # the peer closed an idle connection it had asked to close (and we agreed,
                 # but our answer came late): it is not lost
                 log.debug("%s: %s closed its idle connection", self.name, peer.name)

@@ -16,6 +16,7 @@ from bndl_like import ExecutionContext, FuncTask, Job
 from bndl_like.execute.recent import JobSummary
 from bndl_like.rmi import SerializationError
 
+from ..conftest import wait_until
 from . import faulty, helpers
 
 
@@ -131,10 +132,9 @@ def test_repeated_jobs_do_not_grow_the_driver():
         # kept, they would be 320 MiB; the allocator may keep some freed memory mapped
         assert grown < 128 << 20, f"5 runs of 8 x 8 MiB grew the driver by {grown >> 20} MiB"
         # the jobs nobody refers to are summaries: no tasks, no arguments, no results
-        deadline = time.monotonic() + 10
-        while not all(isinstance(j, JobSummary) for j in ctx.jobs) and time.monotonic() < deadline:
-            gc.collect()  # a job's hooks may still be on their way out
-            time.sleep(0.05)
+        # (a job's hooks may still be on their way out)
+        wait_until(lambda: gc.collect() >= 0 and all(isinstance(j, JobSummary) for j in ctx.jobs), 10,
+                   "the ended jobs to be let go")
         assert all(isinstance(j, JobSummary) and j.state == "done" and len(j) == 8 for j in ctx.jobs), \
             list(ctx.jobs)
 
@@ -152,10 +152,8 @@ def test_ctx_jobs_keeps_a_bounded_history(monkeypatch):
             list(ctx.execute(failing))
         del failing
         # the loop thread and the hook runner may hold the ended job a moment longer
-        deadline = time.monotonic() + 10
-        while not isinstance(ctx.jobs[-1], JobSummary) and time.monotonic() < deadline:
-            gc.collect()
-            time.sleep(0.02)
+        wait_until(lambda: gc.collect() >= 0 and isinstance(ctx.jobs[-1], JobSummary), 10,
+                   "the failed job to be let go")
         assert len(ctx.jobs) == 3 and ctx.jobs.run_count == 7
         last = ctx.jobs[-1]
         assert isinstance(last, JobSummary) and last.name == "failing" and last.state == "failed"

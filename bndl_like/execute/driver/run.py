@@ -8,7 +8,6 @@ scheduler events. Results go to the driver thread through a queue.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import io
 import logging
@@ -32,6 +31,7 @@ from ...rmi.pickle_check import unpicklable_error
 from ...rmi.serialize import LOAD_IN_THREAD, OUT_OF_BAND_MIN, Payload, _buffer_callback, wrap_large
 from .. import core as S
 from ..core import EndJob, JobOutcome, Recorder
+from ..core.decisions import fast_constructor
 from ..errors import FailedDependency, JobCancelled, TaskCancelled, WorkerDied, WorkersLost, trim_traceback
 from ..messages import (
     ABANDONED,
@@ -41,13 +41,11 @@ from ..messages import (
     FAILED,
     FAILURES,
     NBYTES,
-    PLAIN_KEYS,
     RESEND,
     STARTED,
     SUCCEEDED,
     TASKS_SERVICE,
     load_by_value,
-    plain_key,
     plain_keys,
 )
 from ..tasks import HANDED_OUT, NOT_FETCHED, NOT_HANDED_OUT, FuncTask, RmiTask, _NoResult, map_chunk
@@ -60,40 +58,9 @@ log = logging.getLogger(__name__)
 END = object()
 
 
-def _maker(cls, names: tuple[str, ...]):
-    """A constructor of the frozen, slotted dataclass ``cls`` that takes the fields ``names``
-    positionally, the others at their defaults, and fills the slots directly: the generated
-    ``__init__`` goes through ``object.__setattr__`` for every field, a few times slower, and
-    the shell makes one event per task event and one spec per task. The same object either way;
-    ``cls`` called by keyword when its fields are not what this expects."""
-    def by_keyword(*values):
-        return cls(**dict(zip(names, values, strict=True)))
-    try:
-        fields = dataclasses.fields(cls)
-    except TypeError:
-        return by_keyword
-    if "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__") \
-            or set(names) - {f.name for f in fields}:
-        return by_keyword
-    env: dict = {"new": object.__new__, "cls": cls}
-    lines = ["    obj = new(cls)"]
-    for f in fields:
-        env[f"set_{f.name}"] = getattr(cls, f.name).__set__
-        if f.name in names:
-            lines.append(f"    set_{f.name}(obj, {f.name})")
-        elif f.default is not dataclasses.MISSING:
-            env[f"default_{f.name}"] = f.default
-            lines.append(f"    set_{f.name}(obj, default_{f.name})")
-        else:  # required, or a default factory
-            return by_keyword
-    source = f"def make({', '.join(names)}):\n" + "\n".join(lines) + "\n    return obj\n"
-    exec(source, env)  # built above from the field names of the dataclass only
-    return env["make"]
-
-
-_new_spec = _maker(S.TaskSpec, ("task_id", "dependencies", "priority", "locality", "data_locality"))
-_new_succeeded = _maker(S.TaskSucceeded, ("task_id", "worker", "nbytes", "attempt"))
-_new_started = _maker(S.TaskStarted, ("task_id", "worker", "attempt"))
+_new_spec = fast_constructor(S.TaskSpec)
+_new_succeeded = fast_constructor(S.TaskSucceeded, ("task_id", "worker", "nbytes", "attempt"))
+_new_started = fast_constructor(S.TaskStarted, ("task_id", "worker", "attempt"))
 
 
 # the dependencies of a task that has none, in its run: one dict for all (read only, on both sides)
@@ -512,36 +479,13 @@ class JobRun:
         by_id = job._by_id
         hooked = self._hooked()
         RunTask, MarkTaskDone = S.RunTask, S.MarkTaskDone
-        # what the two decisions made for every task need, looked up once per call
-        outbox, used_workers, task_results = self.outbox, self.used_workers, self.task_results
-        wanted, ordered, emitted = self.wanted, self.order_results, self.emitted
-        sched = self.scheduler
-        suspect = sched.suspect
+        task_results = self.task_results
         take_backs: dict[str, list] | None = None
         for decision in decisions:
             kind = type(decision)
             if kind is RunTask:
                 task = by_id[decision.task_id]
-                if type(task) is FuncTask:  # _run_task and _spec, inlined
-                    worker = decision.worker
-                    task.set_executing(worker)
-                    batch = outbox.get(worker)
-                    if batch is None:
-                        batch = outbox[worker] = []
-                        used_workers.add(worker)
-                    task_id = task.id
-                    deps = task.dependencies
-                    if deps:
-                        location = sched.location
-                        where = {d.id: location(d.id) for d in deps}
-                    else:
-                        where = _NO_DEPS
-                    batch.append((task_id, decision.attempt, task.method, task.args, task.kwargs, where,
-                                  task.thread_timeout, wanted is None or task_id in wanted, suspect(task_id)))
-                    if self.flush_handle is None:
-                        self.flush_handle = self.loop.call_soon(self._flush)
-                else:
-                    self._run_task(decision, task)
+                self._run_task(decision, task)
                 if hooked:
                     self._fire("task_started", task)
             elif kind is MarkTaskDone:
@@ -550,16 +494,7 @@ class JobRun:
                 if task.state != "done":
                     job.done_count += 1
                 task.mark_done(task_results.get(task_id, NOT_FETCHED))
-                if ordered:
-                    self._emit(task)
-                elif task_id not in emitted and (wanted is None or task_id in wanted):  # _emit, inlined
-                    emitted.add(task_id)
-                    results = self.result_batch
-                    if results is None:
-                        results = self.result_batch = []
-                        self.loop.call_soon(self._hand_over)
-                    results.append(task._result)
-                    task._result = HANDED_OUT
+                self._emit(task)
                 if hooked:
                     self._fire("task_done", task)
             elif kind is S.TakeBack:  # asked of each worker at once, after the loop
@@ -619,15 +554,16 @@ class JobRun:
     def _run_task(self, decision, task) -> None:
         worker = decision.worker
         task.set_executing(worker)
-        self.used_workers.add(worker)
         if isinstance(task, RmiTask):
             batch = self.outbox.get(worker)
-            if batch is None:
+            if batch is None:  # (once per worker per flush: the outbox is taken at each)
                 batch = self.outbox[worker] = []
+                self.used_workers.add(worker)
             batch.append(self._spec(task, decision.attempt))
             if self.flush_handle is None:
                 self.flush_handle = self.loop.call_soon(self._flush)
         else:
+            self.used_workers.add(worker)
             runner = self.loop.create_task(self._run_generic(task, decision.worker))
             self.generic.add(runner)
             runner.add_done_callback(self.generic.discard)
@@ -663,7 +599,7 @@ class JobRun:
             location = self.scheduler.location
             deps = {d.id: location(d.id) for d in task.dependencies}
         else:
-            deps = {}
+            deps = _NO_DEPS
         send = self.wanted is None or task.id in self.wanted
         return (task.id, attempt, task.method, task.args, task.kwargs, deps, task.thread_timeout, send,
                 self.scheduler.suspect(task.id))
@@ -677,13 +613,8 @@ class JobRun:
     def _notify_run(self, worker: str, batch: list) -> None:
         keys = list(map(_key_attempt, batch))
         peer = self.driver.node.peers[worker]
-        plain = self.plain_ids
-        if not plain:
-            plain = True
-            for spec in batch:
-                if type(spec[0]) not in PLAIN_KEYS and not plain_key(spec[0]):
-                    plain = False
-                    break
+        # every id of the job plain (known once), or at least those of this batch
+        plain = self.plain_ids or plain_keys(map(_key_of, batch))
         payload = _dump_batch(batch, self._pickler)
         if plain:
             # the keys always unpickle: they go in the envelope, the specs in their own payload
@@ -1074,6 +1005,7 @@ class _Failure:
 _ENDED = frozenset({"done", "failed", "cancelled"})  # the states in which Task.done is true
 _task_id = operator.attrgetter("id")
 _key_attempt = operator.itemgetter(0, 1)  # a task run's (key, attempt)
+_key_of = operator.itemgetter(0)
 
 
 def _priority_order(tasks: list) -> list:
